@@ -1,0 +1,76 @@
+"""Entry point: the click group, and errors turned into one-line messages and exit codes.
+
+Exit codes: 0 success, 2 user error (bad input, with the fix in the message), 1 internal fault.
+``--debug`` (or GPUPRUNE_DEBUG=1) shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from gpuprune import __version__
+from gpuprune.errors import UserError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(__version__, "--version", prog_name="gpuprune")
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+def cli(debug: bool) -> None:
+    """Prune CNNs at the finest granularity a GPU can skip, and run kernels that skip it."""
+    if debug:
+        os.environ["GPUPRUNE_DEBUG"] = "1"
+
+
+def _register() -> None:
+    # Each command lives in its own module; they are imported here so `gpuprune --help` lists all.
+    from gpuprune.cli import targets
+
+    cli.add_command(targets.targets)
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns (and, from the console script, exits with) the exit code."""
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args or bool(os.environ.get("GPUPRUNE_DEBUG"))
+    try:
+        code = cli.main(args=args, prog_name="gpuprune", standalone_mode=False) or 0
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    except click.ClickException as exc:  # usage errors: bad option, missing argument
+        exc.show()
+        code = 2
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        code = 130
+    except UserError as exc:
+        if debug:
+            raise
+        click.echo(f"error: {exc}", err=True)
+        code = 2
+    except KeyboardInterrupt:
+        click.echo("interrupted; finished results are kept, rerun to resume", err=True)
+        code = 130
+    except Exception as exc:
+        if debug:
+            raise
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        click.echo(
+            f"internal error: {type(exc).__name__}: {msg} (rerun with --debug for the traceback)",
+            err=True,
+        )
+        code = 1
+    if argv is None:
+        sys.exit(code)
+    return code
+
+
+if __name__ == "__main__":
+    main()
