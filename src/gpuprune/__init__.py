@@ -1,4 +1,4 @@
-"""gpuprune: prune CNNs at the finest granularity a GPU can skip, and run the kernels that skip it."""
+"""gpuprune: prune CNNs at the finest granularity a GPU can skip, and run kernels that skip it."""
 
 from gpuprune.arch import TARGETS, Target, get_target, list_targets
 from gpuprune.errors import UserError

@@ -39,9 +39,7 @@ def _check(module: nn.Module) -> None:
 
 def is_gemm_layer(module: nn.Module) -> bool:
     """True for layers gpuprune can view as a GEMM (Linear, Conv2d with groups=1)."""
-    return isinstance(module, nn.Linear) or (
-        isinstance(module, nn.Conv2d) and module.groups == 1
-    )
+    return isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.groups == 1)
 
 
 def gemm_shape(module: nn.Module) -> tuple[int, int]:

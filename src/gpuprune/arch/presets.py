@@ -31,7 +31,13 @@ _preset(
     max_work_group_size=1024,
     local_mem_bytes=48 * KIB,  # shared memory per block without opt-in
     compute_units=82,
-    mwg=64, nwg=64, kwg=32, mdimc=16, ndimc=8, vwm=4, vwn=4,
+    mwg=64,
+    nwg=64,
+    kwg=32,
+    mdimc=16,
+    ndimc=8,
+    vwm=4,
+    vwn=4,
     source="CLBlast xgemm_32 NVIDIA GeForce RTX 3090 (SM8.6): 64x64x32, 16x8 WG, VWM/VWN 4/4",
 )
 _preset(
@@ -41,7 +47,13 @@ _preset(
     max_work_group_size=256,
     local_mem_bytes=64 * KIB,  # LDS per CU
     compute_units=60,
-    mwg=64, nwg=64, kwg=32, mdimc=16, ndimc=8, vwm=4, vwn=4,
+    mwg=64,
+    nwg=64,
+    kwg=32,
+    mdimc=16,
+    ndimc=8,
+    vwm=4,
+    vwn=4,
     source="CLBlast xgemm_32 AMD vendor default: 64x64x32, 16x8 WG, VWM/VWN 4/4",
 )
 _preset(
@@ -51,7 +63,13 @@ _preset(
     max_work_group_size=1024,
     local_mem_bytes=64 * KIB,
     compute_units=96,
-    mwg=64, nwg=32, kwg=32, mdimc=16, ndimc=8, vwm=4, vwn=4,
+    mwg=64,
+    nwg=32,
+    kwg=32,
+    mdimc=16,
+    ndimc=8,
+    vwm=4,
+    vwn=4,
     source="CLBlast xgemm_32 AMD Radeon RX 7900 XTX (gfx1100): 64x32x32, 16x8 WG, VWM/VWN 4/4",
 )
 _preset(
@@ -61,7 +79,13 @@ _preset(
     max_work_group_size=512,
     local_mem_bytes=64 * KIB,  # SLM per sub-slice
     compute_units=96,
-    mwg=64, nwg=64, kwg=32, mdimc=16, ndimc=8, vwm=4, vwn=2,
+    mwg=64,
+    nwg=64,
+    kwg=32,
+    mdimc=16,
+    ndimc=8,
+    vwm=4,
+    vwn=2,
     source="CLBlast xgemm_32 Intel GPU vendor default: 64x64x32, 16x8 WG, VWM/VWN 4/2",
 )
 _preset(
@@ -71,7 +95,13 @@ _preset(
     max_work_group_size=512,
     local_mem_bytes=64 * KIB,
     compute_units=96,
-    mwg=64, nwg=64, kwg=32, mdimc=16, ndimc=8, vwm=4, vwn=2,
+    mwg=64,
+    nwg=64,
+    kwg=32,
+    mdimc=16,
+    ndimc=8,
+    vwm=4,
+    vwn=2,
     source="CLBlast xgemm_32 Intel GPU vendor default: 64x64x32, 16x8 WG, VWM/VWN 4/2",
 )
 _preset(
@@ -81,7 +111,13 @@ _preset(
     max_work_group_size=384,
     local_mem_bytes=32 * KIB,
     compute_units=16,
-    mwg=32, nwg=64, kwg=32, mdimc=8, ndimc=16, vwm=4, vwn=4,
+    mwg=32,
+    nwg=64,
+    kwg=32,
+    mdimc=8,
+    ndimc=16,
+    vwm=4,
+    vwn=4,
     source="CLBlast xgemm_32 ARM Mali vendor default: 32x64x32, 8x16 WG, VWM/VWN 4/4",
 )
 _preset(
@@ -91,7 +127,13 @@ _preset(
     max_work_group_size=1024,
     local_mem_bytes=32 * KIB,
     compute_units=6,
-    mwg=64, nwg=64, kwg=32, mdimc=16, ndimc=8, vwm=4, vwn=4,
+    mwg=64,
+    nwg=64,
+    kwg=32,
+    mdimc=16,
+    ndimc=8,
+    vwm=4,
+    vwn=4,
     source="CLBlast xgemm_32 Qualcomm Adreno 640/650/660/750: 64x64x32, 16x8 WG, VWM/VWN 4/4",
 )
 _preset(
@@ -101,7 +143,13 @@ _preset(
     max_work_group_size=4096,
     local_mem_bytes=1024 * KIB,  # PoCL pthread reports 1 MiB or more
     compute_units=2,
-    mwg=32, nwg=32, kwg=32, mdimc=8, ndimc=8, vwm=4, vwn=4,
+    mwg=32,
+    nwg=32,
+    kwg=32,
+    mdimc=8,
+    ndimc=8,
+    vwm=4,
+    vwn=4,
     source="CLBlast xgemm_32 global fallback: 32x32x32, 8x8 WG, VWM/VWN 4/4",
 )
 

@@ -147,20 +147,12 @@ class Target:
                 "write one 'field = value' per line (TOML) or 'field: value' (YAML)",
             )
         names = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - set(names))
+        unknown = sorted(str(k) for k in set(data) - set(names))
         if unknown:
             raise TargetError(
                 f"{origin}: unknown field {unknown[0]!r}",
                 f"valid fields are {', '.join(names)}",
             )
-        required = [
-            f.name
-            for f in dataclasses.fields(cls)
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        ]
-        missing = [n for n in required if n not in data]
-        if missing:
-            raise TargetError(f"{origin}: missing field {missing[0]!r}", "add it to the file")
         for key, value in data.items():
             want = str if key in ("name", "vendor", "source") else int
             if want is int and (isinstance(value, bool) or not isinstance(value, int)):
@@ -173,6 +165,14 @@ class Target:
                     f"{origin}: field {key!r} must be a string, got {value!r}",
                     f'write e.g. {key} = "my-gpu"',
                 )
+        required = [
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        ]
+        missing = [n for n in required if n not in data]
+        if missing:
+            raise TargetError(f"{origin}: missing field {missing[0]!r}", "add it to the file")
         try:
             return cls(**data)
         except TargetError as err:
@@ -190,7 +190,9 @@ class Target:
         try:
             raw = p.read_bytes()
         except OSError as err:
-            raise TargetError(f"cannot read target file {p}: {err.strerror}", "check the path") from None
+            raise TargetError(
+                f"cannot read target file {p}: {err.strerror}", "check the path"
+            ) from None
         try:
             text = raw.decode("utf-8")
             if suffix == ".toml":
@@ -251,14 +253,16 @@ def _validate(t: Target) -> None:
     for fld in ints:
         v = getattr(t, fld)
         if isinstance(v, bool) or not isinstance(v, int):
-            raise TargetError(f"target {t.name!r}: {fld} must be an integer, got {v!r}", f"{fld}=32")
+            raise TargetError(
+                f"target {t.name!r}: {fld} must be an integer, got {v!r}", f"{fld}=32"
+            )
         if v < 1:
             raise _fail(t, fld, f"{fld} >= 1", f"{fld}=1")
     for fld in ("vwm", "vwn"):
         v = getattr(t, fld)
         if v not in VECTOR_WIDTHS:
             near = min(VECTOR_WIDTHS, key=lambda w: (abs(w - v), w))
-            raise _fail(t, fld, f"{fld} in {VECTOR_WIDTHS} (an OpenCL vector width)", f"{fld}={near}")
+            raise _fail(t, fld, f"{fld} in {VECTOR_WIDTHS} (OpenCL vector widths)", f"{fld}={near}")
     # Divisibility, as in CLBlast's XGEMM: each work-item owns whole vectors of its micro-tile.
     step = t.mdimc * t.vwm
     if t.mwg % step:
@@ -276,34 +280,39 @@ def _validate(t: Target) -> None:
             f"ndimc={fit}",
         )
     if wg % t.simd_width:
+        step = t.simd_width // math.gcd(t.simd_width, t.mdimc)
         raise _fail(
             t,
             "ndimc",
             f"work-group size mdimc*ndimc={wg} a multiple of simd_width={t.simd_width}",
-            f"ndimc={_round_up(wg, t.simd_width) // t.mdimc}"
-            if _round_up(wg, t.simd_width) % t.mdimc == 0
-            else f"mdimc*ndimc={_round_up(wg, t.simd_width)}",
+            f"ndimc={_round_up(t.ndimc, step)}",
         )
     # Lane layout (N fastest): a SIMD group must cover whole m-threads, or a whole divisor of one.
     s, nd = t.simd_width, t.ndimc
     if s >= nd and s % nd:
         good = max(d for d in range(1, s + 1) if s % d == 0 and d <= nd)
-        raise _fail(t, "ndimc", f"simd_width={s} % ndimc == 0 (lanes cover whole m-threads)", f"ndimc={good}")
+        raise _fail(
+            t,
+            "ndimc",
+            f"simd_width={s} % ndimc == 0 (lanes cover whole m-threads)",
+            f"ndimc={good}",
+        )
     if s < nd and nd % s:
         raise _fail(t, "ndimc", f"ndimc % simd_width={s} == 0", f"ndimc={_round_up(nd, s)}")
     # Cooperative slab loads: every work-item loads the same number of A and B slab elements.
-    for fld, other in (("mwg", t.mwg), ("nwg", t.nwg)):
-        if (t.kwg * other) % wg:
-            need = wg // math.gcd(wg, other)
-            raise _fail(
-                t,
-                "kwg",
-                f"kwg*{fld} % (mdimc*ndimc={wg}) == 0 (even slab loads)",
-                f"kwg={_round_up(t.kwg, need)}",
-            )
+    need = math.lcm(wg // math.gcd(wg, t.mwg), wg // math.gcd(wg, t.nwg))
+    if t.kwg % need:
+        raise _fail(
+            t,
+            "kwg",
+            f"kwg*mwg and kwg*nwg multiples of mdimc*ndimc={wg} (even slab loads)",
+            f"kwg={_round_up(t.kwg, need)}",
+        )
     if t.kwg % t.simd_k:
         good = math.gcd(t.kwg, t.simd_k)
-        raise _fail(t, "simd_k", f"kwg={t.kwg} % simd_k == 0 (vectors do not straddle slabs)", f"simd_k={good}")
+        raise _fail(
+            t, "simd_k", f"kwg={t.kwg} % simd_k == 0 (vectors stay in one slab)", f"simd_k={good}"
+        )
     need = t.local_mem_needed
     if need > t.local_mem_bytes:
         kwg = t.kwg

@@ -7,7 +7,16 @@ import click
 from gpuprune.arch import Target, get_target, list_targets
 from gpuprune.cli.output import console, print_json, print_table
 
-COLUMNS = ["name", "vendor", "SIMD", "WG tile MxNxK", "WG threads", "tile block", "SIMD block", "source"]
+COLUMNS = [
+    "name",
+    "vendor",
+    "SIMD",
+    "WG tile MxNxK",
+    "WG threads",
+    "local mem",
+    "tile block",
+    "SIMD block",
+]
 
 
 def summary(t: Target) -> dict:
@@ -31,9 +40,9 @@ def _row(t: Target) -> list:
         t.simd_width,
         f"{t.mwg}x{t.nwg}x{t.kwg}",
         f"{t.mdimc}x{t.ndimc}",
+        f"{t.local_mem_needed // 1024}/{t.local_mem_bytes // 1024} KiB",
         "x".join(map(str, t.tile_block())),
         "x".join(map(str, t.simd_block())),
-        t.source,
     ]
 
 
@@ -46,10 +55,14 @@ def _row(t: Target) -> list:
     show_default=True,
     help="Where --detect looks.",
 )
-@click.option("--save", type=click.Path(dir_okay=False), help="With --detect: write it to .toml/.yaml.")
+@click.option(
+    "--save", type=click.Path(dir_okay=False), help="With --detect: write it to .toml/.yaml."
+)
 @click.option("--json", "json_out", is_flag=True, help="Machine-readable output.")
 @click.pass_context
-def targets(ctx: click.Context, detect: bool, backend: str, save: str | None, json_out: bool) -> None:
+def targets(
+    ctx: click.Context, detect: bool, backend: str, save: str | None, json_out: bool
+) -> None:
     """Print the preset targets with their pruning block shapes (or --detect this machine's)."""
     if ctx.invoked_subcommand is not None:
         return
@@ -61,6 +74,7 @@ def targets(ctx: click.Context, detect: bool, backend: str, save: str | None, js
             print_json(summary(t))
             return
         print_table("Detected target", COLUMNS, [_row(t)])
+        console.print(t.source)
         if save:
             console.print(f"saved to {save}")
         return
@@ -70,6 +84,7 @@ def targets(ctx: click.Context, detect: bool, backend: str, save: str | None, js
     else:
         title = "gpuprune targets (blocks are rows x k of the [M, K] weight)"
         print_table(title, COLUMNS, [_row(t) for t in found])
+        console.print("Tile values: CLBlast SGEMM tuning database ('gpuprune targets show NAME').")
 
 
 @targets.command()
