@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-stamp
 EXTRAS := test,pocl,triton
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench bench-quick clean
 
 setup: $(STAMP)
 
@@ -16,16 +16,26 @@ $(STAMP): pyproject.toml Makefile scripts/install-system-packages.sh
 	@# CPU installs pin torch first; an unpinned torch pulls a multi-GB CUDA build.
 	$(BIN)/python -m pip install -q --disable-pip-version-check "torch==$(TORCH_VERSION)"
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[$(EXTRAS)]"
+	@# optional: the CLBlast baseline builds from source against libclblast-dev
+	@$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[bench]" \
+		|| echo "gpuprune setup: pyclblast not installed (needs libclblast-dev); bench skips CLBlast"
 	@touch $(STAMP)
 
 demo: setup
-	$(BIN)/gpuprune targets
+	@# Rerunning continues the same run folder: finished cells are kept, so it is quick.
+	$(BIN)/gpuprune run configs/demo.yaml -o runs/demo
 
 lint: setup
 	$(BIN)/ruff check src tests
 
 test: lint
 	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/gpuprune bench --readme README.md
+
+bench-quick: setup
+	$(BIN)/gpuprune bench --quick
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache

@@ -31,6 +31,27 @@ def _register() -> None:
     from gpuprune.cli import targets
 
     cli.add_command(targets.targets)
+    from gpuprune.cli import prune as prune_cli
+
+    cli.add_command(prune_cli.prune_cmd)
+    cli.add_command(prune_cli.inspect_cmd)
+    from gpuprune.cli import compile as compile_cli
+
+    cli.add_command(compile_cli.compile_cmd)
+    from gpuprune.cli import train as train_cli
+
+    cli.add_command(train_cli.train)
+    from gpuprune.cli import report as report_cli
+    from gpuprune.cli import run as run_cli
+
+    cli.add_command(run_cli.run)
+    cli.add_command(report_cli.report)
+    from gpuprune.cli import bench as bench_cli
+
+    cli.add_command(bench_cli.bench)
+    from gpuprune.cli import codesign as codesign_cli
+
+    cli.add_command(codesign_cli.codesign_cmd)
 
 
 _register()

@@ -1,0 +1,44 @@
+"""What a benchmark run covers: ``QUICK`` fits minutes on 2 CPU cores, ``FULL`` is the grid."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    batches: tuple[int, ...] = (1, 16, 64)
+    sparsities: tuple[float, ...] = (0.5, 0.75, 0.875, 0.9, 0.95)  # 0 (dense) is always measured
+    methods: tuple[str, ...] = ("tile", "simd", "simd-balanced", "unstructured", "nm")
+    layers: tuple[str, ...] | None = None  # None: all 13 VGG16 convolutions
+    runners: tuple[str, ...] | None = None  # None: every runner available here
+    target: str = "cpu-pocl"  # blocks of the masks and of the skip kernels
+    width: float = 1.0  # VGG16 channel multiplier
+    warmup: int = 1
+    repeats: int = 5
+    budget_s: float = 1.5  # per measurement: stop repeating (after 3) past this
+    e2e_batches: tuple[int, ...] = (16,)
+    e2e_methods: tuple[str, ...] = ("tile", "simd", "simd-balanced", "unstructured", "nm")
+    e2e_sparsities: tuple[float, ...] = (0.5, 0.75, 0.9)
+    e2e_backends: tuple[str, ...] = ("torch", "cpu", "opencl")
+    e2e_width: float = 1.0
+    notes: tuple[str, ...] = field(default=())
+
+    def with_(self, **changes) -> BenchConfig:
+        return replace(self, **changes)
+
+
+FULL = BenchConfig()
+
+QUICK = BenchConfig(
+    batches=(16,),
+    sparsities=(0.75,),
+    methods=("tile", "simd", "unstructured"),
+    layers=("conv4", "conv6", "conv9"),
+    repeats=3,
+    budget_s=0.6,
+    e2e_methods=("tile",),
+    e2e_sparsities=(0.75,),
+    e2e_width=0.5,
+    notes=("quick mode: 3 layers, batch 16, 75% sparsity, 3 methods; VGG16 at width 0.5",),
+)

@@ -1,0 +1,75 @@
+"""What a result was measured on: device, versions, commit. Stored beside every result set."""
+
+from __future__ import annotations
+
+import platform
+import re
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+
+def _version(pkg: str) -> str | None:
+    try:
+        return metadata.version(pkg)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def opencl_device_name() -> str | None:
+    try:
+        from gpuprune.kernels.opencl.context import get_device
+
+        return get_device().name
+    except Exception:  # no OpenCL here: recorded as absent
+        return None
+
+
+def commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).parent,  # the checkout gpuprune runs from, not the caller's cwd
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment() -> dict:
+    cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {
+        "cpu": cpu_name(),
+        "cpu_threads": torch.get_num_threads(),
+        "opencl_device": opencl_device_name(),
+        "cuda_device": cuda,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "pyopencl": _version("pyopencl"),
+        "pocl": _version("pocl-binary-distribution"),
+        "pyclblast": _version("pyclblast"),
+        "triton": _version("triton"),
+        "commit": commit(),
+    }
+
+
+def device_slug(env: dict) -> str:
+    """File name for a result set: the GPU if there is one, else the CPU."""
+    name = env.get("cuda_device") or env.get("cpu") or "device"
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")

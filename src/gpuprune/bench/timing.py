@@ -1,0 +1,45 @@
+"""Wall-clock timing with warm-up and repeats; medians and spread, never single runs."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Timing:
+    median_ms: float
+    p25_ms: float
+    p75_ms: float
+    min_ms: float
+    repeats: int
+
+
+def measure(
+    fn: Callable[[], object], *, warmup: int = 2, repeats: int = 7, budget_s: float = 2.0
+) -> Timing:
+    """Time ``fn()`` (which must block until its result is ready).
+
+    Runs ``warmup`` untimed calls, then up to ``repeats`` timed ones, stopping early (after at least
+    three) once ``budget_s`` seconds are spent, so slow configurations do not dominate a run.
+    """
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < repeats:
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+        if len(times) >= 3 and time.perf_counter() - start > budget_s:
+            break
+    q = statistics.quantiles(times, n=4) if len(times) >= 2 else [times[0]] * 3
+    return Timing(
+        median_ms=statistics.median(times),
+        p25_ms=q[0],
+        p75_ms=q[2],
+        min_ms=min(times),
+        repeats=len(times),
+    )

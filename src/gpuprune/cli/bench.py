@@ -1,0 +1,151 @@
+"""``gpuprune bench``: GEMM-level and end-to-end speed beside dense and sparse baselines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from gpuprune.cli.output import console
+
+
+def _floats(text: str | None) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        vals = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a comma-separated list of numbers") from None
+    if any(not 0 <= v < 1 for v in vals):
+        raise click.BadParameter("sparsities must be in [0, 1)")
+    return vals
+
+
+def _ints(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        vals = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a comma-separated list of integers") from None
+    if any(v < 1 for v in vals):
+        raise click.BadParameter("batch sizes must be >= 1")
+    return vals
+
+
+def _names(text: str | None) -> tuple[str, ...] | None:
+    return None if text is None else tuple(v.strip() for v in text.split(",") if v.strip())
+
+
+@click.command()
+@click.option("--quick", is_flag=True, help="A small grid that finishes in minutes on 2 CPU cores.")
+@click.option("-o", "--out", default="benchmarks/results", show_default=True, help="Result folder.")
+@click.option("--batches", help="Comma-separated batch sizes, e.g. 1,16,64.")
+@click.option("--sparsities", help="Comma-separated sparsities, e.g. 0.5,0.75,0.9.")
+@click.option("--methods", help="Comma-separated pruning methods.")
+@click.option("--layers", help="Comma-separated VGG16 layers (conv1..conv13).")
+@click.option("--backends", help="Comma-separated GEMM runners (see --list).")
+@click.option("--target", default=None, help="Target whose blocks are pruned and skipped.")
+@click.option("--no-e2e", is_flag=True, help="Skip the end-to-end VGG16 measurements.")
+@click.option("--readme", type=click.Path(dir_okay=False), help="Update this README's table.")
+@click.option("--list", "list_runners", is_flag=True, help="List the GEMM runners and exit.")
+def bench(
+    quick: bool,
+    out: str,
+    batches: str | None,
+    sparsities: str | None,
+    methods: str | None,
+    layers: str | None,
+    backends: str | None,
+    target: str | None,
+    no_e2e: bool,
+    readme: str | None,
+    list_runners: bool,
+) -> None:
+    """Measure skip kernels against dense and sparse baselines; write JSON, a table and plots."""
+    from gpuprune.bench import results
+    from gpuprune.bench.config import FULL, QUICK
+    from gpuprune.bench.environment import device_slug, environment
+    from gpuprune.bench.runners import RUNNERS
+
+    if list_runners:
+        for name in RUNNERS.names():
+            r = RUNNERS.get(name)
+            console.print(f"{name:14s} speedup vs {r.baseline}; methods: {r.methods or 'all'}")
+        return
+    cfg = QUICK if quick else FULL
+    changes = {
+        "batches": _ints(batches),
+        "sparsities": _floats(sparsities),
+        "methods": _names(methods),
+        "layers": _names(layers),
+        "runners": _names(backends),
+        "target": target,
+    }
+    cfg = cfg.with_(**{k: v for k, v in changes.items() if v is not None})
+    from gpuprune.arch import get_target
+    from gpuprune.prune.methods import METHODS
+
+    get_target(cfg.target)  # fail early on a bad target
+    for m in cfg.methods:
+        METHODS.get(m)
+    for r in cfg.runners or ():
+        RUNNERS.get(r)
+
+    env = environment()
+    stem = device_slug(env) + ("-quick" if quick else "")
+    records = _run(cfg, no_e2e)
+    meta = {
+        "environment": env,
+        "config": {k: v for k, v in cfg.__dict__.items()},
+        "layers_desc": f"{len(cfg.layers) if cfg.layers else 13} VGG16 layers",
+    }
+    out_dir = Path(out)
+    results.save(out_dir / f"{stem}.json", meta, records)
+    table = results.markdown_table(meta, records)
+    from gpuprune.fileio import atomic_write_text
+
+    atomic_write_text(out_dir / f"{stem}.md", table)
+    plots = results.plot(records, out_dir / stem)
+    console.print(table)
+    console.print(f"results: {out_dir / (stem + '.json')}; plots: {', '.join(map(str, plots))}")
+    if readme and not results.update_readme(readme, table):
+        console.print(f"{readme} has no {results.README_START} marker; table not inserted")
+
+
+def _run(cfg, no_e2e: bool) -> list[dict]:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from gpuprune.bench.gemm_bench import plan, run_gemm
+
+    cols = (
+        TextColumn("{task.description:<44}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*cols, console=console, transient=False) as prog:
+        task = prog.add_task("GEMM", total=sum(1 for _ in plan(cfg)))
+
+        def progress(desc: str, new_cell: bool) -> None:
+            if new_cell and prog.tasks[task].description != "GEMM":
+                prog.advance(task)
+            prog.update(task, description=desc)
+
+        records = run_gemm(cfg, progress)
+        prog.update(task, completed=prog.tasks[task].total, description="GEMM done")
+        if not no_e2e:
+            from gpuprune.bench.e2e_bench import e2e_cells, run_e2e
+
+            t2 = prog.add_task("end to end", total=len(e2e_cells(cfg)))
+            records += run_e2e(cfg, lambda d: (prog.update(t2, description=d), prog.advance(t2)))
+    return records

@@ -1,0 +1,212 @@
+"""``gpuprune prune`` (prune a checkpoint to a file) and ``gpuprune inspect`` (look at one)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from gpuprune.cli.output import console, print_json, print_table
+from gpuprune.errors import UserError
+from gpuprune.gemm import block_grid, block_reduce, gemm_view
+from gpuprune.prune import (
+    ALLOCATIONS,
+    IMPORTANCES,
+    METHODS,
+    Pruner,
+    read_pruned,
+    save_pruned,
+)
+from gpuprune.prune.allocation import check_sparsity
+from gpuprune.prune.files import check_matches, info_from_header, read_state_dict
+
+
+def _parse_options(pairs: tuple[str, ...]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise UserError(f"method option {pair!r} is not KEY=VALUE", "write e.g. --option n=2")
+        try:
+            out[key] = json.loads(raw)  # numbers, true/false, null
+        except ValueError:
+            out[key] = raw  # plain strings such as group=filter
+    return out
+
+
+def _parse_allocation(value: str) -> str | dict[str, float]:
+    if value in ALLOCATIONS:
+        return value
+    path = Path(value)
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise UserError(
+                f"cannot read allocation file {path} ({err})", "check the path"
+            ) from None
+        if not isinstance(data, dict):
+            raise UserError(f"allocation file {path} is not a mapping", 'write {"layer": 0.5, ...}')
+        return data
+    raise UserError(
+        f"unknown allocation {value!r}",
+        f"choose one of: {', '.join(ALLOCATIONS.names())}, or a .json file {{layer: sparsity}}",
+    )
+
+
+def _batches(name: str, root: str | None, count: int, batch_size: int) -> list:
+    from gpuprune.data import load_dataset, train_loader
+
+    data = load_dataset(name, root=root, download=False, train_subset=count * batch_size)
+    loader = train_loader(data, batch_size, augment=False)
+    return [batch for _, batch in zip(range(count), loader, strict=False)]
+
+
+@click.command("prune")
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.option("--model", "model_name", required=True, help="Model name, e.g. vgg16 or resnet20.")
+@click.option("--method", default="tile", show_default=True, help=", ".join(METHODS.names()))
+@click.option("--sparsity", type=float, required=True, help="Fraction of weights to zero, [0, 1).")
+@click.option("--target", help="Target preset or .toml/.yaml file (tile/simd methods need one).")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output file.")
+@click.option("--importance", default="magnitude", show_default=True,
+              help=", ".join(IMPORTANCES.names()))  # fmt: skip
+@click.option("--allocation", default="uniform", show_default=True,
+              help="uniform, global, sensitivity, or a JSON file {layer: sparsity}.")  # fmt: skip
+@click.option("--exclude", multiple=True, help="Layer name or glob left dense (repeatable).")
+@click.option("--include-first-last", is_flag=True, help="Also prune the first and last layers.")
+@click.option("--skip-small", is_flag=True, help="Leave layers smaller than one block dense.")
+@click.option("-O", "--option", "options", multiple=True, help="Method option KEY=VALUE, e.g. n=2.")
+@click.option("--num-classes", type=int, default=10, show_default=True)
+@click.option("--in-channels", type=int, default=3, show_default=True)
+@click.option("--width", type=float, default=1.0, show_default=True, help="Model width multiplier.")
+@click.option("--data", "data_name", help="Data set for taylor/sensitivity, e.g. fashion-mnist.")
+@click.option("--data-root", type=click.Path(), help="Where the data set's files are.")
+@click.option("--batches", type=int, default=4, show_default=True, help="Batches of --data used.")
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--json", "json_out", is_flag=True, help="Print the result as JSON.")
+def prune_cmd(
+    checkpoint: str,
+    model_name: str,
+    method: str,
+    sparsity: float,
+    target: str | None,
+    output: str,
+    importance: str,
+    allocation: str,
+    exclude: tuple[str, ...],
+    include_first_last: bool,
+    skip_small: bool,
+    options: tuple[str, ...],
+    num_classes: int,
+    in_channels: int,
+    width: float,
+    data_name: str | None,
+    data_root: str | None,
+    batches: int,
+    batch_size: int,
+    json_out: bool,
+) -> None:
+    """Prune CHECKPOINT (a state dict or .safetensors) of --model and write a pruned-model file."""
+    from gpuprune.models import create_model
+
+    check_sparsity(sparsity)
+    METHODS.get(method)  # unknown names: one-line errors before any work
+    alloc = _parse_allocation(allocation)
+    needs_data = IMPORTANCES.get(importance).needs_grad or alloc == "sensitivity"
+    if needs_data and not data_name:
+        raise UserError(
+            f"importance {importance!r} / allocation {allocation!r} needs data",
+            "pass --data fashion-mnist (or cifar10) and --data-root if needed",
+        )
+    model = create_model(model_name, num_classes=num_classes, in_channels=in_channels, width=width)
+    state = read_state_dict(checkpoint)
+    check_matches(state, model.state_dict(), f"checkpoint {checkpoint} (for model {model_name})")
+    model.load_state_dict(state)
+    data = _batches(data_name, data_root, batches, batch_size) if needs_data else None
+    pruner = Pruner(
+        model,
+        method,
+        target,
+        importance,
+        alloc,
+        exclude,
+        exclude_first_last=not include_first_last,
+        skip_small=skip_small,
+        method_options=_parse_options(options),
+        input_size=tuple(data[0][0].shape[1:]) if data else None,
+        progress=not json_out,
+    )
+    result = pruner.apply(sparsity, data=data)
+    extra = {"width": width, "num_classes": num_classes, "in_channels": in_channels}
+    save_pruned(output, model, result, model_name=model_name, extra=extra)
+    if json_out:
+        print_json({**result.to_dict(), "output": output})
+        return
+    cols, rows = result.table()
+    name = result.target.name if result.target else "-"
+    print_table(f"{model_name} pruned with {result.method} (target {name})", cols, rows)
+    if result.skipped:
+        console.print(f"left dense (smaller than one block): {', '.join(result.skipped)}")
+    console.print(
+        f"sparsity {result.sparsity:.4f} (requested {result.requested:.4f}), "
+        f"FLOPs kept {result.flops_kept:.4f}; written to {output}"
+    )
+
+
+@click.command("inspect")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--plot", type=click.Path(dir_okay=False), help="Write a PNG heatmap of kept blocks.")
+@click.option("--json", "json_out", is_flag=True, help="Print the per-layer facts as JSON.")
+def inspect_cmd(file: str, plot: str | None, json_out: bool) -> None:
+    """Show a pruned-model FILE: method, target and each layer's kept blocks and sparsity."""
+    header, tensors = read_pruned(file)
+    info = info_from_header(header)
+    masks = {k.split(":", 1)[1]: v for k, v in tensors.items() if k.startswith("mask:")}
+    order = [n for n in info.plan if n in masks] + sorted(n for n in masks if n not in info.plan)
+    masks = {n: masks[n] for n in order}  # the file sorts names; show them in model order
+    layers = {}
+    for name, mask in masks.items():
+        m2 = gemm_view(mask)
+        block = tuple(info.plan.get(name, {}).get("block") or (1, 1))
+        gm, gk = block_grid(tuple(m2.shape), block)
+        layers[name] = {
+            "shape": list(m2.shape),
+            "block": list(block),
+            "blocks_kept": int(block_reduce(m2, block, "any").sum()),
+            "blocks_total": gm * gk,
+            "sparsity": 1 - float(m2.float().mean()),
+        }
+    if json_out:
+        print_json(
+            {
+                "model": info.model,
+                "method": info.method,
+                "target": info.target.name if info.target else None,
+                "layers": layers,
+            }
+        )
+    else:
+        title = (
+            f"{file}: {info.model or '?'} pruned with {info.method or '?'} "
+            f"(target {info.target.name if info.target else '-'})"
+        )
+        rows = [
+            [
+                n,
+                "x".join(map(str, d["shape"])),
+                "x".join(map(str, d["block"])),
+                f"{d['blocks_kept']}/{d['blocks_total']}",
+                f"{d['sparsity']:.3f}",
+            ]
+            for n, d in layers.items()
+        ]
+        print_table(title, ["layer", "GEMM MxK", "block", "blocks kept", "sparsity"], rows)
+    if plot:
+        from gpuprune.prune.plot import plot_masks
+
+        blocks = {n: tuple(d["block"]) for n, d in layers.items()}
+        plot_masks(masks, blocks, plot, title=f"{info.model or ''} {info.method or ''}".strip())
+        if not json_out:
+            console.print(f"heatmap written to {plot}")

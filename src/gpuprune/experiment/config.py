@@ -1,0 +1,173 @@
+"""The experiment config: a YAML file validated by pydantic (unknown keys and bad values refused).
+
+Every section has defaults; a config names only what it changes. Errors become one line that
+names the key, e.g. ``prune.sparsities.1: must be < 1 (got 1.5)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from gpuprune.errors import UserError
+from gpuprune.train import TrainConfig
+
+Sparsity = Annotated[float, Field(gt=0, lt=1)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataSection(_Section):
+    name: str = "fashion-mnist"  # fashion-mnist, cifar10, synthetic
+    root: str | None = None  # local file or folder instead of the default places
+    download: bool = True  # allowed to download when nothing is local
+    train_subset: int | None = Field(None, ge=1)  # images kept for dense training
+    test_subset: int | None = Field(None, ge=1)  # images kept for every evaluation
+    options: dict[str, Any] = Field(default_factory=dict)  # loader options (synthetic: size...)
+
+
+class ModelSection(_Section):
+    name: str = "vgg16"  # registered name or package.module:factory
+    width: float = Field(1.0, gt=0)  # channel multiplier
+    checkpoint: str | None = None  # dense weights (.safetensors) to load instead of training
+
+
+class RecipeSection(_Section):
+    """Fields of :class:`gpuprune.train.TrainConfig`, plus a train subset for fine-tuning."""
+
+    epochs: int = Field(10, ge=0)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    schedule: Literal["cosine", "onecycle", "constant"] = "cosine"
+    warmup: float = Field(0.0, ge=0, lt=1)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    augment: bool = True
+    steps_per_epoch: int | None = Field(None, ge=1)
+    eval_batch_size: int = Field(512, ge=1)
+    amp: bool | None = None
+    channels_last: bool | None = None
+    train_subset: int | None = Field(None, ge=1)  # fine-tuning: train on this many images
+
+    def train_config(self, seed: int) -> TrainConfig:
+        fields = self.model_dump(exclude={"train_subset"})
+        return TrainConfig(**fields, seed=seed)
+
+
+class PruneSection(_Section):
+    methods: list[str] = Field(default_factory=lambda: ["tile", "simd", "unstructured", "filter"])
+    sparsities: list[Sparsity] = Field(default_factory=lambda: [0.5, 0.75])
+    target: str = "nvidia"  # preset or target file: the blocks of tile/simd
+    importance: str = "magnitude"
+    allocation: str = "uniform"
+    exclude: list[str] = Field(default_factory=list)
+    exclude_first_last: bool = True
+    skip_small: bool = True  # leave layers smaller than one block dense
+    schedule: Literal["one-shot", "iterative", "agp"] = "one-shot"
+    schedule_options: dict[str, Any] = Field(default_factory=dict)  # e.g. {steps: 3}
+    ramp: float = Field(0.5, gt=0, le=1)  # agp/iterative: share of fine-tuning spent raising
+    ssl_strength: float = Field(1e-4, ge=0)  # group-lasso weight for the ssl method
+    ssl_fraction: float = Field(0.5, ge=0, lt=1)  # ssl: share of steps regularised before pruning
+    method_options: dict[str, dict[str, Any]] = Field(default_factory=dict)  # {nm: {m: 4}}
+
+    @field_validator("sparsities")
+    @classmethod
+    def _sparsity_range(cls, values: list[float]) -> list[float]:
+        if not values or len(set(values)) != len(values):
+            raise ValueError("must be a non-empty list without duplicates")
+        return values
+
+    @field_validator("methods")
+    @classmethod
+    def _unique(cls, values: list[str]) -> list[str]:
+        if not values or len(set(values)) != len(values):
+            raise ValueError("must be a non-empty list without duplicates")
+        return values
+
+
+class LatencySection(_Section):
+    backends: list[str] = Field(default_factory=lambda: ["cpu"])
+    batch_size: int = Field(1, ge=1)  # images per timed forward
+    warmup: int = Field(2, ge=0)
+    repeats: int = Field(7, ge=1)
+    budget_s: float = Field(2.0, gt=0)  # stop repeating (after 3) past this many seconds
+
+
+class TargetsSection(_Section):
+    """Accuracy goals the report checks against the measured numbers (None: not checked)."""
+
+    dense_accuracy: float | None = Field(None, gt=0, le=1)  # e.g. 0.91
+    sparsity: float | None = Field(None, gt=0, lt=1)  # where tile/simd meet unstructured/filter
+    max_gap_pt: float = Field(1.0, ge=0)  # allowed points below unstructured at that sparsity
+
+
+class ExperimentConfig(_Section):
+    name: str = "experiment"
+    seed: int = 0
+    notes: list[str] = Field(default_factory=list)  # shown in the report (e.g. what was cut)
+    data: DataSection = DataSection()
+    model: ModelSection = ModelSection()
+    dense: RecipeSection = RecipeSection()
+    finetune: RecipeSection = RecipeSection(epochs=2, lr=0.01)
+    prune: PruneSection = PruneSection()
+    latency: LatencySection = LatencySection()
+    targets: TargetsSection = TargetsSection()
+
+    def digest(self, *sections: str, **extra: Any) -> str:
+        """A short hash of the named sections (and ``extra`` values): what a result depends on."""
+        parts = {s: _dump(getattr(self, s)) for s in sections}
+        blob = json.dumps({**parts, **extra}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _dump(value: Any) -> Any:
+    return value.model_dump() if isinstance(value, BaseModel) else value
+
+
+def _one_line(err: ValidationError, source: str) -> UserError:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif "input" in first and first["type"] != "missing":
+        msg = f"{msg} (got {first['input']!r})"
+    more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    return UserError(f"{source}: {key}: {msg}{more}", "fix that key; see configs/demo.yaml")
+
+
+def parse_config(data: dict[str, Any], source: str = "config") -> ExperimentConfig:
+    """Validate a config mapping; raises a one-line :class:`UserError` naming the bad key."""
+    if not isinstance(data, dict):
+        raise UserError(f"{source} is not a mapping of keys", "see configs/demo.yaml")
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as err:
+        raise _one_line(err, source) from None
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    """Read and validate a YAML experiment config."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"config {p} not found", "pass the path of a YAML file")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise UserError(f"{p}{where} is not valid YAML", "fix the syntax") from None
+    return parse_config(data, str(p))
+
+
+def dump_config(cfg: ExperimentConfig) -> str:
+    """The config as YAML with every default filled in (stored beside the results)."""
+    return yaml.safe_dump(cfg.model_dump(), sort_keys=False)

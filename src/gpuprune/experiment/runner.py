@@ -1,0 +1,328 @@
+"""``gpuprune run``: the dense model, then every (method, sparsity) cell, stored as they finish.
+
+Layout of a run folder::
+
+    config.yaml          the validated config with defaults filled in
+    dense/               checkpoint.pt while training, model.safetensors, result.json
+    cells/<m>-<s>.json   one finished cell each (status ok or failed with the message)
+    cells/<m>-<s>/       its fine-tuning checkpoint (while running) and pruned model
+    summary.json         everything the report needs
+
+Re-running skips finished cells (same settings) and resumes a half-trained dense model or cell.
+A lock file keeps two runs out of one folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import platform
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from safetensors.torch import load_file, save
+
+from gpuprune.data import ImageData
+from gpuprune.errors import UserError
+from gpuprune.experiment.cell import (
+    CELLS_DIR,
+    DENSE_DIR,
+    build_model,
+    cell_id,
+    cell_key,
+    cell_path,
+    fresh_workdir,
+    input_shape,
+    load_data,
+    prunable_layers,
+    run_cell,
+)
+from gpuprune.experiment.config import ExperimentConfig, dump_config, parse_config
+from gpuprune.experiment.latency import backend_device, compile_for, time_model
+from gpuprune.fileio import atomic_write_bytes, atomic_write_text
+from gpuprune.train import distributed as ddp
+from gpuprune.train import evaluate, fit
+
+console = Console(stderr=True)
+SIMD_METHODS = ("simd", "simd-balanced")
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``run_dir/.lock`` (released on exit, even when killed)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(
+                f"run folder {run_dir} is in use by another gpuprune run",
+                "wait for it to finish or pass another -o folder",
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        yield
+    finally:
+        os.close(fd)
+
+
+def _check_backends(cfg: ExperimentConfig) -> None:
+    from gpuprune.nn import resolve_backend
+
+    for name in cfg.latency.backends:
+        resolve_backend(name)  # raises a UserError naming the setup step
+
+
+def dense_key(cfg: ExperimentConfig) -> str:
+    """What the dense weights depend on."""
+    return cfg.digest("data", "model", "dense", "seed")
+
+
+def timing_key(cfg: ExperimentConfig) -> str:
+    """What the dense latencies depend on (besides the weights)."""
+    p = cfg.prune
+    return cfg.digest("latency", target=p.target, exclude=p.exclude,
+                      first_last=p.exclude_first_last, variants=sorted(_variants(cfg)))  # fmt: skip
+
+
+def _variants(cfg: ExperimentConfig) -> dict[str, str]:
+    """Kernel variants the cells use, each with a method name that selects it in compile()."""
+    out = {"tile": "tile"}
+    if any(m in SIMD_METHODS for m in cfg.prune.methods):
+        out["simd"] = "simd"
+    return out
+
+
+def run_dense(cfg: ExperimentConfig, run_dir: Path, data: ImageData,
+              progress: bool = True) -> dict[str, Any]:  # fmt: skip
+    """Train (or load) the dense model, evaluate and time it; stored in ``dense/``."""
+    from gpuprune.prune.layers import gemm_layers, layer_specs
+
+    work = run_dir / DENSE_DIR
+    result_file = work / "result.json"
+    key = dense_key(cfg)
+    done = json.loads(result_file.read_text()) if result_file.exists() else {}
+    if done.get("key") == key and done.get("timing_key") == timing_key(cfg):
+        return done
+    main = ddp.info().is_main  # under torchrun all ranks train; rank 0 alone writes and times
+    model = build_model(cfg, data)
+    if done.get("key") == key:  # same weights, other timing settings: time again only
+        if main:
+            model.load_state_dict(load_file(str(work / "model.safetensors")))
+            record = {k: v for k, v in done.items() if k not in ("latency", "timing_key")}
+            _time_dense(cfg, model, data, record, result_file)
+        return _shared(result_file)
+    if main:
+        fresh_workdir(work, key)
+    ddp.barrier()
+    started = time.perf_counter()
+    history: list[dict[str, Any]] = []
+    if cfg.model.checkpoint:
+        path = Path(cfg.model.checkpoint)
+        if not path.is_file():
+            raise UserError(f"model.checkpoint {path} not found", "fix the path or remove the key")
+        try:
+            model.load_state_dict(load_file(str(path)))
+        except (RuntimeError, OSError) as exc:
+            raise UserError(
+                f"model.checkpoint {path} does not fit {cfg.model.name} (width "
+                f"{cfg.model.width}): {str(exc).splitlines()[0]}",
+                "use the checkpoint of this model, or train it (remove the key)",
+            ) from None
+        test_loss, test_acc = evaluate(model, data, cfg.dense.eval_batch_size)
+    else:
+        res = fit(model, data, cfg.dense.train_config(cfg.seed), run_dir=work, resume=True,
+                  progress=progress, desc="dense")  # fmt: skip
+        test_loss, test_acc, history = res.test_loss, res.test_acc, res.history
+    if main:
+        model.cpu().eval()
+        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+        atomic_write_bytes(work / "model.safetensors", save(state))
+        specs = layer_specs(model, gemm_layers(model), None, input_shape(data))
+        record = {
+            "key": key,
+            "accuracy": test_acc,
+            "test_loss": test_loss,
+            "params": sum(p.numel() for p in model.parameters()),
+            "flops": {n: s.dense_flops for n, s in specs.items()},
+            "history": history,
+            "trained": not cfg.model.checkpoint,
+            "seconds": time.perf_counter() - started,
+        }
+        (work / "checkpoint.pt").unlink(missing_ok=True)
+        _time_dense(cfg, model, data, record, result_file)
+    return _shared(result_file)
+
+
+def _shared(path: Path) -> dict[str, Any]:
+    """Read what rank 0 wrote, once it has (every rank, after a barrier)."""
+    ddp.barrier()
+    return json.loads(path.read_text())
+
+
+def _time_dense(cfg: ExperimentConfig, model: torch.nn.Module, data: ImageData,
+                record: dict[str, Any], result_file: Path) -> dict[str, Any]:  # fmt: skip
+    """Time the dense model eagerly and with each backend's kernels (nothing to skip)."""
+    shape = input_shape(data)
+    layers = prunable_layers(cfg, model)
+    latency: dict[str, Any] = {"torch": time_model(model, shape, cfg.latency, cfg.seed)}
+    if torch.cuda.is_available():
+        latency["torch-cuda"] = time_model(model, shape, cfg.latency, cfg.seed, "cuda")
+        model.cpu()
+    for backend in cfg.latency.backends:
+        latency[backend] = {
+            variant: time_model(compile_for(model, cfg.prune.target, backend, layers, method),
+                                shape, cfg.latency, cfg.seed, backend_device(backend))
+            for variant, method in _variants(cfg).items()
+        }  # fmt: skip
+    record.update(timing_key=timing_key(cfg), prunable_layers=layers, latency=latency)
+    atomic_write_text(result_file, json.dumps(record, indent=1))
+    return record
+
+
+def _describe(rec: dict[str, Any], dense_acc: float) -> str:
+    name = cell_id(rec["method"], rec["sparsity"])
+    if rec.get("status") != "ok":
+        return f"[red]{name} failed[/red]: {rec.get('error')}"
+    lat = ", ".join(f"{b} {v['median_ms']:.2f} ms" for b, v in rec["latency"].items())
+    drop = (dense_acc - rec["accuracy"]) * 100
+    return (f"{name}: accuracy {rec['accuracy']:.2%} (drop {drop:+.2f} pt), sparsity "
+            f"{rec['achieved_sparsity']:.3f}, {lat} ({rec['seconds']:.0f} s)")  # fmt: skip
+
+
+def _ray_cell(cfg_dict: dict[str, Any], run_dir: str, method: str, sparsity: float
+              ) -> dict[str, Any]:  # fmt: skip
+    # Runs on a Ray worker: it reads the data and dense model itself (shared file system).
+    return run_cell(parse_config(cfg_dict), Path(run_dir), method, sparsity, progress=False)
+
+
+def _run_cells_ray(cfg: ExperimentConfig, run_dir: Path, pending: list[tuple[str, float]],
+                   address: str, dense_acc: float) -> None:  # fmt: skip
+    try:
+        import ray
+    except ImportError:
+        raise UserError(
+            "--ray needs the ray package", "pip install 'gpuprune[ray]', or run without --ray"
+        ) from None
+    if not ray.is_initialized():
+        ray.init(address=None if address == "local" else address)
+    task = ray.remote(num_cpus=1)(_ray_cell)
+    futures = [task.remote(cfg.model_dump(), str(run_dir.resolve()), m, s) for m, s in pending]
+    while futures:
+        done, futures = ray.wait(futures, num_returns=1)
+        console.print(_describe(ray.get(done[0]), dense_acc))
+
+
+def pending_cells(cfg: ExperimentConfig, run_dir: Path) -> list[tuple[str, float]]:
+    """Cells without a stored result from these settings (failed cells are retried)."""
+    key = cell_key(cfg)
+    out = []
+    for method in cfg.prune.methods:
+        for sparsity in cfg.prune.sparsities:
+            path = cell_path(run_dir, method, sparsity)
+            if path.exists():
+                rec = json.loads(path.read_text())
+                if rec.get("key") == key and rec.get("status") == "ok":
+                    continue
+            out.append((method, sparsity))
+    return out
+
+
+def collect(cfg: ExperimentConfig, run_dir: Path, dense: dict[str, Any], data: ImageData,
+            seconds: float) -> dict[str, Any]:  # fmt: skip
+    """Gather the dense result and every cell of this config into ``summary.json``."""
+    cells = []
+    for method in cfg.prune.methods:
+        for sparsity in cfg.prune.sparsities:
+            path = cell_path(run_dir, method, sparsity)
+            if path.exists():
+                cells.append(json.loads(path.read_text()))
+    cuts = list(data.notes)
+    for phase, recipe in (("dense training", cfg.dense), ("fine-tuning", cfg.finetune)):
+        if recipe.steps_per_epoch is not None:
+            cuts.append(f"{phase}: epochs cut to {recipe.steps_per_epoch} steps")
+    if cfg.finetune.train_subset is not None:
+        cuts.append(f"fine-tuning on {cfg.finetune.train_subset} train images")
+    summary = {
+        "name": cfg.name,
+        "config": cfg.model_dump(),
+        "data": {"name": data.name, "source": data.source, "train": len(data.train_y),
+                 "test": len(data.test_y), "image": list(input_shape(data))},  # fmt: skip
+        "notes": list(cfg.notes),
+        "cuts": cuts,
+        "dense": dense,
+        "cells": cells,
+        "environment": {"python": platform.python_version(), "torch": torch.__version__,
+                        "machine": platform.machine(), "cpus": os.cpu_count(),
+                        "threads": torch.get_num_threads()},  # fmt: skip
+        "seconds": seconds,
+    }
+    if ddp.info().is_main:
+        atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1))
+    return summary
+
+
+def run_experiment(
+    cfg: ExperimentConfig,
+    run_dir: str | Path,
+    *,
+    ray_address: str | None = None,
+    progress: bool = True,
+    raise_on_failure: bool = True,
+) -> dict[str, Any]:
+    """Run (or continue) the experiment in ``run_dir``; returns the summary.
+
+    Raises:
+        UserError: bad setup (data, backends, folder in use) or, at the end, failed cells
+            (unless ``raise_on_failure`` is False; then see :func:`check_cells`).
+    """
+    run_dir = Path(run_dir)
+    started = time.perf_counter()
+    main = ddp.info().is_main
+    if ray_address and ddp.info().enabled:
+        raise UserError("--ray and torchrun do not mix", "use one of them")
+    say = console.print if main else (lambda *a, **k: None)
+    with run_lock(run_dir) if main else contextlib.nullcontext():
+        if main:
+            atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+        _check_backends(cfg)
+        data = load_data(cfg)
+        say(f"data: {data.name} from {data.source}: {len(data.train_y)} train, "
+            f"{len(data.test_y)} test images")  # fmt: skip
+        dense = run_dense(cfg, run_dir, data, progress)
+        say(f"dense {cfg.model.name}: accuracy {dense['accuracy']:.2%}")
+        pending = pending_cells(cfg, run_dir)
+        total = len(cfg.prune.methods) * len(cfg.prune.sparsities)
+        if len(pending) < total:
+            say(f"{total - len(pending)} of {total} cells already done; skipping them")
+        (run_dir / CELLS_DIR).mkdir(exist_ok=True)
+        if ray_address:
+            _run_cells_ray(cfg, run_dir, pending, ray_address, dense["accuracy"])
+        else:
+            for i, (method, sparsity) in enumerate(pending, 1):
+                rec = run_cell(cfg, run_dir, method, sparsity, data, progress)
+                if main:
+                    say(f"[{i}/{len(pending)}] " + _describe(rec, dense["accuracy"]))
+        summary = collect(cfg, run_dir, dense, data, time.perf_counter() - started)
+    if raise_on_failure:
+        check_cells(summary, run_dir)
+    return summary
+
+
+def check_cells(summary: dict[str, Any], run_dir: Path) -> None:
+    """Raise a :class:`UserError` naming the failed cells, if any."""
+    failed = [c for c in summary["cells"] if c.get("status") != "ok"]
+    if failed:
+        names = ", ".join(cell_id(c["method"], c["sparsity"]) for c in failed)
+        raise UserError(
+            f"{len(failed)} of {len(summary['cells'])} cells failed ({names}): "
+            f"{failed[0].get('error')}",
+            f"see {Path(run_dir) / CELLS_DIR}; fix the settings and rerun to retry only those",
+        )

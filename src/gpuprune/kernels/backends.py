@@ -1,0 +1,152 @@
+"""Kernel backends: turn a packed weight into a callable layer forward.
+
+A backend builds, once, a callable for one layer (kernel compiled, weights uploaded) that is then
+called per forward. Each backend module registers its class in :data:`BACKENDS`; the modules are
+imported lazily by :func:`get_backend` so that, e.g., a missing PyOpenCL only matters when the
+OpenCL backend is asked for.
+
+``variant`` is ``"dense"`` (every block: the same kernel's dense baseline), ``"tile"`` (work-group
+tile skip, weight packed with ``target.tile_block()``) or ``"simd"`` (SIMD-group skip, packed with
+``target.simd_block()``). A backend may use its own blocking for the dense variant.
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib
+from collections.abc import Callable
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from gpuprune.arch import Target
+from gpuprune.errors import UserError
+from gpuprune.kernels.format import VARIANTS, BlockSparseWeight
+from gpuprune.registry import Registry
+
+Forward = Callable[[Tensor], Tensor]
+
+
+class Backend(abc.ABC):
+    """One way of executing packed layers (OpenCL, Triton, CPU, plain PyTorch reference)."""
+
+    name: ClassVar[str]
+
+    def check_available(self) -> None:  # noqa: B027 - optional hook, default: always available
+        """Raise a :class:`UserError` naming the fix (setup step, other backend) if unusable."""
+
+    @property
+    def device(self) -> str:
+        """Human-readable device this backend runs on."""
+        return "cpu"
+
+    @abc.abstractmethod
+    def linear(
+        self,
+        packed: BlockSparseWeight,
+        bias: Tensor | None,
+        target: Target,
+        *,
+        variant: str,
+        relu: bool = False,
+    ) -> Forward:
+        """A forward for ``y = x @ W.T + b`` (x: [B, K] float32) with the packed W [M, K]."""
+
+    @abc.abstractmethod
+    def conv2d(
+        self,
+        packed: BlockSparseWeight,
+        bias: Tensor | None,
+        target: Target,
+        *,
+        variant: str,
+        in_channels: int,
+        kernel_size: tuple[int, int],
+        stride: tuple[int, int],
+        padding: tuple[int, int],
+        dilation: tuple[int, int],
+        relu: bool = False,
+    ) -> Forward:
+        """A forward for a groups=1 Conv2d, NCHW float32 in and out."""
+
+
+BACKENDS: Registry[type[Backend]] = Registry("backend")
+
+# name -> module that registers it on import (kept lazy: optional dependencies)
+_MODULES = {
+    "reference": "gpuprune.kernels.reference",
+    "opencl": "gpuprune.kernels.opencl",
+    "cpu": "gpuprune.kernels.cpu",
+    "triton": "gpuprune.kernels.triton",
+}
+
+
+def _import_backend(name: str) -> None:
+    module = _MODULES.get(name)
+    if module is None or name in BACKENDS:
+        return
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        # Only a missing backend module is the user's business; a missing dependency inside
+        # it is reported by check_available() with the install step.
+        if err.name != module:
+            raise
+
+
+def backend_names() -> list[str]:
+    """Every known backend name (registered or importable)."""
+    for name in _MODULES:
+        _import_backend(name)
+    return BACKENDS.names()
+
+
+def get_backend(name: str) -> Backend:
+    """An instance of the backend ``name``; unknown names raise a UserError listing valid ones."""
+    _import_backend(name)
+    if name not in BACKENDS:
+        backend_names()
+    return BACKENDS.get(name)()
+
+
+def check_variant(variant: str, packed: BlockSparseWeight, target: Target) -> None:
+    """Raise a UserError when ``packed`` was not blocked the way ``variant`` on ``target`` skips."""
+    if variant not in VARIANTS:
+        raise UserError(
+            f"unknown kernel variant {variant!r}", f"choose one of: {', '.join(VARIANTS)}"
+        )
+    want = target.simd_block() if variant == "simd" else target.tile_block()
+    if variant != "dense" and tuple(packed.block) != tuple(want):
+        raise UserError(
+            f"weight packed with block {tuple(packed.block)} but the {variant!r} kernel for target "
+            f"{target.name!r} skips {want} blocks",
+            f"pack it with gpuprune.kernels.pack_for(matrix, target, {variant!r})",
+        )
+
+
+def check_conv_shape(
+    packed: BlockSparseWeight, in_channels: int, kernel_size: tuple[int, int]
+) -> None:
+    """Raise a UserError when the packed [M, K] weight does not fit the convolution's K."""
+    k = in_channels * kernel_size[0] * kernel_size[1]
+    if packed.shape[1] != k:
+        raise UserError(
+            f"packed weight has K={packed.shape[1]} but the Conv2d needs "
+            f"in_channels*kh*kw={in_channels}*{kernel_size[0]}*{kernel_size[1]}={k}",
+            "pack gemm_view() of this very layer (the packed file does not match the model)",
+        )
+
+
+def check_input(x: Tensor, dims: int, channels: int, what: str) -> None:
+    """Raise a UserError for an input a compiled layer cannot take (dtype, rank, channels)."""
+    if x.dtype != torch.float32:
+        raise UserError(
+            f"compiled {what} takes float32 input, got {x.dtype}", "call x.float() before the layer"
+        )
+    if x.dim() != dims or x.shape[1] != channels:
+        raise UserError(
+            f"compiled {what} expects a {dims}-d input with {channels} channels/features at dim 1, "
+            f"got shape {tuple(x.shape)}",
+            "feed the input shape the original layer took",
+        )

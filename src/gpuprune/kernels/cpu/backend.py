@@ -1,0 +1,230 @@
+"""The cpu backend: a compiled C kernel that walks only the kept K blocks (OpenMP, SIMD).
+
+Each layer is lowered to ``Out[M, N] = W[M, K] x X[K, N]``. The input is written (im2col for a
+convolution, a transpose for a linear layer) into panel-major ``X`` slabs of ``NR`` columns; the
+kernel then gives each (N-panel, row-block) task to a thread, which walks the row-block's kept
+blocks only, with bias and ReLU fused into the store. See docs/design/cpu-backend.md.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+from torch import Tensor
+
+from gpuprune.arch import Target
+from gpuprune.errors import UserError
+from gpuprune.gemm import to_blocks
+from gpuprune.kernels.backends import (
+    BACKENDS,
+    Backend,
+    check_conv_shape,
+    check_input,
+    check_variant,
+)
+from gpuprune.kernels.cpu.build import load_library
+from gpuprune.kernels.format import BlockSparseWeight
+
+
+def _ptr(t: Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def _on_cpu(x: Tensor) -> Tensor:
+    if x.device.type != "cpu":
+        raise UserError(
+            f"the cpu backend got an input on {x.device}", "move it with x.cpu() before the layer"
+        )
+    return x.contiguous()
+
+
+def _out_size(size: int, k: int, s: int, p: int, d: int) -> int:
+    return (size + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+class CpuGemm:
+    """A packed weight ready for the kernel: ``out = act(W x X + bias)``, W in BSR.
+
+    Attributes:
+        count_visits: when True, every call adds the number of kept blocks the kernel walked
+            (once per N-panel) to :attr:`visited_blocks` (instrumentation for tests).
+        visited_blocks: running count of blocks walked, summed over N-panels and calls.
+    """
+
+    def __init__(self, packed: BlockSparseWeight, bias: Tensor | None, relu: bool) -> None:
+        self.panel = int(self.lib.gp_panel_width())  # NR: columns per X panel
+        self.shape = packed.shape
+        self.block = packed.block
+        self.gm, gk = packed.grid
+        self.k_pad = gk * packed.block[1]
+        self.row_ptr = packed.row_ptr.to(torch.int32).contiguous()
+        self.col_idx = packed.col_idx.to(torch.int32).contiguous()
+        # k-major blocks: the bm row weights of one k sit side by side for the broadcasts
+        self.wt = packed.values.to(torch.float32).transpose(1, 2).contiguous()
+        m = packed.shape[0]
+        self.bias = None
+        if bias is not None:
+            self.bias = bias.detach().to(device="cpu", dtype=torch.float32).reshape(m).contiguous()
+        self.relu = relu
+        self.nnzb = packed.nnzb
+        self.count_visits = False
+        self.visited_blocks = 0
+
+    @property
+    def lib(self) -> ctypes.CDLL:
+        """The loaded kernel library (not stored, so layers stay picklable and copyable)."""
+        return load_library()
+
+    def panels(self, n: int) -> int:
+        """N-panels the kernel cuts ``n`` output columns into."""
+        return -(-n // self.panel)
+
+    def _weight_args(self) -> tuple:
+        return (
+            self.shape[0], self.gm, self.block[0], self.block[1], self.k_pad,
+            _ptr(self.row_ptr), _ptr(self.col_idx), _ptr(self.wt), _ptr(self.bias), int(self.relu),
+        )  # fmt: skip
+
+    def _call(self, fn, *args) -> None:
+        counter = torch.zeros(1, dtype=torch.int64) if self.count_visits else None
+        if fn(*args, torch.get_num_threads(), *self._tail(), _ptr(counter)) != 0:
+            raise MemoryError("the cpu kernel could not allocate its im2col buffer")
+        if counter is not None:
+            self.visited_blocks += int(counter.item())
+
+    def _tail(self) -> tuple:
+        return ()
+
+
+class CpuLinear(CpuGemm):
+    """Forward of a packed Linear layer: [B, K] -> [B, M]."""
+
+    def __call__(self, x: Tensor) -> Tensor:
+        check_input(x, 2, self.shape[1], "Linear")
+        x = _on_cpu(x)
+        n = x.shape[0]
+        out = torch.empty(n, self.shape[0], dtype=torch.float32)
+        if n == 0:
+            return out
+        m, gm, bm, bk, k_pad, *rest = self._weight_args()
+        self._call(self.lib.gp_linear, _ptr(x), n, self.shape[1], m, gm, bm, bk, k_pad, *rest,
+                   _ptr(out))  # fmt: skip
+        return out
+
+
+class CpuConv2d(CpuGemm):
+    """Forward of a packed groups=1 Conv2d: NCHW in, NCHW out.
+
+    ``mode`` picks the kernel's schedule: 0 automatic, 1 im2col fused per N-panel, 2 whole
+    im2col buffer first (both give the same result; exposed for tests and benchmarks).
+    """
+
+    def __init__(
+        self,
+        packed: BlockSparseWeight,
+        bias: Tensor | None,
+        relu: bool,
+        in_channels: int,
+        kernel_size: tuple[int, int],
+        stride: tuple[int, int],
+        padding: tuple[int, int],
+        dilation: tuple[int, int],
+    ) -> None:
+        super().__init__(packed, bias, relu)
+        # K blocks some row-block keeps: im2col skips the rest (e.g. channels pruned upstream)
+        self.used = torch.zeros(self.k_pad // self.block[1], dtype=torch.uint8)
+        self.used[self.col_idx.long()] = 1
+        self.in_channels = in_channels
+        self.kernel_size = tuple(kernel_size)
+        self.stride = tuple(stride)
+        self.padding = tuple(padding)
+        self.dilation = tuple(dilation)
+        self.mode = 0
+
+    def _tail(self) -> tuple:
+        return (self.mode,)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        check_input(x, 4, self.in_channels, "Conv2d")
+        x = _on_cpu(x)
+        b, c, h, w = x.shape
+        (kh, kw), (sh, sw) = self.kernel_size, self.stride
+        (ph, pw), (dh, dw) = self.padding, self.dilation
+        oh, ow = _out_size(h, kh, sh, ph, dh), _out_size(w, kw, sw, pw, dw)
+        if oh < 1 or ow < 1:
+            raise UserError(
+                f"input {h}x{w} is smaller than the Conv2d's receptive field "
+                f"({kh}x{kw}, dilation {self.dilation}, padding {self.padding})",
+                "feed the input size the model was built for",
+            )
+        out = torch.empty(b, self.shape[0], oh, ow, dtype=torch.float32)
+        # the kernel addresses the input with int32 offsets: split batches above 2**31 floats
+        step = max(1, (2**31 - 1) // max(1, c * h * w))
+        for start in range(0, b, step):
+            xs, ys = x[start : start + step], out[start : start + step]
+            self._call(self.lib.gp_conv2d, _ptr(xs), xs.shape[0], c, h, w, kh, kw, sh, sw, ph,
+                       pw, dh, dw, oh, ow, *self._weight_args(), _ptr(ys),
+                       _ptr(self.used))  # fmt: skip
+        return out
+
+
+def full_grid(packed: BlockSparseWeight, block: tuple[int, int]) -> BlockSparseWeight:
+    """``packed`` re-blocked with every block kept (pruned ones as zeros): the dense baseline
+    that runs the very same kernel, walking all blocks."""
+    blocks = to_blocks(packed.to_dense(), block)  # [gm, gk, bm, bk]
+    gm, gk = blocks.shape[:2]
+    return BlockSparseWeight(
+        shape=packed.shape,
+        block=tuple(block),
+        row_ptr=torch.arange(gm + 1, dtype=torch.int32) * gk,
+        col_idx=torch.arange(gk, dtype=torch.int32).repeat(gm),
+        values=blocks.reshape(gm * gk, *block).contiguous(),
+    )
+
+
+def for_variant(packed: BlockSparseWeight, target: Target, variant: str) -> BlockSparseWeight:
+    """The weight a kernel walks: as packed, or for "dense" every block of the target's tiles."""
+    check_variant(variant, packed, target)
+    return full_grid(packed, target.tile_block()) if variant == "dense" else packed
+
+
+@BACKENDS.register("cpu")
+class CpuBackend(Backend):
+    """Compiled C kernel (OpenMP threads, SIMD micro-tiles) that skips pruned blocks on the CPU."""
+
+    name = "cpu"
+
+    def check_available(self) -> None:
+        load_library()
+
+    def linear(
+        self,
+        packed: BlockSparseWeight,
+        bias: Tensor | None,
+        target: Target,
+        *,
+        variant: str,
+        relu: bool = False,
+    ) -> CpuLinear:
+        return CpuLinear(for_variant(packed, target, variant), bias, relu)
+
+    def conv2d(
+        self,
+        packed: BlockSparseWeight,
+        bias: Tensor | None,
+        target: Target,
+        *,
+        variant: str,
+        in_channels: int,
+        kernel_size: tuple[int, int],
+        stride: tuple[int, int],
+        padding: tuple[int, int],
+        dilation: tuple[int, int],
+        relu: bool = False,
+    ) -> CpuConv2d:
+        check_conv_shape(packed, in_channels, kernel_size)
+        return CpuConv2d(
+            for_variant(packed, target, variant), bias, relu, in_channels, kernel_size,
+            stride, padding, dilation,
+        )  # fmt: skip

@@ -1,0 +1,98 @@
+"""Model registry and factory: a registered name or ``package.module:factory``."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable
+
+from torch import nn
+
+from gpuprune.errors import UserError
+from gpuprune.registry import Registry
+
+ModelFactory = Callable[..., nn.Module]
+
+MODELS: Registry[ModelFactory] = Registry("model")
+
+
+def list_models() -> list[str]:
+    """Names of the registered models."""
+    _load_builtin()
+    return MODELS.names()
+
+
+def _load_builtin() -> None:
+    # The builtin modules register themselves on import; importing here avoids a cycle.
+    from gpuprune.models import resnet, tiny, vgg  # noqa: F401
+
+
+def _import_factory(spec: str) -> ModelFactory:
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise UserError(
+            f"model {spec!r} is not 'package.module:factory'",
+            "write e.g. 'mypkg.nets:build' or a registered name: " + ", ".join(list_models()),
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UserError(
+            f"cannot import module {module_name!r} for model {spec!r} ({exc})",
+            "check the module is installed or on PYTHONPATH",
+        ) from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise UserError(
+            f"module {module_name!r} has no callable {attr!r}",
+            "name a function or class that returns an nn.Module",
+        )
+    return factory
+
+
+def create_model(
+    name: str, num_classes: int = 10, in_channels: int = 3, width: float = 1.0
+) -> nn.Module:
+    """Build a model by registered name or ``package.module:factory``.
+
+    Args:
+        name: a name from :func:`list_models` or ``package.module:factory``. A user factory is
+            called with the same keyword arguments it accepts among ``num_classes``,
+            ``in_channels`` and ``width``.
+        num_classes: output classes.
+        in_channels: input image channels (1 for Fashion-MNIST, 3 for CIFAR-10).
+        width: multiplier on every layer's channel count (0.25 gives VGG16 with 16..128 channels).
+
+    Returns:
+        The model, in training mode, on the CPU.
+    """
+    if num_classes < 1 or in_channels < 1:
+        raise UserError(
+            f"num_classes={num_classes} and in_channels={in_channels} must be >= 1",
+            "pass positive integers",
+        )
+    if not width > 0:
+        raise UserError(f"width={width} must be > 0", "pass e.g. width=0.25 or 1.0")
+    if ":" in name:
+        factory = _import_factory(name)
+        kwargs = {"num_classes": num_classes, "in_channels": in_channels, "width": width}
+        try:
+            params = inspect.signature(factory).parameters
+            if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+                kwargs = {k: v for k, v in kwargs.items() if k in params}
+        except (TypeError, ValueError):  # builtins without a signature: pass nothing
+            kwargs = {}
+        model = factory(**kwargs)
+        if not isinstance(model, nn.Module):
+            raise UserError(
+                f"factory {name!r} returned {type(model).__name__}, not an nn.Module",
+                "return a torch.nn.Module from the factory",
+            )
+        return model
+    _load_builtin()
+    return MODELS.get(name)(num_classes=num_classes, in_channels=in_channels, width=width)
+
+
+def scaled(channels: int, width: float) -> int:
+    """Channel count ``channels * width``, rounded, at least 1."""
+    return max(1, int(round(channels * width)))

@@ -1,0 +1,70 @@
+"""CIFAR ResNet (He et al. 2016, section 4.2): 3 stages of basic blocks, 16/32/64 channels.
+
+ResNet-20 has 3 blocks per stage. Shortcuts that change shape use a 1x1 conv + BN (option B), so
+every layer is a Conv2d or Linear that the pruner and the compiled backends understand.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from gpuprune.models.factory import MODELS, scaled
+
+
+class BasicBlock(nn.Module):
+    """Two conv3x3 + BN with a residual connection."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.relu = nn.ReLU(inplace=True)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out)
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    """ResNet for 32x32 inputs with ``blocks`` basic blocks per stage (depth = 6 * blocks + 2)."""
+
+    def __init__(
+        self, blocks: int = 3, num_classes: int = 10, in_channels: int = 3, width: float = 1.0
+    ) -> None:
+        super().__init__()
+        c = [scaled(16, width), scaled(32, width), scaled(64, width)]
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, c[0], 3, padding=1, bias=False),
+            nn.BatchNorm2d(c[0]),
+            nn.ReLU(inplace=True),
+        )
+        stages: list[nn.Module] = []
+        c_in = c[0]
+        for i, c_out in enumerate(c):
+            for j in range(blocks):
+                stages.append(BasicBlock(c_in, c_out, stride=2 if (i > 0 and j == 0) else 1))
+                c_in = c_out
+        self.layers = nn.Sequential(*stages)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(c_in, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.layers(self.stem(x))
+        return self.fc(self.pool(x).flatten(1))
+
+
+@MODELS.register("resnet20")
+def resnet20(num_classes: int = 10, in_channels: int = 3, width: float = 1.0) -> CifarResNet:
+    """CIFAR ResNet-20 (19 conv layers + 1 linear, residual connections)."""
+    return CifarResNet(3, num_classes=num_classes, in_channels=in_channels, width=width)

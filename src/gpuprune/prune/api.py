@@ -1,0 +1,294 @@
+"""The pruning API: :class:`Pruner` (for training loops), :func:`prune` (one shot) and a report."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from torch import nn
+
+from gpuprune.arch import Target, get_target
+from gpuprune.errors import UserError
+from gpuprune.gemm import block_grid, block_reduce, gemm_view
+from gpuprune.prune.allocation import ALLOCATIONS, allocate, check_sparsity
+from gpuprune.prune.importance import IMPORTANCES, Batch, LossFn, mean_gradients
+from gpuprune.prune.layers import LayerSpec, gemm_layers, layer_specs, select_layers
+from gpuprune.prune.masks import get_mask, set_mask
+from gpuprune.prune.methods import PruneMethod, get_method
+from gpuprune.prune.result import LayerResult, PruneResult
+
+
+class Pruner:
+    """Masks a model's Conv2d/Linear weights with one method; call :meth:`apply` as often as needed.
+
+    Args:
+        model: the model (pruned in place through weight parametrizations).
+        method: a name from ``METHODS`` or a :class:`PruneMethod` instance.
+        target: a Target, preset name or target file; needed by ``tile``/``simd``/``simd-balanced``.
+        importance: a name from ``IMPORTANCES`` (``magnitude``, ``l2``, ``taylor``, ``random``).
+        allocation: ``uniform``, ``global``, ``sensitivity`` or a ``{layer: sparsity}`` mapping.
+        exclude: layer names or glob patterns left dense.
+        exclude_first_last: leave the first and last GEMM layers dense (the usual practice: they
+            are small and sensitive).
+        skip_small: leave layers smaller than one block dense instead of raising.
+        input_size: one sample's shape for the dummy pass that measures FLOPs; default
+            (C_in, 32, 32) for CNNs.
+        method_options: constructor options of the method, e.g. ``{"n": 2, "m": 4}`` for ``nm``.
+        progress: show a progress bar during sensitivity analysis.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        method: str | PruneMethod = "tile",
+        target: str | Target | None = None,
+        importance: str = "magnitude",
+        allocation: str | Mapping[str, float] = "uniform",
+        exclude: Iterable[str] = (),
+        exclude_first_last: bool = True,
+        skip_small: bool = False,
+        input_size: tuple[int, ...] | None = None,
+        method_options: Mapping[str, Any] | None = None,
+        progress: bool = False,
+    ) -> None:
+        self.model = model
+        self.method = get_method(method, **dict(method_options or {}))
+        self.target = get_target(target) if target is not None else None
+        self.importance_name = importance
+        self.importance = IMPORTANCES.get(importance)
+        if isinstance(allocation, str):
+            ALLOCATIONS.get(allocation)  # fail early on a typo
+        self.allocation = allocation
+        self.progress = progress
+        if self.method.needs_target and self.target is None:
+            raise UserError(
+                f"method {self.method.name!r} derives its blocks from a GPU target; none given",
+                "pass target='nvidia' (or --target; see `gpuprune targets`)",
+            )
+        if isinstance(exclude, str):
+            exclude = [exclude]
+        layers = select_layers(model, exclude, exclude_first_last)
+        self.specs: dict[str, LayerSpec] = {}
+        self.skipped: list[str] = []
+        for name, spec in layer_specs(model, layers, self.target, input_size).items():
+            try:
+                self.method.check(spec)
+            except UserError:
+                if not skip_small:
+                    raise
+                self.skipped.append(name)
+                continue
+            self.specs[name] = spec
+        if not self.specs:
+            raise UserError(
+                "no layer is large enough for one block of this method and target",
+                "choose a target with smaller blocks or a wider model",
+            )
+        self._requested = 0.0
+        self._alloc: dict[str, float] = dict.fromkeys(self.specs, 0.0)
+
+    @property
+    def masks(self) -> dict[str, torch.Tensor]:
+        """Current boolean keep-masks, weight-shaped, by layer name (only layers masked so far)."""
+        out = {}
+        for name, spec in self.specs.items():
+            mask = get_mask(spec.module)
+            if mask is not None:
+                out[name] = mask
+        return out
+
+    def apply(
+        self,
+        sparsity: float,
+        data: Iterable[Batch] | None = None,
+        loss_fn: LossFn | None = None,
+        max_batches: int = 16,
+    ) -> PruneResult:
+        """Recompute every mask for this overall sparsity and apply it.
+
+        Args:
+            sparsity: fraction of the pruned layers' weights to zero, in [0, 1).
+            data: ``(x, y)`` batches; read only by ``taylor`` importance (gradients) and
+                ``sensitivity`` allocation (held-out loss), at most ``max_batches`` of them.
+            loss_fn: ``loss_fn(output, y)``; cross-entropy by default.
+            max_batches: cap on batches taken from ``data`` (a whole loader is fine).
+        """
+        s = check_sparsity(sparsity)
+        wants_data = self.importance.needs_grad or self.allocation == "sensitivity"
+        batches = (
+            list(itertools.islice(data, max_batches)) if wants_data and data is not None else []
+        )
+        loss_fn = loss_fn or F.cross_entropy
+        for spec in self.specs.values():
+            if get_mask(spec.module) is None:
+                set_mask(spec.module, torch.ones_like(spec.module.weight, dtype=torch.bool))
+        modules = {n: spec.module for n, spec in self.specs.items()}
+        grads = (
+            mean_gradients(self.model, modules, batches, loss_fn)
+            if self.importance.needs_grad
+            else {}
+        )
+        imps = {}
+        for name, mod in modules.items():
+            w = gemm_view(mod.weight).detach()
+            g = grads.get(name)
+            imps[name] = self.importance.score(w, g).detach().float().cpu()
+        alloc = allocate(
+            self.allocation,
+            s,
+            self.specs,
+            importances=imps,
+            method=self.method,
+            evaluate=self._evaluator(batches, loss_fn) if batches else None,
+            progress=self._progress_callback() if self.progress else None,
+        )
+        for name, spec in self.specs.items():
+            set_mask(spec.module, self.method.mask(imps[name], alloc[name], spec))
+        self._requested, self._alloc = s, alloc
+        return self.result()
+
+    def result(self) -> PruneResult:
+        """Per-layer sparsity, block counts and FLOPs of the current masks."""
+        layers = []
+        for name, spec in self.specs.items():
+            mask = get_mask(spec.module)
+            mask = (
+                torch.ones(spec.shape, dtype=torch.bool) if mask is None else gemm_view(mask).cpu()
+            )
+            block = tuple(self.method.unit(spec))
+            kept = int(mask.sum())
+            layers.append(
+                LayerResult(
+                    name=name,
+                    shape=spec.shape,
+                    block=tuple(block),
+                    requested=float(self._alloc.get(name, 0.0)),
+                    sparsity=1.0 - kept / spec.numel,
+                    blocks_total=math.prod(block_grid(spec.shape, block)),
+                    blocks_kept=kept
+                    if block == (1, 1)
+                    else int(block_reduce(mask, block, "any").sum()),
+                    flops_dense=spec.dense_flops,
+                    flops_kept=2 * kept * spec.out_positions,
+                )
+            )
+        alloc = self.allocation if isinstance(self.allocation, str) else "explicit"
+        return PruneResult(
+            method=self.method.name,
+            target=self.target,
+            importance=self.importance_name,
+            allocation=alloc,
+            requested=self._requested,
+            layers=tuple(layers),
+            skipped=tuple(self.skipped),
+        )
+
+    # ---- sensitivity helpers -----------------------------------------------------------------
+    def _evaluator(self, batches: list[Batch], loss_fn: LossFn):
+        device = next(self.model.parameters()).device
+
+        def evaluate(name: str | None, mask: torch.Tensor | None) -> float:
+            buf = saved = None
+            if name is not None:
+                buf = get_mask(self.specs[name].module)
+                saved = buf.clone()
+                buf &= mask.reshape(buf.shape).to(buf.device)  # try it on top of the current mask
+            was_training = self.model.training
+            self.model.eval()
+            try:
+                with torch.no_grad():
+                    total = sum(
+                        float(loss_fn(self.model(x.to(device)), y.to(device))) for x, y in batches
+                    )
+            finally:
+                self.model.train(was_training)
+                if buf is not None:
+                    buf.copy_(saved)
+            return total / len(batches)
+
+        return evaluate
+
+    def _progress_callback(self):
+        bar = Progress(
+            TextColumn("sensitivity {task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            transient=True,
+        )
+        task = bar.add_task("", total=None)
+
+        def tick(done: int, total: int, layer: str) -> None:
+            if done == 1:
+                bar.start()
+            bar.update(task, completed=done, total=total, description=layer)
+            if done >= total:
+                bar.stop()
+
+        return tick
+
+
+def prune(
+    model: nn.Module,
+    method: str | PruneMethod = "tile",
+    sparsity: float = 0.5,
+    target: str | Target | None = None,
+    importance: str = "magnitude",
+    allocation: str | Mapping[str, float] = "uniform",
+    exclude: Iterable[str] = (),
+    exclude_first_last: bool = True,
+    data: Iterable[Batch] | None = None,
+    loss_fn: LossFn | None = None,
+    **options: Any,
+) -> PruneResult:
+    """Prune ``model`` in place once; ``options`` go to :class:`Pruner` (``skip_small``...).
+
+    Example:
+        >>> result = prune(model, method="tile", sparsity=0.75, target="nvidia")  # doctest: +SKIP
+        >>> print(result.sparsity, result.flops_kept)  # doctest: +SKIP
+    """
+    pruner = Pruner(
+        model, method, target, importance, allocation, exclude, exclude_first_last, **options
+    )
+    return pruner.apply(sparsity, data=data, loss_fn=loss_fn)
+
+
+def sparsity_report(model: nn.Module) -> str:
+    """A text table of every Conv2d/Linear layer: shape, non-zeros, sparsity, masked or not."""
+    table = Table(title="sparsity by layer")
+    for col in ("layer", "type", "GEMM MxK", "non-zero", "sparsity", "masked"):
+        table.add_column(col)
+    total = nonzero = 0
+    for name, mod in gemm_layers(model).items():
+        w = gemm_view(mod.weight)
+        nz = int((w != 0).sum())
+        total, nonzero = total + w.numel(), nonzero + nz
+        masked = "yes" if get_mask(mod) is not None else "no"
+        table.add_row(
+            name,
+            type(mod).__name__,
+            f"{w.shape[0]}x{w.shape[1]}",
+            f"{nz}/{w.numel()}",
+            f"{1 - nz / w.numel():.3f}",
+            masked,
+        )
+    table.add_row("total", "", "", f"{nonzero}/{total}", f"{1 - nonzero / max(total, 1):.3f}", "")
+    buf = io.StringIO()
+    Console(file=buf, width=110, color_system=None).print(table)
+    return buf.getvalue()

@@ -1,0 +1,130 @@
+"""Which layers a pruner touches, and what it knows about each (GEMM shape, sizes, target)."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from gpuprune.arch import Target
+from gpuprune.errors import UserError
+from gpuprune.gemm import gemm_shape, is_gemm_layer
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One prunable layer as the methods see it."""
+
+    name: str  # qualified module name, as in model.named_modules()
+    shape: tuple[int, int]  # (M, K) of the GEMM view
+    kernel_area: int = 1  # kh * kw: K columns per input channel (1 for Linear)
+    target: Target | None = None  # the GPU whose blocks tile/simd methods use
+    out_positions: int = 1  # N per sample: H_out * W_out for a conv, 1 for a Linear
+    in_hw: tuple[int, int] | None = None  # input spatial size (conv only), for latency probes
+    module: nn.Module | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def numel(self) -> int:
+        return self.shape[0] * self.shape[1]
+
+    @property
+    def dense_flops(self) -> int:
+        """Multiply-adds x 2 of the layer for one sample."""
+        return 2 * self.numel * self.out_positions
+
+
+def gemm_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Every Conv2d (groups=1) and Linear layer, in module order."""
+    return {n: m for n, m in model.named_modules() if is_gemm_layer(m)}
+
+
+def select_layers(
+    model: nn.Module, exclude: Iterable[str] = (), exclude_first_last: bool = True
+) -> dict[str, nn.Module]:
+    """The layers to prune: GEMM layers minus ``exclude`` (names or glob patterns).
+
+    Raises:
+        UserError: a pattern matches no layer, or nothing is left to prune.
+    """
+    layers = gemm_layers(model)
+    names = list(layers)
+    if not names:
+        raise UserError("the model has no Conv2d or Linear layer to prune", "pass a CNN model")
+    drop: set[str] = set()
+    for pattern in exclude:
+        hit = fnmatch.filter(names, pattern)
+        if not hit:
+            raise UserError(
+                f"exclude pattern {pattern!r} matches no prunable layer",
+                f"use a layer name such as {', '.join(names[:4])}",
+            )
+        drop.update(hit)
+    if exclude_first_last:
+        drop.update({names[0], names[-1]})
+    kept = {n: m for n, m in layers.items() if n not in drop}
+    if not kept:
+        raise UserError("every prunable layer is excluded", "exclude fewer layers")
+    return kept
+
+
+def _infer_input(model: nn.Module) -> tuple[int, ...]:
+    first = next(m for m in model.modules() if is_gemm_layer(m))
+    if isinstance(first, nn.Conv2d):
+        return (first.in_channels, 32, 32)  # CIFAR-sized by default
+    return (first.in_features,)
+
+
+def measure_positions(
+    model: nn.Module, names: Iterable[str], input_size: tuple[int, ...] | None = None
+) -> dict[str, tuple[int, tuple[int, int] | None]]:
+    """Run one dummy sample and record (N per sample, input H x W) for each named layer."""
+    wanted = set(names)
+    size = tuple(input_size) if input_size else _infer_input(model)
+    found: dict[str, tuple[int, tuple[int, int] | None]] = {}
+    hooks = []
+    for name, mod in model.named_modules():
+        if name in wanted:
+
+            def hook(mod, inputs, out, name=name):
+                x = inputs[0]
+                if isinstance(mod, nn.Conv2d):
+                    found[name] = (int(out.shape[-1] * out.shape[-2]), tuple(x.shape[-2:]))
+                else:
+                    found[name] = (int(out[0].numel() // out.shape[-1]), None)
+
+            hooks.append(mod.register_forward_hook(hook))
+    param = next(model.parameters())
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros((1, *size), device=param.device, dtype=param.dtype))
+    except Exception as err:  # the model rejects our guess of its input
+        raise UserError(
+            f"a dummy forward pass with input size {size} failed ({type(err).__name__})",
+            "pass input_size=(C, H, W) matching the model's input",
+        ) from None
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return found
+
+
+def layer_specs(
+    model: nn.Module,
+    layers: dict[str, nn.Module],
+    target: Target | None,
+    input_size: tuple[int, ...] | None = None,
+) -> dict[str, LayerSpec]:
+    """Build a :class:`LayerSpec` for each layer (one dummy forward pass measures N)."""
+    sizes = measure_positions(model, layers, input_size)
+    specs = {}
+    for name, mod in layers.items():
+        n, hw = sizes.get(name, (1, None))  # a layer the forward pass never reached: FLOPs per N
+        area = int(mod.weight[0, 0].numel()) if isinstance(mod, nn.Conv2d) else 1
+        specs[name] = LayerSpec(name, gemm_shape(mod), area, target, n, hw, mod)
+    return specs

@@ -1,0 +1,71 @@
+"""Masks as ``torch.nn.utils.parametrize`` parametrizations of ``weight``.
+
+``module.weight`` becomes ``where(mask, original, 0)``: the model trains as usual (gradients
+reach only kept weights), the boolean mask is a buffer (so optimizers never touch it and it is in
+``state_dict`` as ``<layer>.parametrizations.weight.0.mask``), and :func:`finalize` bakes the zeros
+into a plain weight.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+
+class WeightMask(nn.Module):
+    """Parametrization keeping the weights where ``mask`` is True and zeroing the rest."""
+
+    def __init__(self, mask: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mask", mask.bool())
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        # where (not multiply): pruned weights are exactly +0.0 even if the original is inf/nan
+        return torch.where(
+            self.mask, weight, torch.zeros((), dtype=weight.dtype, device=weight.device)
+        )
+
+
+def _mask_param(module: nn.Module) -> WeightMask | None:
+    if not parametrize.is_parametrized(module, "weight"):
+        return None
+    for p in module.parametrizations.weight:
+        if isinstance(p, WeightMask):
+            return p
+    return None
+
+
+def get_mask(module: nn.Module) -> torch.Tensor | None:
+    """The boolean keep-mask (weight-shaped) of a layer, or None if it is not masked."""
+    p = _mask_param(module)
+    return None if p is None else p.mask
+
+
+def set_mask(module: nn.Module, mask: torch.Tensor) -> None:
+    """Mask ``module.weight`` (adding the parametrization once) and zero the pruned originals.
+
+    Zeroing the stored original too means weight decay or momentum on pruned entries can never
+    bring a value back, and importance recomputed later sees them as 0.
+    """
+    weight = module.weight
+    mask = mask.reshape(weight.shape).to(device=weight.device, dtype=torch.bool)
+    p = _mask_param(module)
+    if p is None:
+        parametrize.register_parametrization(module, "weight", WeightMask(mask))
+    else:
+        p.mask.copy_(mask)
+    with torch.no_grad():
+        module.parametrizations.weight.original.masked_fill_(~mask, 0)
+
+
+def masked_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Every module of ``model`` whose weight carries a :class:`WeightMask`."""
+    return {n: m for n, m in model.named_modules() if _mask_param(m) is not None}
+
+
+def finalize(model: nn.Module) -> nn.Module:
+    """Bake the masks into plain weights and drop the parametrizations (in place; returns model)."""
+    for module in masked_layers(model).values():
+        parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+    return model

@@ -1,0 +1,338 @@
+"""Pruning methods: each turns a layer's importance map into a boolean keep-mask.
+
+A method sees the importance map as the layer's [M, K] GEMM view (``gemm_view``) and a layer
+sparsity (fraction of weights to zero), and returns a keep-mask of the same shape made of its own
+unit: a GPU tile, a SIMD-group vector, a filter row, a bank of a row... Register your own pattern
+with ``@METHODS.register("name")`` on a :class:`PruneMethod` subclass.
+
+Block scores are the *mean* importance per real element, so a ragged edge block (fewer real
+elements than a full block) is compared on equal terms with full blocks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import ClassVar
+
+import torch
+
+from gpuprune.errors import UserError
+from gpuprune.gemm import block_grid, block_reduce, expand_blocks
+from gpuprune.prune.latency import measure_latency
+from gpuprune.prune.layers import LayerSpec
+from gpuprune.registry import Registry
+
+METHODS: Registry[type[PruneMethod]] = Registry("pruning method")
+
+
+# ---- shared helpers -----------------------------------------------------------------------------
+def real_sizes(shape: tuple[int, int], block: tuple[int, int]) -> torch.Tensor:
+    """[gm, gk] float64 count of real elements per block (same as ``gemm.block_sizes``, faster)."""
+    (m, k), (bm, bk) = shape, block
+    gm, gk = block_grid(shape, block)
+    rows = torch.full((gm,), float(bm), dtype=torch.float64)
+    cols = torch.full((gk,), float(bk), dtype=torch.float64)
+    rows[-1], cols[-1] = m - bm * (gm - 1), k - bk * (gk - 1)
+    return rows[:, None] * cols[None, :]
+
+
+def block_scores(importance: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:
+    """[gm, gk] mean importance per real element of each block (ragged edges normalised)."""
+    if tuple(block) == (1, 1):
+        return importance.double()
+    shape = tuple(importance.shape)
+    return block_reduce(importance.double(), block, "sum") / real_sizes(shape, block)
+
+
+def select_lowest(scores: torch.Tensor, sizes: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Keep-mask over blocks: prune the lowest-scoring ones until ``sparsity`` of elements is hit.
+
+    The number of pruned blocks is the prefix (in ascending score) whose element count is closest
+    to ``sparsity * total``, so the result is within half the largest block of the request. At
+    least one block is always kept, so a layer never goes dead. Ties go to the lower index first.
+    """
+    flat, sz = scores.flatten(), sizes.flatten().double()
+    if sparsity == 0.0:
+        return torch.ones(scores.shape, dtype=torch.bool)
+    order = torch.argsort(flat, stable=True)
+    cum = torch.cat([sz.new_zeros(1), sz[order].cumsum(0)])[: flat.numel()]  # j pruned, j < n
+    j = int(torch.argmin((cum - sparsity * sz.sum()).abs()))
+    keep = torch.ones(flat.numel(), dtype=torch.bool)
+    keep[order[:j]] = False
+    return keep.reshape(scores.shape)
+
+
+def keep_top_per_row(scores: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Keep the ``counts[j]`` highest scores of each row within group j (``scores[:, j, :]``).
+
+    ``scores`` is [rows, groups, size] (padding must be -inf); ``counts`` is [groups].
+    """
+    order = torch.argsort(scores, dim=-1, descending=True, stable=True)
+    rank = torch.empty_like(order)
+    rank.scatter_(-1, order, torch.arange(scores.shape[-1]).expand_as(order).contiguous())
+    return rank < counts.view(1, -1, 1)
+
+
+def _check_fits(layer: LayerSpec, block: tuple[int, int], what: str) -> None:
+    (m, k), (bm, bk) = layer.shape, block
+    if m < bm or k < bk:
+        where = f"target {layer.target.name!r}" if layer.target else "this method"
+        raise UserError(
+            f"layer {layer.name} ({m}x{k} GEMM) is smaller than one {what} block "
+            f"{bm}x{bk} of {where}",
+            "exclude it (exclude=[name]), pass skip_small=True (--skip-small) to leave such layers "
+            "dense, or choose a target with a smaller block",
+        )
+
+
+# ---- the base class -----------------------------------------------------------------------------
+class PruneMethod:
+    """A pruning pattern: subclasses set ``name`` and override :meth:`unit` (maybe :meth:`mask`)."""
+
+    name: ClassVar[str] = ""
+    needs_target: ClassVar[bool] = False  # True when the block shape comes from a Target
+
+    def unit(self, layer: LayerSpec) -> tuple[int, int]:
+        """(rows, k) of the block the method keeps or prunes whole (also used for reporting)."""
+        raise NotImplementedError
+
+    def check(self, layer: LayerSpec) -> None:
+        """Raise :class:`UserError` if the method cannot prune this layer."""
+        if self.needs_target and layer.target is None:
+            raise UserError(
+                f"method {self.name!r} derives its blocks from a GPU target; none given",
+                "pass target='nvidia' (or --target; see `gpuprune targets`)",
+            )
+
+    def mask(self, importance: torch.Tensor, sparsity: float, layer: LayerSpec) -> torch.Tensor:
+        """Boolean [M, K] keep-mask pruning about ``sparsity`` of the layer's weights."""
+        block = self.unit(layer)
+        keep = select_lowest(
+            block_scores(importance, block), real_sizes(layer.shape, block), sparsity
+        )
+        return expand_blocks(keep, block, layer.shape)
+
+
+@METHODS.register("tile")
+class TilePruning(PruneMethod):
+    """Work-group tile pruning: whole ``MWG x KWG`` blocks (``Target.tile_block()``)."""
+
+    name = "tile"
+    needs_target = True
+
+    def unit(self, layer: LayerSpec) -> tuple[int, int]:
+        return layer.target.tile_block()
+
+    def check(self, layer: LayerSpec) -> None:
+        super().check(layer)
+        _check_fits(layer, self.unit(layer), "tile")
+
+
+@METHODS.register("simd")
+class SimdPruning(PruneMethod):
+    """SIMD-group vector pruning: whole ``R x simd_k`` vectors (``Target.simd_block()``)."""
+
+    name = "simd"
+    needs_target = True
+
+    def unit(self, layer: LayerSpec) -> tuple[int, int]:
+        return layer.target.simd_block()
+
+    def check(self, layer: LayerSpec) -> None:
+        super().check(layer)
+        _check_fits(layer, self.unit(layer), "SIMD-vector")
+
+
+@METHODS.register("simd-balanced")
+class SimdBalancedPruning(SimdPruning):
+    """SIMD vectors, with the same count of kept vectors in every R-row group of the layer.
+
+    Equal counts in every row-group of every work-group mean no SIMD group idles while another
+    works and row tiles finish together. The count is ``round((1 - sparsity) * vectors_per_row)``,
+    at least 1, so the achieved sparsity is quantised to one vector per row-group.
+    """
+
+    name = "simd-balanced"
+
+    def mask(self, importance: torch.Tensor, sparsity: float, layer: LayerSpec) -> torch.Tensor:
+        block = self.unit(layer)
+        scores = block_scores(importance, block)  # [gm, gk]
+        count = max(1, round((1 - sparsity) * scores.shape[1]))
+        keep = keep_top_per_row(scores.unsqueeze(1), torch.tensor([count]))[:, 0]
+        return expand_blocks(keep, block, layer.shape)
+
+
+@METHODS.register("unstructured")
+class UnstructuredPruning(PruneMethod):
+    """Han et al. 2015: prune single weights by importance (magnitude by default)."""
+
+    name = "unstructured"
+
+    def unit(self, layer: LayerSpec) -> tuple[int, int]:
+        return (1, 1)
+
+
+@METHODS.register("filter")
+class FilterPruning(PruneMethod):
+    """Li et al. 2016: prune whole filters (GEMM rows = output channels) by mean L1.
+
+    The rows are zeroed (masked), not removed; removing channels would change the next layer too.
+    """
+
+    name = "filter"
+
+    def unit(self, layer: LayerSpec) -> tuple[int, int]:
+        return (1, layer.shape[1])
+
+
+@METHODS.register("ssl")
+class SSLPruning(PruneMethod):
+    """Wen et al. 2016 (SSL): after group-lasso training (:func:`ssl_penalty`), prune small groups.
+
+    ``group``: ``shape`` (one K column across all filters: the im2col GEMM loses a row of X),
+    ``filter`` (a GEMM row) or ``channel`` (the ``kh*kw`` columns of one input channel).
+    """
+
+    name = "ssl"
+    GROUPS: ClassVar[tuple[str, ...]] = ("shape", "filter", "channel")
+
+    def __init__(self, group: str = "shape") -> None:
+        if group not in self.GROUPS:
+            raise UserError(
+                f"unknown SSL group {group!r}", f"choose one of: {', '.join(self.GROUPS)}"
+            )
+        self.group = group
+
+    def unit(self, layer: LayerSpec) -> tuple[int, int]:
+        m, k = layer.shape
+        return {"shape": (m, 1), "filter": (1, k), "channel": (m, layer.kernel_area)}[self.group]
+
+
+@METHODS.register("balanced")
+class BalancedPruning(PruneMethod):
+    """Yao et al. 2019: rows split into banks of ``bank`` weights; every bank keeps equally many.
+
+    ``bank`` defaults to the target's ``KWG`` (one local-memory slab), else 32. A full bank keeps
+    ``max(1, round((1 - sparsity) * bank))`` weights; a ragged last bank of ``r`` weights keeps the
+    same share of its own length.
+    """
+
+    name = "balanced"
+
+    def __init__(self, bank: int | None = None) -> None:
+        if bank is not None and bank < 1:
+            raise UserError(f"bank size must be >= 1, got {bank}", "pass e.g. bank=32")
+        self.bank = bank
+
+    def unit(self, layer: LayerSpec) -> tuple[int, int]:
+        return (1, 1)
+
+    def bank_size(self, layer: LayerSpec) -> int:
+        return self.bank or (layer.target.kwg if layer.target else 32)
+
+    def counts(self, sizes: list[int], sparsity: float) -> list[int]:
+        """Weights kept per bank, for banks of the given lengths."""
+        return [max(1, round((1 - sparsity) * r)) for r in sizes]
+
+    def mask(self, importance: torch.Tensor, sparsity: float, layer: LayerSpec) -> torch.Tensor:
+        m, k = layer.shape
+        b = self.bank_size(layer)
+        banks = -(-k // b)
+        padded = torch.full((m, banks * b), float("-inf"), dtype=torch.float64)
+        padded[:, :k] = importance.double()
+        sizes = [b] * (banks - 1) + [k - b * (banks - 1)]
+        keep = keep_top_per_row(
+            padded.view(m, banks, b), torch.tensor(self.counts(sizes, sparsity))
+        )
+        return keep.reshape(m, banks * b)[:, :k]
+
+
+@METHODS.register("nm")
+class NMPruning(BalancedPruning):
+    """N:M sparsity (2:4 by default): every group of M consecutive K weights keeps N.
+
+    With ``n=None`` the count follows the sparsity, ``n = round(m * (1 - sparsity))`` (>= 1), so
+    the achieved sparsity is quantised to ``1/m``. A ragged last group of ``r < m`` weights keeps
+    ``min(n, r)``: the padding counts as pruned, as on hardware that pads K.
+    """
+
+    name = "nm"
+
+    def __init__(self, n: int | None = None, m: int = 4) -> None:
+        if m < 1 or (n is not None and not 1 <= n <= m):
+            raise UserError(f"invalid N:M pattern {n}:{m}", "use 1 <= n <= m, e.g. n=2, m=4")
+        super().__init__(bank=m)
+        self.n = n
+
+    def counts(self, sizes: list[int], sparsity: float) -> list[int]:
+        n = self.n if self.n is not None else max(1, round(self.bank * (1 - sparsity)))
+        return [min(n, r) for r in sizes]
+
+
+LatencyFn = Callable[[LayerSpec, int], float]
+
+
+@METHODS.register("channel-perf")
+class ChannelPerfPruning(PruneMethod):
+    """Radu et al. 2019: filter pruning whose kept count sits on a step of measured latency.
+
+    Latency of the layer is measured at ``probes`` evenly spaced output-channel counts (torch on
+    the CPU by default, or ``latency(layer, channels) -> seconds``). Neighbouring counts whose
+    latency differs by at most ``tolerance`` (relative) form one plateau; within a plateau fewer
+    channels buy no time, so only each plateau's largest count is worth keeping. The kept count
+    requested by the sparsity is snapped to the nearest such count.
+    """
+
+    name = "channel-perf"
+
+    def __init__(
+        self, probes: int = 8, tolerance: float = 0.05, latency: LatencyFn | None = None
+    ) -> None:
+        if probes < 1 or tolerance < 0:
+            raise UserError("channel-perf needs probes >= 1 and tolerance >= 0", "pass probes=8")
+        self.probes, self.tolerance = probes, tolerance
+        self.latency = latency or measure_latency
+        self._curves: dict[str, tuple[list[int], list[float]]] = {}
+
+    def unit(self, layer: LayerSpec) -> tuple[int, int]:
+        return (1, layer.shape[1])
+
+    def curve(self, layer: LayerSpec) -> tuple[list[int], list[float]]:
+        """(channel counts, latencies) probed for this layer; measured once and cached."""
+        if layer.name not in self._curves:
+            m = layer.shape[0]
+            counts = sorted({max(1, round(m * i / self.probes)) for i in range(1, self.probes + 1)})
+            self._curves[layer.name] = (counts, [self.latency(layer, c) for c in counts])
+        return self._curves[layer.name]
+
+    def snap(self, layer: LayerSpec, keep: int) -> int:
+        """The largest count of a latency plateau nearest to ``keep`` (ties: the larger)."""
+        counts, lat = self.curve(layer)
+        edges, base = [], lat[0]
+        for i in range(1, len(counts)):
+            if lat[i] > base * (1 + self.tolerance):  # a new, slower plateau starts here
+                edges.append(counts[i - 1])
+                base = lat[i]
+        edges.append(counts[-1])
+        return min(edges, key=lambda e: (abs(e - keep), -e))
+
+    def mask(self, importance: torch.Tensor, sparsity: float, layer: LayerSpec) -> torch.Tensor:
+        m, k = layer.shape
+        keep_rows = self.snap(layer, max(1, round((1 - sparsity) * m)))
+        rows = importance.double().mean(dim=1)
+        keep = torch.zeros(m, dtype=torch.bool)
+        keep[torch.argsort(rows, descending=True, stable=True)[:keep_rows]] = True
+        return keep[:, None].expand(m, k).clone()
+
+
+def get_method(method: str | PruneMethod, **options) -> PruneMethod:
+    """A method instance from a registered name (with constructor options) or an instance."""
+    if isinstance(method, PruneMethod):
+        return method
+    cls = METHODS.get(method)
+    try:
+        return cls(**options)
+    except TypeError as err:
+        raise UserError(
+            f"bad option for method {method!r}: {err}", "check the method's options"
+        ) from None

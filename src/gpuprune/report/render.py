@@ -1,0 +1,174 @@
+"""report.md and a self-contained report.html (plots embedded as base64 PNG) from one run."""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from pathlib import Path
+from typing import Any
+
+from gpuprune.fileio import atomic_write_text
+from gpuprune.report.plots import make_plots
+from gpuprune.report.results import RunResults, load_results
+
+
+def _f(value: float, fmt: str) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else fmt % value
+
+
+def summary_table(res: RunResults) -> tuple[list[str], list[list[str]]]:
+    """(columns, rows): the dense baseline first, then every cell."""
+    backends = res.backends
+    cols = ["method", "sparsity", "achieved", "FLOPs kept", "accuracy", "drop (pt)"]
+    cols += [f"{b} ms" for b in backends] + [f"{b} speedup" for b in backends] + ["ideal"]
+    d = res.dense
+    rows = [["dense (baseline)", "0", "0", "1.000", _f(d["accuracy"] * 100, "%.2f%%"), "0.00"]
+            + [_f(res.dense_latency(b), "%.3f") for b in backends]
+            + ["1.00x" for _ in backends] + ["1.00x"]]  # fmt: skip
+    for r in res.rows:
+        if r.status != "ok":
+            rows.append([r.method, f"{r.sparsity:g}", "failed: " + r.error[:80]]
+                        + [""] * (len(cols) - 3))  # fmt: skip
+            continue
+        rows.append(
+            [r.method, f"{r.sparsity:g}", _f(r.achieved, "%.3f"), _f(r.flops_kept, "%.3f"),
+             _f(r.accuracy * 100, "%.2f%%"), _f(r.drop_pt, "%+.2f")]
+            + [_f(r.latency_ms.get(b, math.nan), "%.3f") for b in backends]
+            + [_f(r.speedup.get(b, math.nan), "%.2fx") for b in backends]
+            + [_f(r.ideal_speedup, "%.2fx")]
+        )  # fmt: skip
+    return cols, rows
+
+
+def target_checks(res: RunResults) -> list[str]:
+    """The config's accuracy targets, stated with the measured numbers (met or not)."""
+    targets = res.summary.get("config", {}).get("targets") or {}
+    lines = []
+    dense = res.dense["accuracy"] * 100
+    goal = targets.get("dense_accuracy")
+    if goal is not None:
+        lines.append(f"dense accuracy {dense:.2f}% (target >= {goal * 100:g}%): "
+                     f"{'met' if dense >= goal * 100 else 'NOT met'}")  # fmt: skip
+    at = targets.get("sparsity")
+    if at is None:
+        return lines
+    limit = float(targets.get("max_gap_pt", 1.0))
+    by = {r.method: r for r in res.rows if r.status == "ok" and r.sparsity == at}
+    un, flt = by.get("unstructured"), by.get("filter")
+    for m in ("tile", "simd"):
+        r = by.get(m)
+        if r is None:
+            continue
+        if un is not None:
+            gap = (un.accuracy - r.accuracy) * 100
+            verdict = "met" if gap <= limit else "NOT met"
+            lines.append(f"{m} at {at:g}: {r.accuracy:.2%}, {gap:+.2f} pt below unstructured "
+                         f"(target <= {limit:g}): {verdict}")  # fmt: skip
+        if flt is not None:
+            lines.append(
+                f"{m} at {at:g} vs filter: {r.accuracy:.2%} (FLOPs kept {r.flops_kept:.3f}) vs "
+                f"{flt.accuracy:.2%} (FLOPs kept {flt.flops_kept:.3f}): "
+                f"{'above' if r.accuracy > flt.accuracy else 'NOT above'}"
+            )
+    return lines
+
+
+def _setup_lines(res: RunResults) -> list[str]:
+    s, cfg = res.summary, res.summary.get("config", {})
+    model, data = cfg.get("model", {}), s.get("data", {})
+    lines = []
+    if data:
+        lines.append(f"data: {data.get('name')} ({data.get('train')} train / {data.get('test')} "
+                     f"test images, {'x'.join(map(str, data.get('image', [])))}) from "
+                     f"{data.get('source')}")  # fmt: skip
+    if model:
+        lines.append(f"model: {model.get('name')} width {model.get('width')}, "
+                     f"{res.dense.get('params', 0):,} parameters")  # fmt: skip
+    prune, lat = cfg.get("prune", {}), cfg.get("latency", {})
+    if prune:
+        lines.append(f"pruning: target {prune.get('target')}, importance {prune.get('importance')},"
+                     f" allocation {prune.get('allocation')}, schedule {prune.get('schedule')}, "
+                     f"first/last layers dense: {prune.get('exclude_first_last')}")  # fmt: skip
+    for phase in ("dense", "finetune"):
+        r = cfg.get(phase)
+        if r:
+            lines.append(f"{phase}: {r['epochs']} epochs, batch {r['batch_size']}, lr {r['lr']} "
+                         f"{r['schedule']}, label smoothing {r['label_smoothing']}")  # fmt: skip
+    if lat:
+        lines.append(f"latency: median of up to {lat.get('repeats')} runs after "
+                     f"{lat.get('warmup')} warm-up, batch {lat.get('batch_size')}; speedup = "
+                     "dense weights through the same backend and kernel, timed in the same "
+                     "cell, / pruned")  # fmt: skip
+    env = s.get("environment")
+    if env:
+        lines.append(f"machine: {env.get('machine')}, {env.get('cpus')} CPUs, torch "
+                     f"{env.get('torch')}; run took {s.get('seconds', 0):.0f} s")  # fmt: skip
+    return lines
+
+
+def _markdown(res: RunResults, plots: dict[str, Path]) -> str:
+    cols, rows = summary_table(res)
+    out = [f"# Pruning experiment: {res.summary.get('name', '')}", "", "## Setup", ""]
+    out += [f"- {x}" for x in _setup_lines(res)]
+    cuts = res.summary.get("cuts", []) + res.summary.get("notes", [])
+    if cuts:
+        out += ["", "## What this run cut or notes", ""] + [f"- {x}" for x in cuts]
+    out += ["", "## Results", "", "| " + " | ".join(cols) + " |",
+            "|" + "---|" * len(cols)]  # fmt: skip
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    checks = target_checks(res)
+    if checks:
+        out += ["", "## Targets", ""] + [f"- {x}" for x in checks]
+    out += ["", "## Plots", ""]
+    for title, path in plots.items():
+        out += [f"### {title}", "", f"![{title}]({path.name})", ""]
+    return "\n".join(out) + "\n"
+
+
+def _html(res: RunResults, plots: dict[str, Path]) -> str:
+    esc = html.escape
+    cols, rows = summary_table(res)
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>{esc(str(res.summary.get('name', 'report')))}</title><style>",
+        "body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}",
+        "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;",
+        "padding:3px 6px;text-align:right}td:first-child{text-align:left}img{max-width:100%}",
+        "</style></head><body>",
+        f"<h1>Pruning experiment: {esc(str(res.summary.get('name', '')))}</h1><h2>Setup</h2><ul>",
+    ]
+    parts += [f"<li>{esc(x)}</li>" for x in _setup_lines(res)] + ["</ul>"]
+    cuts = res.summary.get("cuts", []) + res.summary.get("notes", [])
+    if cuts:
+        parts += ["<h2>What this run cut or notes</h2><ul>"]
+        parts += [f"<li>{esc(x)}</li>" for x in cuts] + ["</ul>"]
+    parts += ["<h2>Results</h2><table><tr>"] + [f"<th>{esc(c)}</th>" for c in cols] + ["</tr>"]
+    for r in rows:
+        parts += ["<tr>"] + [f"<td>{esc(c)}</td>" for c in r] + ["</tr>"]
+    parts += ["</table>"]
+    checks = target_checks(res)
+    if checks:
+        parts += ["<h2>Targets</h2><ul>"] + [f"<li>{esc(x)}</li>" for x in checks] + ["</ul>"]
+    parts += ["<h2>Plots</h2>"]
+    for title, path in plots.items():
+        data = base64.b64encode(path.read_bytes()).decode()
+        parts.append(f"<h3>{esc(title)}</h3><img alt='{esc(title)}' "
+                     f"src='data:image/png;base64,{data}'>")  # fmt: skip
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_report(run_dir: str | Path) -> dict[str, Any]:
+    """Write ``report.md``, ``report.html`` and the PNG plots into ``run_dir``.
+
+    Returns:
+        ``{"markdown": path, "html": path, "plots": [paths], "table": (cols, rows)}``.
+    """
+    res = load_results(run_dir)
+    plots = make_plots(res, res.run_dir)
+    md, page = res.run_dir / "report.md", res.run_dir / "report.html"
+    atomic_write_text(md, _markdown(res, plots))
+    atomic_write_text(page, _html(res, plots))
+    return {"markdown": md, "html": page, "plots": list(plots.values()),
+            "table": summary_table(res), "checks": target_checks(res)}  # fmt: skip

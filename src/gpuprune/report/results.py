@@ -1,0 +1,107 @@
+"""Read a run folder into plain rows: the dense baseline and one row per cell, with the derived
+numbers the report shows (accuracy drop, FLOPs kept over the whole model, speedups)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gpuprune.errors import UserError
+
+
+@dataclass
+class Row:
+    """One cell of the experiment, as the report sees it."""
+
+    method: str
+    sparsity: float  # requested
+    status: str
+    error: str = ""
+    accuracy: float = float("nan")
+    drop_pt: float = float("nan")  # dense accuracy minus this, in percentage points
+    achieved: float = float("nan")  # sparsity over the pruned layers
+    flops_kept: float = float("nan")  # share of the whole model's GEMM FLOPs left
+    latency_ms: dict[str, float] = field(default_factory=dict)  # backend -> median
+    # dense weights through the same backend and kernel (timed in the cell) / this
+    speedup: dict[str, float] = field(default_factory=dict)
+    layers: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def ideal_speedup(self) -> float:
+        """1 / density: the speedup if time were proportional to the FLOPs kept."""
+        return 1.0 / self.flops_kept if self.flops_kept > 0 else float("nan")
+
+
+@dataclass
+class RunResults:
+    """The whole run: metadata, dense baseline and the rows."""
+
+    run_dir: Path
+    summary: dict[str, Any]
+    dense: dict[str, Any]
+    rows: list[Row]
+
+    @property
+    def backends(self) -> list[str]:
+        return list(self.summary.get("config", {}).get("latency", {}).get("backends", []))
+
+    @property
+    def methods(self) -> list[str]:
+        seen: list[str] = []
+        for r in self.rows:
+            if r.method not in seen:
+                seen.append(r.method)
+        return seen
+
+    def dense_latency(self, backend: str) -> float:
+        """The dense model's best time on ``backend`` (fastest kernel variant, dense weights)."""
+        lat = self.dense.get("latency", {}).get(backend, {})
+        times = [v["median_ms"] for v in lat.values() if isinstance(v, dict) and "median_ms" in v]
+        return min(times) if times else float("nan")
+
+
+def _model_flops_kept(cell: dict[str, Any], flops: dict[str, int]) -> float:
+    total = sum(flops.values())
+    if not total:
+        return float(cell.get("flops_kept", float("nan")))
+    saved = sum(lay["flops_dense"] - lay["flops_kept"] for lay in cell.get("layers", []))
+    return (total - saved) / total
+
+
+def load_results(run_dir: str | Path) -> RunResults:
+    """Read ``summary.json`` (or, for an unfinished run, ``dense/`` and ``cells/``)."""
+    run = Path(run_dir)
+    path = run / "summary.json"
+    if path.exists():
+        summary = json.loads(path.read_text())
+    elif (run / "dense" / "result.json").exists():
+        import yaml
+
+        config = yaml.safe_load((run / "config.yaml").read_text()) if (
+            run / "config.yaml").exists() else {}  # fmt: skip
+        cells = [json.loads(p.read_text()) for p in sorted((run / "cells").glob("*.json"))]
+        summary = {"name": config.get("name", run.name), "config": config, "cuts": [],
+                   "notes": ["the run has not finished: partial results"], "cells": cells,
+                   "dense": json.loads((run / "dense" / "result.json").read_text())}  # fmt: skip
+    else:
+        raise UserError(f"{run} holds no experiment results",
+                        "run 'gpuprune run CONFIG -o RUN_DIR' first")  # fmt: skip
+    dense = summary["dense"]
+    res = RunResults(run, summary, dense, [])
+    for cell in summary.get("cells", []):
+        row = Row(cell["method"], float(cell["sparsity"]), cell.get("status", "failed"),
+                  cell.get("error", ""))  # fmt: skip
+        if row.status == "ok":
+            row.accuracy = cell["accuracy"]
+            row.drop_pt = (dense["accuracy"] - cell["accuracy"]) * 100
+            row.achieved = cell["achieved_sparsity"]
+            row.flops_kept = _model_flops_kept(cell, dense.get("flops", {}))
+            row.layers = cell.get("layers", [])
+            for backend, lat in cell.get("latency", {}).items():
+                row.latency_ms[backend] = lat["median_ms"]
+                base = lat.get("dense_ms", res.dense_latency(backend))
+                row.speedup[backend] = base / lat["median_ms"]
+        res.rows.append(row)
+    return res

@@ -1,0 +1,28 @@
+"""`gpuprune run` then `gpuprune report` on a tiny config, through the CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gpuprune.cli.main import main
+
+
+@pytest.mark.slow
+def test_run_and_report_from_the_cli(tiny_config, tmp_path: Path, capsys) -> None:
+    tiny_config["latency"]["backends"] = ["reference", "cpu"]
+    tiny_config["prune"]["methods"] = ["tile", "simd", "filter"]
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_config))
+    run = tmp_path / "run"
+    assert main(["run", str(config), "-o", str(run), "--no-report"]) == 0
+    assert main(["report", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "dense (baseline)" in out and f"report: {run / 'report.md'}" in out
+    for name in ("report.md", "report.html", "accuracy_sparsity.png", "accuracy_latency_cpu.png",
+                 "layer_sparsity.png", "speedup_ideal.png"):  # fmt: skip
+        assert (run / name).stat().st_size > 0, name
+    html = (run / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 5 and "src='http" not in html

@@ -1,0 +1,77 @@
+"""The runner: cells stored as they finish, reruns skip them, NaN fails one cell, run lock."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from gpuprune.errors import UserError
+from gpuprune.experiment import parse_config, run_experiment
+from gpuprune.experiment.runner import run_lock
+
+
+def _mtimes(run: Path) -> dict[str, float]:
+    return {p.name: p.stat().st_mtime_ns for p in (run / "cells").glob("*.json")}
+
+
+def test_run_stores_cells_and_reruns_only_what_changed(tiny_config, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    summary = run_experiment(parse_config(tiny_config), run, progress=False)
+    assert {(c["method"], c["status"]) for c in summary["cells"]} == {
+        ("unstructured", "ok"), ("tile", "ok")}  # fmt: skip
+    cell = json.loads((run / "cells" / "tile-0.5.json").read_text())
+    assert cell["achieved_sparsity"] == pytest.approx(0.5, abs=0.1)
+    assert cell["latency"]["reference"]["median_ms"] > 0
+    assert cell["latency"]["reference"]["dense_ms"] > 0  # paired dense timing
+    assert all(0 <= lay["skippable"]["reference"] <= 1 for lay in cell["layers"])
+    assert (run / "cells" / "tile-0.5" / "model.safetensors").exists()
+    assert not list(run.rglob("*.tmp")) and not list(run.rglob("checkpoint.pt"))
+
+    before, dense_before = _mtimes(run), (run / "dense" / "model.safetensors").stat().st_mtime_ns
+    run_experiment(parse_config(tiny_config), run, progress=False)
+    assert _mtimes(run) == before  # nothing re-run
+
+    tiny_config["finetune"]["lr"] = 0.02  # cells depend on it, the dense model does not
+    summary = run_experiment(parse_config(tiny_config), run, progress=False)
+    assert len(summary["cells"]) == 2
+    assert all(_mtimes(run)[k] != v for k, v in before.items())
+    assert (run / "dense" / "model.safetensors").stat().st_mtime_ns == dense_before
+
+
+def test_nan_loss_fails_only_that_cell(tiny_config, tmp_path: Path) -> None:
+    tiny_config["prune"].update(methods=["ssl", "unstructured"], ssl_strength=1e300,
+                                ssl_fraction=0.0)  # fmt: skip
+    with pytest.raises(UserError, match=r"1 of 2 cells failed \(ssl@0.5\).*loss became inf"):
+        run_experiment(parse_config(tiny_config), tmp_path / "run", progress=False)
+    cells = tmp_path / "run" / "cells"
+    assert json.loads((cells / "unstructured-0.5.json").read_text())["status"] == "ok"
+    failed = json.loads((cells / "ssl-0.5.json").read_text())
+    assert failed["status"] == "failed" and "lower the learning rate" in failed["error"]
+
+
+def test_run_folder_lock(tiny_config, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    with run_lock(run), pytest.raises(UserError, match="in use by another gpuprune run"):
+        run_experiment(parse_config(tiny_config), run, progress=False)
+
+
+def test_unavailable_backend_is_refused_up_front(tiny_config, tmp_path: Path) -> None:
+    tiny_config["latency"]["backends"] = ["no-such-backend"]
+    with pytest.raises(UserError, match="no-such-backend"):
+        run_experiment(parse_config(tiny_config), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "dense").exists()
+
+
+@pytest.mark.slow
+def test_cells_run_as_ray_tasks(tiny_config, tmp_path: Path) -> None:
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        summary = run_experiment(parse_config(tiny_config), tmp_path / "run", ray_address="local",
+                                 progress=False)  # fmt: skip
+    finally:
+        ray.shutdown()
+    assert sorted(c["method"] for c in summary["cells"] if c["status"] == "ok") == [
+        "tile", "unstructured"]  # fmt: skip

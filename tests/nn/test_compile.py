@@ -1,0 +1,188 @@
+"""compile(): BN folding, ReLU fusion, which layers are swapped, equality with the masked model."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import gpuprune.prune as gp
+from gpuprune.arch import get_target
+from gpuprune.errors import UnsupportedLayerError, UserError
+from gpuprune.gemm import block_grid, expand_blocks, gemm_view
+from gpuprune.kernels.opencl import context as cl_context
+from gpuprune.nn import SkipConv2d, SkipLinear, compile
+
+POCL = get_target("cpu-pocl")
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 40, 3, padding=1, bias=False),
+        nn.BatchNorm2d(40),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(40, 36, 3, stride=2, padding=2, dilation=2),
+        nn.ReLU(),
+        nn.Conv2d(36, 8, 1),  # left unpruned: stays dense
+        nn.Flatten(),
+        nn.Linear(8 * 4 * 4, 10),
+    )
+    bn = net[1]
+    bn.running_mean.uniform_(-1, 1)
+    bn.running_var.uniform_(0.5, 2)
+    bn.weight.data.uniform_(0.5, 1.5)
+    bn.bias.data.uniform_(-1, 1)
+    return net.eval()
+
+
+def _prune_blocks(layer: nn.Module, block: tuple[int, int], seed: int) -> None:
+    w = gemm_view(layer.weight)
+    gen = torch.Generator().manual_seed(seed)
+    keep = torch.rand(block_grid(tuple(w.shape), block), generator=gen)
+    with torch.no_grad():
+        w.mul_(expand_blocks(keep < 0.5, block, tuple(w.shape)))
+
+
+@pytest.fixture
+def pruned() -> nn.Module:
+    net = _net()
+    for i, idx in enumerate((0, 3, 7)):
+        _prune_blocks(net[idx], POCL.tile_block(), seed=i)
+    return net
+
+
+def test_reference_compile_equals_masked_model(pruned, capsys):
+    x = torch.randn(2, 3, 8, 8)
+    out = compile(pruned, POCL, backend="reference")
+    torch.testing.assert_close(out(x), pruned(x), rtol=1e-4, atol=1e-4)
+    report = out.gpuprune_compile
+    assert [lay.name for lay in report.layers] == ["0", "3", "7"]
+    assert report.dense == ("5",)
+    assert report.layers[0].bn_folded and report.layers[0].relu_fused
+    assert isinstance(out[0], SkipConv2d) and isinstance(out[1], nn.Identity)
+    assert isinstance(out[7], SkipLinear) and isinstance(out[5], nn.Conv2d)
+    assert all(0 < lay.skippable < 1 for lay in report.layers)
+    assert report.backend == "reference" and not out.training
+    assert "skippable" in capsys.readouterr().out
+    assert isinstance(pruned[0], nn.Conv2d) and not isinstance(pruned[0], SkipConv2d)  # a copy
+
+
+@pytest.mark.opencl
+def test_opencl_compile_simd_methods_equal_masked_model():
+    net = _net()
+    for i, idx in enumerate((0, 3, 7)):
+        _prune_blocks(net[idx], POCL.simd_block(), seed=10 + i)
+    x = torch.randn(1, 3, 7, 7)  # batch 1, odd size
+    methods = {"0": "simd", "3": "simd-balanced", "7": "tile"}
+    out = compile(net, POCL, backend="opencl", methods=methods, verbose=False)
+    torch.testing.assert_close(out(x), net(x), rtol=1e-4, atol=1e-4)
+    report = out.gpuprune_compile
+    assert [lay.variant for lay in report.layers] == ["simd", "simd", "tile"]
+    assert report.backend == "opencl" and report.device
+
+
+def test_parametrized_masks_from_the_pruner(capsys):
+    net = _net()
+    result = gp.prune(
+        net, method="tile", sparsity=0.5, target=POCL, exclude_first_last=False,
+        input_size=(3, 8, 8), skip_small=True,
+    )
+    x = torch.randn(2, 3, 8, 8)
+    want = net(x)
+    out = compile(net, POCL, backend="reference", methods=dict.fromkeys(result.plan(), "tile"))
+    torch.testing.assert_close(out(x), want, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(net(x), want)  # the user's parametrized model still works
+
+
+def test_auto_falls_back_with_a_message(pruned, monkeypatch):
+    def no_device():
+        raise cl_context.DeviceNotFoundError("no OpenCL platform or device found", "make setup")
+
+    monkeypatch.setattr("gpuprune.kernels.opencl.backend.get_device", no_device)
+    out = compile(pruned, POCL, backend="auto", verbose=False)
+    report = out.gpuprune_compile
+    assert report.backend in ("cpu", "reference")
+    assert any("opencl unavailable" in note for note in report.notes)
+    with pytest.raises(UserError, match="make setup"):
+        compile(pruned, POCL, backend="opencl")
+
+
+def test_bad_input(pruned):
+    with pytest.raises(UserError, match="float32"):
+        compile(copy.deepcopy(pruned).double(), POCL, backend="reference")
+    with pytest.raises(UserError, match="unknown backend"):
+        compile(pruned, POCL, backend="vulkan")
+    with pytest.raises(UserError, match="not a Conv2d/Linear"):
+        compile(pruned, POCL, backend="reference", methods={"1": "tile"})
+    grouped = nn.Sequential(nn.Conv2d(4, 4, 3, groups=2))
+    with pytest.raises(UserError, match="grouped"):
+        compile(grouped, POCL, backend="reference", methods={"0": "tile"})
+    with pytest.raises(UnsupportedLayerError, match="padding"):
+        SkipConv2d.from_conv(nn.Conv2d(3, 3, 3, padding="same"), POCL, _reference())
+    same = nn.Sequential(nn.Conv2d(3, 3, 3, padding="same"))
+    with torch.no_grad():
+        same[0].weight.zero_()  # all blocks pruned, yet the layer is left dense when not named
+    assert compile(same, POCL, backend="reference", verbose=False).gpuprune_compile.dense == ("0",)
+    with pytest.raises(UnsupportedLayerError, match="padding"):
+        compile(same, POCL, backend="reference", methods="tile")
+    out = compile(pruned, POCL, backend="reference", verbose=False)
+    with pytest.raises(UserError, match="float32"):
+        out(torch.randn(1, 3, 8, 8, dtype=torch.float64))
+
+
+def _reference():
+    from gpuprune.kernels import get_backend
+
+    return get_backend("reference")
+
+
+class _Residual(nn.Module):
+    """One ReLU module called twice and a conv called twice: neither may be fused away."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(4, 40, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(40)
+        self.conv2 = nn.Conv2d(40, 40, 3, padding=1)
+        self.relu = nn.ReLU()
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.conv2(out) + self.conv2(out * 0.5)
+        return self.relu(out + 1.0)
+
+
+def test_shared_modules_are_not_fused():
+    torch.manual_seed(1)
+    net = _Residual().eval()
+    net.bn1.running_var.uniform_(0.5, 2)
+    for conv in (net.conv1, net.conv2):
+        _prune_blocks(conv, POCL.tile_block(), seed=3)
+    x = torch.randn(1, 4, 6, 6)
+    methods = {"conv1": "tile", "conv2": "tile"}
+    out = compile(net, POCL, backend="reference", methods=methods, verbose=False)
+    torch.testing.assert_close(out(x), net(x), rtol=1e-4, atol=1e-4)
+    layers = {lay.name: lay for lay in out.gpuprune_compile.layers}
+    assert layers["conv1"].bn_folded and not layers["conv1"].relu_fused
+    assert not layers["conv2"].relu_fused and isinstance(out.relu, nn.ReLU)
+
+
+@pytest.mark.opencl
+def test_model_pruned_for_one_target_compiled_for_another():
+    """Blocks pruned for nvidia (64x32 tiles) compiled for nvidia and for cpu-pocl agree."""
+    nvidia = get_target("nvidia")
+    net = _net()
+    for i, idx in enumerate((0, 3, 7)):
+        _prune_blocks(net[idx], nvidia.tile_block(), seed=20 + i)
+    x = torch.randn(2, 3, 8, 8)
+    outs = {}
+    for name, target in (("nvidia", nvidia), ("pocl", POCL)):
+        for method in ("tile", "simd"):
+            methods = dict.fromkeys(("0", "3", "7"), method)
+            model = compile(net, target, backend="opencl", methods=methods, verbose=False)
+            outs[name, method] = model(x)
+    for out in outs.values():
+        torch.testing.assert_close(out, net(x), rtol=1e-4, atol=1e-4)
