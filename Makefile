@@ -4,7 +4,7 @@ TORCH_VERSION ?= 2.13.0
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-stamp
-EXTRAS := test,pocl,triton
+EXTRAS := test,pocl,triton,ray
 
 .PHONY: setup demo test lint bench bench-quick clean
 

@@ -5,8 +5,9 @@
 The dense model is the demo's (VGG16 at width 0.125 on Fashion-MNIST). Uniform ``tile`` at 75%
 sets the latency budget: its latency on the measured per-layer curves (OpenCL on PoCL, batch 8),
 as a fraction of dense. ``allocation="latency"`` then spends that budget with held-out loss
-curves from 4 training batches. Both models are fine-tuned the same number of steps (masks
-fixed), tested on the full test split, compiled for OpenCL and timed end to end, alternating.
+curves from 4 training batches. Both models are tested one-shot, after re-estimating BatchNorm
+statistics on 20 training batches, and after the same number of fine-tuning steps (masks
+fixed), on the full test split; then compiled for OpenCL and timed end to end, alternating.
 """
 
 from __future__ import annotations
@@ -35,7 +36,11 @@ from gpuprune.train.loop import evaluate as test_accuracy
 TARGET, SPARSITY, BATCH = "cpu-pocl", 0.75, 8
 
 
-def held_out_loss(model, batches):
+def held_out_loss(model, batches, batch_stats=False):
+    """Held-out loss with one layer's mask narrowed; ``batch_stats``: BatchNorm normalises with
+    each batch's own statistics (running ones left untouched), as after recalibration."""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
     def evaluate(name, mask):
         modules = dict(model.named_modules())
         buf = saved = None
@@ -44,10 +49,16 @@ def held_out_loss(model, batches):
             saved = buf.clone()
             buf &= mask.reshape(buf.shape)
         model.eval()
+        if batch_stats:
+            for m in bns:
+                m.train()
+                m.momentum = 0.0  # normalise with batch statistics, keep the running ones
         try:
             with torch.no_grad():
                 return sum(float(F.cross_entropy(model(x), y)) for x, y in batches) / len(batches)
         finally:
+            for m in bns:
+                m.momentum = 0.1
             if buf is not None:
                 buf.copy_(saved)
 
@@ -70,6 +81,20 @@ def finetune(model, data, steps, seed=0):
                 break
 
 
+@torch.no_grad()
+def recalibrate_bn(model, data, batches=20):
+    """Re-estimate BatchNorm statistics of the pruned model (no weight changes)."""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches below
+    model.train()
+    for x, _ in itertools.islice(train_loader(data, 256, seed=7, augment=False), batches):
+        model(x)
+    for m in bns:
+        m.momentum = 0.1
+
+
 def modelled_ratio(pruner, lm):
     ms = dense = 0.0
     for name, spec in pruner.specs.items():
@@ -85,6 +110,7 @@ def main() -> None:
     ap.add_argument("dense")
     ap.add_argument("--finetune-steps", type=int, default=80)
     ap.add_argument("--seed", type=int, default=0, help="held-out batches and fine-tuning order")
+    ap.add_argument("--bn-batch-stats", action="store_true", help="sensitivity with batch BN")
     ap.add_argument("-o", "--output")
     args = ap.parse_args()
     torch.manual_seed(args.seed)
@@ -104,8 +130,9 @@ def main() -> None:
     pa = Pruner(aware, "tile", TARGET, skip_small=True, input_size=size)
     pa.apply(0.0)  # installs all-ones masks for the held-out evaluation
     imps = {n: gemm_view(s.module.weight).detach().abs() for n, s in pa.specs.items()}
+    evaluate = held_out_loss(aware, held, args.bn_batch_stats)
     plan = plan_latency(
-        SPARSITY, pa.specs, imps, get_method("tile"), held_out_loss(aware, held),
+        SPARSITY, pa.specs, imps, get_method("tile"), evaluate,
         latency_budget=budget, latency_model=lm, latency_batch=BATCH,
     )  # fmt: skip
     pa = Pruner(aware, "tile", TARGET, allocation=plan.sparsities, skip_small=True,
@@ -120,6 +147,8 @@ def main() -> None:
     for name, model, pr in (("uniform", uniform, pu), ("latency", aware, pa)):
         rec[name] = {"sparsity": pr.result().sparsity,
                      "oneshot_acc": test_accuracy(model, data)[1]}  # fmt: skip
+        recalibrate_bn(model, data)
+        rec[name]["bn_recalibrated_acc"] = test_accuracy(model, data)[1]
         finetune(model, data, args.finetune_steps, args.seed)
         rec[name]["finetuned_acc"] = test_accuracy(model, data)[1]
         print(name, rec[name])
@@ -136,6 +165,7 @@ def main() -> None:
         rec.setdefault(n, {})["measured_ms"] = statistics.median(t)
     rec["environment"] = environment()
     rec["finetune_steps"], rec["seed"] = args.finetune_steps, args.seed
+    rec["bn_batch_stats"] = args.bn_batch_stats
     print(json.dumps({k: v for k, v in rec.items() if k not in ("environment",)}, indent=1))
     if args.output:
         atomic_write_text(args.output, json.dumps(rec, indent=1))

@@ -39,7 +39,10 @@ def test_cli_exits_2_with_one_line(tmp_path: Path, capsys) -> None:
     assert err.count("\n") == 0 and "prune.sparsities.1" in err
     bad.write_text("prune: [unclosed\n")
     assert main(["run", str(bad), "-o", str(tmp_path / "run")]) == 2
-    assert "not valid YAML" in capsys.readouterr().err
+    assert "bad.yaml line" in capsys.readouterr().err
+    bad.write_text("a: &x [1, 2]\nb: *x\n")  # aliases can expand exponentially: refused
+    assert main(["run", str(bad), "-o", str(tmp_path / "run")]) == 2
+    assert "aliases are not supported" in capsys.readouterr().err
     assert main(["run", str(tmp_path / "missing.yaml"), "-o", str(tmp_path / "run")]) == 2
 
 

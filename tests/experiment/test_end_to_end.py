@@ -26,3 +26,6 @@ def test_run_and_report_from_the_cli(tiny_config, tmp_path: Path, capsys) -> Non
         assert (run / name).stat().st_size > 0, name
     html = (run / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 5 and "src='http" not in html
+    md = (run / "report.md").read_text()
+    assert "## Cross-target view" in md  # the tile and simd models on every preset
+    assert "| tile @ 0.5 | nvidia | 64x32 |" in md and "| simd @ 0.5 | amd-gcn | 32x1 |" in md

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import re
 import subprocess
@@ -66,6 +67,8 @@ def environment() -> dict:
         "pyclblast": _version("pyclblast"),
         "triton": _version("triton"),
         "commit": commit(),
+        # other work on the machine skews timings; recorded so readers can judge the noise
+        "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
 
 

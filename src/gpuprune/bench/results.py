@@ -8,7 +8,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from gpuprune.errors import UserError
-from gpuprune.fileio import atomic_write_text
+from gpuprune.fileio import atomic_open, atomic_write_text
 
 README_START = "<!-- bench-table:start -->"
 README_END = "<!-- bench-table:end -->"
@@ -65,8 +65,20 @@ def gemm_summary(records: list[dict]) -> list[dict]:
     return rows
 
 
-def markdown_table(meta: dict, records: list[dict], batch: int | None = None) -> str:
-    """The README table: GEMM medians over VGG16 layers, and end-to-end rows."""
+def markdown_table(
+    meta: dict,
+    records: list[dict],
+    batch: int | None = None,
+    sparsities: tuple[float, ...] | None = None,
+) -> str:
+    """The README table: GEMM medians over VGG16 layers, and end-to-end rows.
+
+    ``sparsities`` keeps only those rows (plus dense); the result folder keeps the full table.
+    """
+
+    def shown(s: float) -> bool:
+        return sparsities is None or s == 0 or any(abs(s - x) < 1e-9 for x in sparsities)
+
     rows = gemm_summary(records)
     if batch is None and rows:
         batch = 16 if any(r["batch"] == 16 for r in rows) else rows[0]["batch"]
@@ -82,7 +94,7 @@ def markdown_table(meta: dict, records: list[dict], batch: int | None = None) ->
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        if r["batch"] != batch:
+        if r["batch"] != batch or not shown(r["sparsity"]):
             continue
         lines.append(
             f"| GEMM | {r['method']} | {r['sparsity']:g} | {r['backend']} | "
@@ -90,9 +102,10 @@ def markdown_table(meta: dict, records: list[dict], batch: int | None = None) ->
             f"{_fmt(r['efficiency'])} | {_fmt(r['speedup_vs_torch_dense'])} |"
         )
     for r in records:
-        if r.get("kind") == "e2e":
+        if r.get("kind") == "e2e" and shown(r["sparsity"]):
             lines.append(
-                f"| VGG16 b{r['batch']} | {r['method']} | {r['sparsity']:g} | {r['backend']} | "
+                f"| {r.get('model', 'vgg16')} b{r['batch']} | {r['method']} | "
+                f"{r['sparsity']:g} | {r['backend']} | "
                 f"{_fmt(r['median_ms'])} | {_fmt(r.get('speedup'))} | "
                 f"{_fmt(r.get('ideal_speedup'))} | {_fmt(r.get('efficiency'))} | "
                 f"{_fmt(r.get('speedup_vs_torch_dense'))} |"
@@ -116,6 +129,12 @@ def update_readme(readme: str | Path, table: str) -> bool:
     return True
 
 
+def _save_png(fig, path: Path) -> None:
+    # atomically, like every file gpuprune writes: a killed run never leaves half a PNG
+    with atomic_open(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=110)
+
+
 def plot(records: list[dict], out_dir: str | Path, batch: int | None = None) -> list[Path]:
     """PNG plots: speedup vs sparsity per method and backend, and per-layer bars."""
     import matplotlib
@@ -137,9 +156,15 @@ def plot(records: list[dict], out_dir: str | Path, batch: int | None = None) -> 
     for r in rows:
         if r["speedup"] is not None:
             series[(r["method"], r["backend"])].append((r["sparsity"], r["speedup"]))
-    for (method, backend), pts in sorted(series.items()):
+    for i, ((method, backend), pts) in enumerate(sorted(series.items())):
         pts.sort()
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{method} / {backend}")
+        ax.plot(
+            [p[0] for p in pts],
+            [p[1] for p in pts],
+            marker="os^vD"[i % 5],
+            color=plt.cm.tab20(i % 20),  # more series than the default 10-colour cycle
+            label=f"{method} / {backend}",
+        )
     xs = sorted({r["sparsity"] for r in rows})
     ax.plot(xs, [1 / (1 - s) for s in xs], "k--", label="ideal 1/density")
     ax.axhline(1.0, color="grey", lw=0.8)
@@ -150,7 +175,7 @@ def plot(records: list[dict], out_dir: str | Path, batch: int | None = None) -> 
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     paths.append(out / "speedup_vs_sparsity.png")
-    fig.savefig(paths[-1], dpi=110)
+    _save_png(fig, paths[-1])
     plt.close(fig)
 
     per_layer = [
@@ -182,6 +207,6 @@ def plot(records: list[dict], out_dir: str | Path, batch: int | None = None) -> 
         ax.legend(fontsize=7, ncol=2)
         fig.tight_layout()
         paths.append(out / "per_layer_speedup.png")
-        fig.savefig(paths[-1], dpi=110)
+        _save_png(fig, paths[-1])
         plt.close(fig)
     return paths

@@ -37,6 +37,9 @@ def _names(text: str | None) -> tuple[str, ...] | None:
     return None if text is None else tuple(v.strip() for v in text.split(",") if v.strip())
 
 
+README_SPARSITIES = (0.75, 0.9)  # the README shows these rows; the result folder keeps all
+
+
 @click.command()
 @click.option("--quick", is_flag=True, help="A small grid that finishes in minutes on 2 CPU cores.")
 @click.option("-o", "--out", default="benchmarks/results", show_default=True, help="Result folder.")
@@ -47,6 +50,8 @@ def _names(text: str | None) -> tuple[str, ...] | None:
 @click.option("--backends", help="Comma-separated GEMM runners (see --list).")
 @click.option("--target", default=None, help="Target whose blocks are pruned and skipped.")
 @click.option("--no-e2e", is_flag=True, help="Skip the end-to-end VGG16 measurements.")
+@click.option("--e2e-width", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="VGG16 channel multiplier of the end-to-end runs.")  # fmt: skip
 @click.option("--readme", type=click.Path(dir_okay=False), help="Update this README's table.")
 @click.option("--list", "list_runners", is_flag=True, help="List the GEMM runners and exit.")
 def bench(
@@ -59,6 +64,7 @@ def bench(
     backends: str | None,
     target: str | None,
     no_e2e: bool,
+    e2e_width: float | None,
     readme: str | None,
     list_runners: bool,
 ) -> None:
@@ -81,6 +87,7 @@ def bench(
         "layers": _names(layers),
         "runners": _names(backends),
         "target": target,
+        "e2e_width": e2e_width,
     }
     cfg = cfg.with_(**{k: v for k, v in changes.items() if v is not None})
     from gpuprune.arch import get_target
@@ -94,13 +101,15 @@ def bench(
 
     env = environment()
     stem = device_slug(env) + ("-quick" if quick else "")
-    records = _run(cfg, no_e2e)
+    out_dir = Path(out)
     meta = {
         "environment": env,
         "config": {k: v for k, v in cfg.__dict__.items()},
         "layers_desc": f"{len(cfg.layers) if cfg.layers else 13} VGG16 layers",
     }
-    out_dir = Path(out)
+    records = _run(
+        cfg, no_e2e, partial=lambda recs: results.save(out_dir / f"{stem}.json", meta, recs)
+    )
     results.save(out_dir / f"{stem}.json", meta, records)
     table = results.markdown_table(meta, records)
     from gpuprune.fileio import atomic_write_text
@@ -109,31 +118,18 @@ def bench(
     plots = results.plot(records, out_dir / stem)
     console.print(table)
     console.print(f"results: {out_dir / (stem + '.json')}; plots: {', '.join(map(str, plots))}")
-    if readme and not results.update_readme(readme, table):
+    if readme and not results.update_readme(
+        readme, results.markdown_table(meta, records, sparsities=README_SPARSITIES)
+    ):
         console.print(f"{readme} has no {results.README_START} marker; table not inserted")
 
 
-def _run(cfg, no_e2e: bool) -> list[dict]:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
+def _run(cfg, no_e2e: bool, partial) -> list[dict]:
+    """Run the grid; ``partial(records)`` saves what is measured so far (GEMM before e2e)."""
     from gpuprune.bench.gemm_bench import plan, run_gemm
+    from gpuprune.progress import progress_bar
 
-    cols = (
-        TextColumn("{task.description:<44}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-    )
-    with Progress(*cols, console=console, transient=False) as prog:
+    with progress_bar("{task.description:<44}", console=console, transient=False) as prog:
         task = prog.add_task("GEMM", total=sum(1 for _ in plan(cfg)))
 
         def progress(desc: str, new_cell: bool) -> None:
@@ -143,6 +139,7 @@ def _run(cfg, no_e2e: bool) -> list[dict]:
 
         records = run_gemm(cfg, progress)
         prog.update(task, completed=prog.tasks[task].total, description="GEMM done")
+        partial(records)
         if not no_e2e:
             from gpuprune.bench.e2e_bench import e2e_cells, run_e2e
 

@@ -93,7 +93,7 @@ def codesign_cmd(
                 f"use names such as {', '.join(list(model_geometries(model, batch))[:4])}",
             )
     measure = backend_measure(backend)
-    steps = len(geoms) * (len(candidates(target, count, seed)) + 6)  # + confirmation re-timings
+    steps = len(geoms) * len(candidates(target, count, seed))
     bar = Progress(
         TextColumn("codesign {task.description}"), BarColumn(), MofNCompleteColumn(),
         TimeElapsedColumn(),
@@ -114,6 +114,7 @@ def codesign_cmd(
         "candidates": count,
         "seed": seed,
         **result.to_dict(),
+        "layer_targets": result.targets(),  # for `gpuprune prune --layer-targets FILE`
     }
     if output:
         atomic_write_text(output, json.dumps(data, indent=1))

@@ -61,7 +61,8 @@ def _layer_inputs(model: nn.Module, x: Tensor) -> dict[str, Tensor]:
               help="opencl, triton, cpu, reference, or auto (falls back with a message).")
 @click.option("--target", help="Target to compile for (preset or file); default: the file's.")
 @click.option("--batch", type=int, default=2, show_default=True, help="Random batch size.")
-@click.option("--image-size", type=int, help="Input side; default 28 for 1 channel, else 32.")
+@click.option("--image-size", type=click.IntRange(min=1),
+              help="Input side; default 28 for 1 channel, else 32.")  # fmt: skip
 @click.option("--repeats", type=int, default=5, show_default=True, help="Timed runs per layer.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "json_out", is_flag=True, help="Print the result as JSON.")
@@ -89,7 +90,10 @@ def compile_cmd(
     if tgt is None:
         raise UserError(f"{pruned_file} records no target", "pass --target NAME")
     methods = dict.fromkeys(info.plan, info.method or "tile")
-    compiled = compile(model, target=tgt, backend=backend, methods=methods, verbose=False)
+    # per-layer tilings chosen by `gpuprune codesign` apply unless the user names another target
+    layer_targets = None if target else extra.get("layer_targets")
+    compiled = compile(model, target=tgt, backend=backend, methods=methods, verbose=False,
+                       layer_targets=layer_targets)
     report = compiled.gpuprune_compile
 
     in_ch = int(extra.get("in_channels", 3))
@@ -112,7 +116,7 @@ def compile_cmd(
         dense_ms = _median_ms(lambda dense=dense, xin=xin: dense(xin), repeats)
         rows.append({
             "layer": lay.name, "gemm": list(lay.gemm), "variant": lay.variant,
-            "block": list(lay.block), "skippable": lay.skippable,
+            "block": list(lay.block), "target": lay.target, "skippable": lay.skippable,
             "skip_ms": skip_ms, "dense_ms": dense_ms, "speedup": dense_ms / skip_ms,
         })
     result = {
@@ -133,11 +137,13 @@ def compile_cmd(
     )
     print_table(
         "per-layer latency, skip kernel vs the same backend's dense kernel",
-        ["layer", "GEMM MxK", "variant", "block", "skippable", "skip ms", "dense ms", "speedup"],
+        ["layer", "GEMM MxK", "variant", "block", "tiling", "skippable", "skip ms", "dense ms",
+         "speedup"],
         [
             [
                 r["layer"], "x".join(map(str, r["gemm"])), r["variant"],
-                "x".join(map(str, r["block"])), f"{r['skippable']:.3f}", f"{r['skip_ms']:.2f}",
+                "x".join(map(str, r["block"])), r["target"], f"{r['skippable']:.3f}",
+                f"{r['skip_ms']:.2f}",
                 f"{r['dense_ms']:.2f}", f"{r['speedup']:.2f}x",
             ]
             for r in rows

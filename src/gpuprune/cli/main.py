@@ -6,6 +6,7 @@ Exit codes: 0 success, 2 user error (bad input, with the fix in the message), 1 
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 
@@ -14,6 +15,8 @@ import click
 from gpuprune import __version__
 from gpuprune.errors import UserError
 
+# OSErrors of the environment the user can fix (disk full, quota, read-only or forbidden folder).
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES}
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
@@ -66,7 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Exit as exc:
         code = exc.exit_code
     except click.ClickException as exc:  # usage errors: bad option, missing argument
-        exc.show()
+        # one line like every other user error, with where to look for the right usage
+        ctx = getattr(exc, "ctx", None)
+        where = ctx.command_path if ctx is not None else "gpuprune"
+        msg = " ".join(exc.format_message().split())
+        click.echo(f"error: {msg.rstrip('.')}; see '{where} --help'", err=True)
         code = 2
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
@@ -82,12 +89,25 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if debug:
             raise
+        if isinstance(exc, OSError) and exc.errno in _ENVIRONMENT_ERRNOS:
+            # the machine, not gpuprune: a full disk or a forbidden folder is the user's to fix
+            where = f" ({exc.filename})" if exc.filename else ""
+            click.echo(
+                f"error: {os.strerror(exc.errno)}{where}; free some space or fix the folder's "
+                "permissions (or choose another), then rerun: finished results are kept",
+                err=True,
+            )
+            return _exit(2, argv)
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         click.echo(
             f"internal error: {type(exc).__name__}: {msg} (rerun with --debug for the traceback)",
             err=True,
         )
         code = 1
+    return _exit(code, argv)
+
+
+def _exit(code: int, argv: list[str] | None) -> int:
     if argv is None:
         sys.exit(code)
     return code

@@ -11,14 +11,13 @@ from gpuprune.cli.output import console, print_json, print_table
 from gpuprune.errors import UserError
 from gpuprune.gemm import block_grid, block_reduce, gemm_view
 from gpuprune.prune import (
-    ALLOCATIONS,
     IMPORTANCES,
     METHODS,
     Pruner,
     read_pruned,
     save_pruned,
 )
-from gpuprune.prune.allocation import check_sparsity
+from gpuprune.prune.allocation import allocation_names, check_sparsity
 from gpuprune.prune.files import check_matches, info_from_header, read_state_dict
 
 
@@ -35,8 +34,26 @@ def _parse_options(pairs: tuple[str, ...]) -> dict[str, object]:
     return out
 
 
+CODESIGN_FIX = "pass the JSON that `gpuprune codesign -o FILE` wrote"
+
+
+def _read_layer_targets(path: str) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise UserError(
+            f"cannot read layer targets {path} ({err})", CODESIGN_FIX
+        ) from None
+    tilings = data.get("layer_targets", data) if isinstance(data, dict) else None
+    if not isinstance(tilings, dict) or not all(isinstance(v, dict) for v in tilings.values()):
+        raise UserError(
+            f"{path} holds no {{layer: target}} mapping", CODESIGN_FIX
+        )
+    return tilings
+
+
 def _parse_allocation(value: str) -> str | dict[str, float]:
-    if value in ALLOCATIONS:
+    if value in allocation_names():
         return value
     path = Path(value)
     if path.suffix.lower() == ".json":
@@ -51,7 +68,7 @@ def _parse_allocation(value: str) -> str | dict[str, float]:
         return data
     raise UserError(
         f"unknown allocation {value!r}",
-        f"choose one of: {', '.join(ALLOCATIONS.names())}, or a .json file {{layer: sparsity}}",
+        f"choose one of: {', '.join(allocation_names())}, or a .json file {{layer: sparsity}}",
     )
 
 
@@ -73,7 +90,13 @@ def _batches(name: str, root: str | None, count: int, batch_size: int) -> list:
 @click.option("--importance", default="magnitude", show_default=True,
               help=", ".join(IMPORTANCES.names()))  # fmt: skip
 @click.option("--allocation", default="uniform", show_default=True,
-              help="uniform, global, sensitivity, or a JSON file {layer: sparsity}.")  # fmt: skip
+              help="uniform, global, sensitivity, latency or a .json file")  # fmt: skip
+@click.option("--latency-budget", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="For --allocation latency: latency as a fraction of dense.")  # fmt: skip
+@click.option("--latency-backend", default="analytical", show_default=True,
+              help="For --allocation latency: backend whose curves are used.")  # fmt: skip
+@click.option("--layer-targets", type=click.Path(dir_okay=False),
+              help="JSON from `gpuprune codesign -o`: a tiling per layer.")  # fmt: skip
 @click.option("--exclude", multiple=True, help="Layer name or glob left dense (repeatable).")
 @click.option("--include-first-last", is_flag=True, help="Also prune the first and last layers.")
 @click.option("--skip-small", is_flag=True, help="Leave layers smaller than one block dense.")
@@ -83,8 +106,9 @@ def _batches(name: str, root: str | None, count: int, batch_size: int) -> list:
 @click.option("--width", type=float, default=1.0, show_default=True, help="Model width multiplier.")
 @click.option("--data", "data_name", help="Data set for taylor/sensitivity, e.g. fashion-mnist.")
 @click.option("--data-root", type=click.Path(), help="Where the data set's files are.")
-@click.option("--batches", type=int, default=4, show_default=True, help="Batches of --data used.")
-@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--batches", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Batches of --data used.")  # fmt: skip
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--json", "json_out", is_flag=True, help="Print the result as JSON.")
 def prune_cmd(
     checkpoint: str,
@@ -95,6 +119,9 @@ def prune_cmd(
     output: str,
     importance: str,
     allocation: str,
+    latency_budget: float | None,
+    latency_backend: str,
+    layer_targets: str | None,
     exclude: tuple[str, ...],
     include_first_last: bool,
     skip_small: bool,
@@ -114,6 +141,15 @@ def prune_cmd(
     check_sparsity(sparsity)
     METHODS.get(method)  # unknown names: one-line errors before any work
     alloc = _parse_allocation(allocation)
+    tilings = _read_layer_targets(layer_targets) if layer_targets else None
+    alloc_options = {}
+    if alloc == "latency":
+        alloc_options = {"latency_backend": latency_backend}
+        if latency_budget is not None:
+            alloc_options["latency_budget"] = latency_budget
+    elif latency_budget is not None:
+        raise UserError("--latency-budget only applies to --allocation latency",
+                        "add --allocation latency")  # fmt: skip
     needs_data = IMPORTANCES.get(importance).needs_grad or alloc == "sensitivity"
     if needs_data and not data_name:
         raise UserError(
@@ -137,9 +173,16 @@ def prune_cmd(
         method_options=_parse_options(options),
         input_size=tuple(data[0][0].shape[1:]) if data else None,
         progress=not json_out,
+        allocation_options=alloc_options,
     )
+    if tilings:
+        from gpuprune.latency import use_layer_targets
+
+        use_layer_targets(pruner, tilings)
     result = pruner.apply(sparsity, data=data)
     extra = {"width": width, "num_classes": num_classes, "in_channels": in_channels}
+    if tilings:
+        extra["layer_targets"] = tilings  # compile builds each layer's kernel for its tiling
     save_pruned(output, model, result, model_name=model_name, extra=extra)
     if json_out:
         print_json({**result.to_dict(), "output": output})

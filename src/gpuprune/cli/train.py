@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import torch
 from safetensors.torch import save
 
 from gpuprune.data import load_dataset
-from gpuprune.fileio import atomic_write_bytes, atomic_write_text
+from gpuprune.fileio import atomic_write_bytes, atomic_write_text, dir_lock
 from gpuprune.models import create_model
 from gpuprune.train import TrainConfig, fit
 from gpuprune.train import distributed as ddp
@@ -42,7 +43,10 @@ def train(model_name: str, width: float, dataset: str, data_root: Path | None,
           label_smoothing: float, seed: int, out_dir: Path, resume: bool) -> None:  # fmt: skip
     """Train a model from scratch (data-parallel under torchrun --nproc-per-node N)."""
     rank = ddp.setup()
+    held = contextlib.ExitStack()
     try:
+        if rank.is_main:  # one training per folder: two would overwrite each other's checkpoint
+            held.enter_context(dir_lock(out_dir, "training folder"))
         data = load_dataset(dataset, root=data_root, train_subset=train_subset, seed=seed)
         torch.manual_seed(seed)
         model = create_model(model_name, data.num_classes, data.in_channels, width)
@@ -58,4 +62,5 @@ def train(model_name: str, width: float, dataset: str, data_root: Path | None,
             atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2))
             click.echo(f"test accuracy {result.test_acc:.2%}; wrote {out_dir}")
     finally:
+        held.close()
         ddp.cleanup()

@@ -16,6 +16,7 @@ from gpuprune.data.cifar10 import load_cifar10
 from gpuprune.data.fashion_mnist import load_fashion_mnist
 from gpuprune.data.loader import BatchLoader, eval_loader, train_loader
 from gpuprune.data.synthetic import make_synthetic
+from gpuprune.errors import UserError
 from gpuprune.registry import Registry
 
 DATASETS: Registry[Callable[..., ImageData]] = Registry("dataset")
@@ -44,7 +45,16 @@ def load_dataset(
         seed: seed of the subset choice.
         **options: passed to the loader (e.g. ``size`` for "synthetic").
     """
-    data = DATASETS.get(name)(root=root, download=download, **options)
+    loader = DATASETS.get(name)
+    try:
+        data = loader(root=root, download=download, **options)
+    except TypeError as exc:  # an option the loader does not take (a typo in data.options)
+        if "argument" not in str(exc):
+            raise
+        raise UserError(
+            f"data set {name!r}: bad options {sorted(options)} ({exc})",
+            "fix data.options (see the loader's docstring)",
+        ) from None
     return data.subset(train_subset, test_subset, seed=seed)
 
 

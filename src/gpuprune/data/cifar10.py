@@ -23,12 +23,36 @@ CLASSES = (
 )  # fmt: skip
 
 
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles numpy arrays and plain containers only: a batch file can never run code."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+    }  # fmt: skip
+
+    def find_class(self, module: str, name: str):  # type: ignore[no-untyped-def]
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a data batch")
+        return super().find_class(module, name)
+
+
 def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    # The official format is a pickle of numpy arrays; read only files the user pointed us to.
-    with open(path, "rb") as fh:
-        batch = pickle.load(fh, encoding="bytes")
-    x = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-    return x, np.asarray(batch[b"labels"], dtype=np.int64)
+    # The official format is a pickle of numpy arrays: read with an unpickler that builds only
+    # arrays, lists and numbers, so a hostile file fails instead of running code.
+    try:
+        with open(path, "rb") as fh:
+            batch = _ArrayUnpickler(fh, encoding="bytes").load()
+        x = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        y = np.asarray(batch[b"labels"], dtype=np.int64)
+    except Exception as exc:  # any decoding failure means a damaged or foreign file
+        raise UserError(
+            f"{path} is not a CIFAR-10 batch ({type(exc).__name__}: {str(exc)[:80]})",
+            f"replace the folder with the original {TARBALL} contents",
+        ) from None
+    if len(x) != len(y):
+        raise UserError(f"{path} has {len(x)} images but {len(y)} labels", "replace the file")
+    return x, y
 
 
 def _batches_folder(path: Path) -> Path | None:

@@ -30,8 +30,13 @@ CLASSES = (
 def read_idx(path: Path) -> np.ndarray:
     """Read an IDX file (optionally gzipped) into a uint8 array of its declared shape."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as fh:
-        data = fh.read()
+    try:
+        with opener(path, "rb") as fh:
+            data = fh.read()
+    except (OSError, EOFError) as exc:  # not gzip, or a cut download
+        raise UserError(
+            f"{path} is unreadable ({exc})", "replace it with the original file"
+        ) from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise UserError(f"{path} is not a uint8 IDX file", "replace it with the original file")
     ndim = data[3]

@@ -154,17 +154,40 @@ def parse_config(data: dict[str, Any], source: str = "config") -> ExperimentConf
         raise _one_line(err, source) from None
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """Safe YAML without aliases: a few lines of nested aliases can expand to 10**9 items."""
+
+    def compose_node(self, parent, index):  # type: ignore[no-untyped-def]
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.composer.ComposerError(None, None, "aliases are not supported", mark)
+        return super().compose_node(parent, index)
+
+
+MAX_CONFIG_BYTES = 1 << 20  # a config is a page of text; refuse anything absurd
+
+
 def load_config(path: str | Path) -> ExperimentConfig:
-    """Read and validate a YAML experiment config."""
+    """Read and validate a YAML experiment config (plain YAML: no aliases, at most 1 MiB)."""
     p = Path(path)
     if not p.is_file():
         raise UserError(f"config {p} not found", "pass the path of a YAML file")
+    if p.stat().st_size > MAX_CONFIG_BYTES:
+        raise UserError(f"config {p} is larger than 1 MiB", "pass the experiment's YAML config")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        text = p.read_text(encoding="utf-8")
+        data = yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a safe loader
+    except UnicodeDecodeError:
+        raise UserError(f"config {p} is not UTF-8 text", "save it as UTF-8 YAML") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
-        raise UserError(f"{p}{where} is not valid YAML", "fix the syntax") from None
+        what = getattr(exc, "problem", None) or "not valid YAML"
+        raise UserError(f"{p}{where}: {what}", "fix the YAML (aliases are not supported)") from None
+    except RecursionError:
+        raise UserError(f"config {p} is nested too deeply", "fix the YAML") from None
+    if data is None:  # an empty file is a mistake, not "every default" (a full-size run)
+        raise UserError(f"config {p} is empty", "start from configs/demo.yaml")
     return parse_config(data, str(p))
 
 

@@ -15,7 +15,6 @@ A lock file keeps two runs out of one folder.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import platform
@@ -45,7 +44,7 @@ from gpuprune.experiment.cell import (
 )
 from gpuprune.experiment.config import ExperimentConfig, dump_config, parse_config
 from gpuprune.experiment.latency import backend_device, compile_for, time_model
-from gpuprune.fileio import atomic_write_bytes, atomic_write_text
+from gpuprune.fileio import atomic_write_bytes, atomic_write_text, dir_lock
 from gpuprune.train import distributed as ddp
 from gpuprune.train import evaluate, fit
 
@@ -56,28 +55,33 @@ SIMD_METHODS = ("simd", "simd-balanced")
 @contextlib.contextmanager
 def run_lock(run_dir: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``run_dir/.lock`` (released on exit, even when killed)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(run_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UserError(
-                f"run folder {run_dir} is in use by another gpuprune run",
-                "wait for it to finish or pass another -o folder",
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
+    with dir_lock(run_dir, "run folder"):
         yield
-    finally:
-        os.close(fd)
 
 
-def _check_backends(cfg: ExperimentConfig) -> None:
+def _check_setup(cfg: ExperimentConfig) -> None:
+    """Every name in the config resolves, before any training: a typo costs seconds, not a run."""
+    from gpuprune.arch import get_target
     from gpuprune.nn import resolve_backend
+    from gpuprune.prune import ALLOCATIONS, IMPORTANCES, METHODS
 
     for name in cfg.latency.backends:
         resolve_backend(name)  # raises a UserError naming the setup step
+    for method in cfg.prune.methods:
+        METHODS.get(method)
+    get_target(cfg.prune.target)
+    IMPORTANCES.get(cfg.prune.importance)
+    if not cfg.prune.allocation.lower().endswith(".json"):
+        ALLOCATIONS.get(cfg.prune.allocation)
+
+
+def _read_record(path: Path) -> dict[str, Any]:
+    """A stored result, or {} when it is missing or unreadable (then it is computed again)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):  # truncated, flipped or empty: never reuse part of it
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def dense_key(cfg: ExperimentConfig) -> str:
@@ -108,7 +112,7 @@ def run_dense(cfg: ExperimentConfig, run_dir: Path, data: ImageData,
     work = run_dir / DENSE_DIR
     result_file = work / "result.json"
     key = dense_key(cfg)
-    done = json.loads(result_file.read_text()) if result_file.exists() else {}
+    done = _read_record(result_file)
     if done.get("key") == key and done.get("timing_key") == timing_key(cfg):
         return done
     main = ddp.info().is_main  # under torchrun all ranks train; rank 0 alone writes and times
@@ -128,14 +132,12 @@ def run_dense(cfg: ExperimentConfig, run_dir: Path, data: ImageData,
         path = Path(cfg.model.checkpoint)
         if not path.is_file():
             raise UserError(f"model.checkpoint {path} not found", "fix the path or remove the key")
-        try:
-            model.load_state_dict(load_file(str(path)))
-        except (RuntimeError, OSError) as exc:
-            raise UserError(
-                f"model.checkpoint {path} does not fit {cfg.model.name} (width "
-                f"{cfg.model.width}): {str(exc).splitlines()[0]}",
-                "use the checkpoint of this model, or train it (remove the key)",
-            ) from None
+        from gpuprune.prune.files import check_matches, read_state_dict
+
+        state = read_state_dict(path)  # refuses damaged files and NaN/Inf weights
+        check_matches(state, model.state_dict(),
+                      f"model.checkpoint {path} ({cfg.model.name}, width {cfg.model.width})")
+        model.load_state_dict(state)
         test_loss, test_acc = evaluate(model, data, cfg.dense.eval_batch_size)
     else:
         res = fit(model, data, cfg.dense.train_config(cfg.seed), run_dir=work, resume=True,
@@ -227,10 +229,9 @@ def pending_cells(cfg: ExperimentConfig, run_dir: Path) -> list[tuple[str, float
     for method in cfg.prune.methods:
         for sparsity in cfg.prune.sparsities:
             path = cell_path(run_dir, method, sparsity)
-            if path.exists():
-                rec = json.loads(path.read_text())
-                if rec.get("key") == key and rec.get("status") == "ok":
-                    continue
+            rec = _read_record(path)
+            if rec.get("key") == key and rec.get("status") == "ok":
+                continue
             out.append((method, sparsity))
     return out
 
@@ -241,9 +242,9 @@ def collect(cfg: ExperimentConfig, run_dir: Path, dense: dict[str, Any], data: I
     cells = []
     for method in cfg.prune.methods:
         for sparsity in cfg.prune.sparsities:
-            path = cell_path(run_dir, method, sparsity)
-            if path.exists():
-                cells.append(json.loads(path.read_text()))
+            rec = _read_record(cell_path(run_dir, method, sparsity))
+            if rec:
+                cells.append(rec)
     cuts = list(data.notes)
     for phase, recipe in (("dense training", cfg.dense), ("fine-tuning", cfg.finetune)):
         if recipe.steps_per_epoch is not None:
@@ -292,7 +293,7 @@ def run_experiment(
     with run_lock(run_dir) if main else contextlib.nullcontext():
         if main:
             atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
-        _check_backends(cfg)
+        _check_setup(cfg)
         data = load_data(cfg)
         say(f"data: {data.name} from {data.source}: {len(data.train_y)} train, "
             f"{len(data.test_y)} test images")  # fmt: skip

@@ -82,7 +82,14 @@ def create_model(
                 kwargs = {k: v for k, v in kwargs.items() if k in params}
         except (TypeError, ValueError):  # builtins without a signature: pass nothing
             kwargs = {}
-        model = factory(**kwargs)
+        try:
+            model = factory(**kwargs)
+        except TypeError as exc:  # e.g. 'os:system': not a model factory
+            raise UserError(
+                f"factory {name!r} cannot be called with {sorted(kwargs) or 'no arguments'} "
+                f"({exc})",
+                "name a function or class that builds an nn.Module",
+            ) from None
         if not isinstance(model, nn.Module):
             raise UserError(
                 f"factory {name!r} returned {type(model).__name__}, not an nn.Module",

@@ -30,6 +30,7 @@ class CompiledLayer:
     gemm: tuple[int, int]  # (M, K)
     variant: str  # "tile" or "simd"
     block: tuple[int, int]
+    target: str  # the tiling this layer's kernel was built for
     skippable: float  # pruned blocks' share
     bn_folded: bool
     relu_fused: bool
@@ -143,6 +144,27 @@ def _unsupported(module: nn.Module) -> str | None:
     return None
 
 
+def _layer_targets(
+    model: nn.Module, layer_targets: Mapping[str, Target | str | Mapping] | None
+) -> dict[str, Target]:
+    if not layer_targets:
+        return {}
+    gemm = {n for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)}
+    out = {}
+    for name, spec in layer_targets.items():
+        if name not in gemm:
+            raise UserError(
+                f"layer_targets names layer {name!r}, which is not a Conv2d/Linear of the model",
+                f"use layer names from model.named_modules(), e.g. {sorted(gemm)[:3]}",
+            )
+        out[name] = (
+            Target.from_dict(dict(spec), origin=f"target of layer {name}")
+            if isinstance(spec, Mapping)
+            else get_target(spec)
+        )
+    return out
+
+
 def _foldable(bn: nn.Module | None) -> bool:
     return isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats and bn.running_var is not None
 
@@ -155,6 +177,7 @@ def compile(  # noqa: A001 - the public name the project documents (gpuprune.com
     *,
     inplace: bool = False,
     verbose: bool = True,
+    layer_targets: Mapping[str, Target | str | Mapping] | None = None,
 ) -> nn.Module:
     """Compile a pruned model: pruned Conv2d/Linear layers become skip layers, the rest stay dense.
 
@@ -171,6 +194,8 @@ def compile(  # noqa: A001 - the public name the project documents (gpuprune.com
             for all; "simd"/"simd-balanced" compile the SIMD-skip kernel, others the tile kernel.
         inplace: modify ``model`` instead of a deep copy.
         verbose: print the compiled layers and their skippable fractions.
+        layer_targets: a tiling per layer name (e.g. chosen by ``gpuprune codesign`` and kept
+            in a pruned-model file), overriding ``target`` for those layers.
 
     Returns:
         The compiled model in eval mode; ``model.gpuprune_compile`` is its :class:`CompileReport`.
@@ -187,6 +212,7 @@ def compile(  # noqa: A001 - the public name the project documents (gpuprune.com
                 "call model.float() before compile()",
             )
     plan = _methods_for(out, methods)
+    per_layer = _layer_targets(out, layer_targets)
     chains = find_chains(out)
     modules = dict(out.named_modules())
     compiled, dense = [], []
@@ -200,7 +226,8 @@ def compile(  # noqa: A001 - the public name the project documents (gpuprune.com
             dense.append(name)
             continue
         variant = variant_for_method(plan[name] if plan else None)
-        block = block_for(tgt, variant)
+        layer_tgt = per_layer.get(name, tgt)
+        block = block_for(layer_tgt, variant)
         weight, bias = module.weight.detach(), module.bias
         if chain.bn:
             weight, bias = fold_bn(module, modules[chain.bn])
@@ -221,17 +248,17 @@ def compile(  # noqa: A001 - the public name the project documents (gpuprune.com
         relu = chain.relu is not None
         if isinstance(module, nn.Conv2d):
             new: nn.Module = SkipConv2d.from_conv(
-                module, tgt, runner, variant=variant, relu=relu, weight=weight, bias=bias
+                module, layer_tgt, runner, variant=variant, relu=relu, weight=weight, bias=bias
             )
         else:
-            new = SkipLinear.from_linear(module, tgt, runner, variant=variant, relu=relu)
+            new = SkipLinear.from_linear(module, layer_tgt, runner, variant=variant, relu=relu)
         _replace(out, name, new)
         for extra in (chain.bn, chain.relu):
             if extra:
                 _replace(out, extra, nn.Identity())
         compiled.append(CompiledLayer(
             name, "conv" if isinstance(module, nn.Conv2d) else "linear",
-            tuple(gemm_view(weight).shape), variant, block, skippable,
+            tuple(gemm_view(weight).shape), variant, block, layer_tgt.name, skippable,
             chain.bn is not None, relu,
         ))
     report = CompileReport(runner.name, runner.device, tgt.name, tuple(compiled), tuple(dense),

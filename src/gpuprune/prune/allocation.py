@@ -12,6 +12,7 @@ Sparsity is always a fraction of weights (elements), weighted by layer size when
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping
 
 import numpy as np
@@ -146,7 +147,23 @@ def allocate(
         for name, s in allocation.items():
             check_sparsity(s, f"sparsity of layer {name}")
         return {n: float(allocation.get(n, sparsity)) for n in specs}
-    return ALLOCATIONS.get(allocation)(sparsity=sparsity, specs=specs, **kwargs)
+    return get_allocation(allocation)(sparsity=sparsity, specs=specs, **kwargs)
+
+
+# Allocations living in packages above ``prune`` (they time kernels); imported on first use so
+# ``prune`` never depends on them.
+PLUGINS = {"latency": "gpuprune.latency.allocation"}
+
+
+def get_allocation(name: str) -> Allocator:
+    """The registered allocator ``name`` (loading a plugin package when needed)."""
+    if name not in ALLOCATIONS and name in PLUGINS:
+        importlib.import_module(PLUGINS[name])
+    return ALLOCATIONS.get(name)
+
+
+def allocation_names() -> list[str]:
+    return list(dict.fromkeys([*ALLOCATIONS.names(), *PLUGINS]))
 
 
 def check_sparsity(value: float, what: str = "sparsity") -> float:

@@ -11,21 +11,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 from torch import nn
 
 from gpuprune.arch import Target, get_target
 from gpuprune.errors import UserError
 from gpuprune.gemm import block_grid, block_reduce, gemm_view
-from gpuprune.prune.allocation import ALLOCATIONS, allocate, check_sparsity
+from gpuprune.progress import progress_bar
+from gpuprune.prune.allocation import allocate, check_sparsity, get_allocation
 from gpuprune.prune.importance import IMPORTANCES, Batch, LossFn, mean_gradients
 from gpuprune.prune.layers import LayerSpec, gemm_layers, layer_specs, select_layers
 from gpuprune.prune.masks import get_mask, set_mask
@@ -65,14 +58,16 @@ class Pruner:
         input_size: tuple[int, ...] | None = None,
         method_options: Mapping[str, Any] | None = None,
         progress: bool = False,
+        allocation_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.model = model
+        self.allocation_options = dict(allocation_options or {})  # e.g. latency_budget=0.4
         self.method = get_method(method, **dict(method_options or {}))
         self.target = get_target(target) if target is not None else None
         self.importance_name = importance
         self.importance = IMPORTANCES.get(importance)
         if isinstance(allocation, str):
-            ALLOCATIONS.get(allocation)  # fail early on a typo
+            get_allocation(allocation)  # fail early on a typo
         self.allocation = allocation
         self.progress = progress
         if self.method.needs_target and self.target is None:
@@ -148,6 +143,11 @@ class Pruner:
             w = gemm_view(mod.weight).detach()
             g = grads.get(name)
             imps[name] = self.importance.score(w, g).detach().float().cpu()
+            if not bool(torch.isfinite(imps[name]).all()):  # NaN ranks anywhere: a wrong mask
+                raise UserError(
+                    f"layer {name} has NaN or infinite weights (or gradients)",
+                    "prune a model whose training did not diverge (lower the learning rate)",
+                )
         alloc = allocate(
             self.allocation,
             s,
@@ -156,6 +156,7 @@ class Pruner:
             method=self.method,
             evaluate=self._evaluator(batches, loss_fn) if batches else None,
             progress=self._progress_callback() if self.progress else None,
+            **self.allocation_options,
         )
         for name, spec in self.specs.items():
             set_mask(spec.module, self.method.mask(imps[name], alloc[name], spec))
@@ -224,14 +225,7 @@ class Pruner:
         return evaluate
 
     def _progress_callback(self):
-        bar = Progress(
-            TextColumn("sensitivity {task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            transient=True,
-        )
+        bar = progress_bar("sensitivity {task.description}", transient=True)
         task = bar.add_task("", total=None)
 
         def tick(done: int, total: int, layer: str) -> None:

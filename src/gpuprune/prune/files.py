@@ -3,8 +3,10 @@
 File layout: one ``.safetensors`` file whose tensors are the model's state dict with effective
 (masked) weights under their plain names (``features.0.weight``) plus each mask as
 ``mask:<layer>`` (bool, weight-shaped). Its metadata entry ``gpuprune`` is JSON with the format
-version, model name, method, target (``Target.to_dict()``), per-layer plan and a sha256 of the
-tensors (over sorted names, dtypes, shapes and bytes) that loading verifies.
+version, model name, method, target (``Target.to_dict()``), per-layer plan, a sha256 of the
+tensors (over sorted names, dtypes, shapes and bytes) and a sha256 of the header itself; loading
+verifies both (files from before the header checksum carry only the first) and refuses NaN or
+infinite weights and masks that are not bool tensors of their weight's shape.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +70,22 @@ def checksum(tensors: Mapping[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def header_digest(header: Mapping[str, Any]) -> str:
+    """sha256 of the header's canonical JSON, without the ``header_sha256`` entry itself."""
+    body = {k: v for k, v in header.items() if k != "header_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def check_finite(tensors: Mapping[str, torch.Tensor], origin: str) -> None:
+    """Raise a one-line :class:`UserError` if a floating-point tensor holds NaN or Inf."""
+    for name, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise UserError(
+                f"{origin} has NaN or infinite values in {name}",
+                "use a checkpoint saved before training diverged (lower the learning rate)",
+            )
+
+
 def save_pruned(
     path: str | os.PathLike[str],
     model: nn.Module,
@@ -102,6 +121,7 @@ def save_pruned(
         "extra": dict(extra or {}),
         "sha256": checksum(tensors),
     }
+    header["header_sha256"] = header_digest(header)
     atomic_write_bytes(path, save(tensors, metadata={"gpuprune": json.dumps(header)}))
 
 
@@ -134,6 +154,9 @@ def read_pruned(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str,
         raise UserError(
             f"{p} is corrupt: the tensor checksum does not match", "save the model again"
         )
+    if "header_sha256" in header and header_digest(header) != header["header_sha256"]:
+        raise UserError(f"{p} is corrupt: the header checksum does not match", "save it again")
+    check_finite(tensors, str(p))
     return header, tensors
 
 
@@ -167,10 +190,17 @@ def load_pruned(
         )
     check_matches(weights, plain_state_dict(model), str(path))
     modules = dict(model.named_modules())
-    for name in masks:
+    for name, mask in masks.items():
         if name not in modules:
             raise UserError(
                 f"{path} masks layer {name!r}, which the model lacks", "use the matching model"
+            )
+        weight = getattr(modules[name], "weight", None)
+        if weight is None or mask.dtype != torch.bool or mask.shape != weight.shape:
+            raise UserError(
+                f"{path} has a bad mask for {name}: {mask.dtype} {tuple(mask.shape)}, expected "
+                f"bool {tuple(weight.shape) if weight is not None else '(no weight)'}",
+                "save the model again with save_pruned() or `gpuprune prune`",
             )
     for name, mask in masks.items():
         set_mask(modules[name], mask)
@@ -218,8 +248,11 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     try:
         if p.suffix == ".safetensors":
             data = load_file(str(p))
-            return {k: v for k, v in data.items() if not k.startswith(MASK_PREFIX)}
-        data = torch.load(p, map_location="cpu", weights_only=True)
+            data = {k: v for k, v in data.items() if not k.startswith(MASK_PREFIX)}
+        else:
+            data = torch_load(p)
+    except UserError:
+        raise
     except Exception as err:  # any unpickling/format error means the file is not a checkpoint
         raise UserError(
             f"cannot read checkpoint {p} ({type(err).__name__})",
@@ -233,4 +266,28 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
             f"checkpoint {p} holds no state dict of tensors",
             "save it with torch.save(model.state_dict(), path)",
         )
+    check_finite(data, f"checkpoint {p}")
     return data
+
+
+def torch_load(path: str | os.PathLike[str], map_location: Any = "cpu") -> Any:
+    """``torch.load`` of an untrusted file: tensors and plain containers only, CRCs checked.
+
+    ``weights_only=True`` never runs code from the file; torch does not check the zip CRCs, so a
+    bit flip would load as silently different weights: they are checked here first.
+
+    Raises:
+        UserError: a corrupt zip member.
+    """
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as zf:
+                bad = zf.testzip()
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+            bad = "(zip directory)"
+        if bad is not None:
+            raise UserError(
+                f"checkpoint {path} is corrupt (checksum of {bad} does not match)",
+                "use an intact copy of the file",
+            )
+    return torch.load(path, map_location=map_location, weights_only=True)

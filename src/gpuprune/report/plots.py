@@ -130,11 +130,11 @@ def speedup_vs_ideal(res: RunResults, path: Path) -> Path:
                    if r.method == m and backend in r.speedup]  # fmt: skip
             if not pts:
                 continue
-            top = max(top, *(max(p) for p in pts))
+            top = max(top, *(p[0] for p in pts))
             ax.plot(*zip(*pts, strict=True), ls="", label=f"{m} ({backend})",
                     color=style[m]["color"], marker=style[m]["marker"],
                     fillstyle=fills[bi % len(fills)])  # fmt: skip
-    ax.plot([1, top], [1, top], color="k", ls="--", lw=1, label="ideal = 1/density")
+    ax.plot([1, top * 1.05], [1, top * 1.05], color="k", ls="--", lw=1, label="ideal = 1/density")
     ax.axhline(1, color="grey", lw=0.8)
     ax.set(xlabel="ideal speedup 1/density (FLOPs kept)", ylabel="measured speedup vs dense",
            title="Measured vs ideal speedup (dense weights, same backend and kernel)")  # fmt: skip

@@ -70,21 +70,31 @@ def _model_flops_kept(cell: dict[str, Any], flops: dict[str, int]) -> float:
     return (total - saved) / total
 
 
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(
+            f"{path} is damaged ({type(exc).__name__})",
+            "rerun 'gpuprune run CONFIG -o RUN_DIR': it rebuilds damaged results",
+        ) from None
+
+
 def load_results(run_dir: str | Path) -> RunResults:
     """Read ``summary.json`` (or, for an unfinished run, ``dense/`` and ``cells/``)."""
     run = Path(run_dir)
     path = run / "summary.json"
     if path.exists():
-        summary = json.loads(path.read_text())
+        summary = _read_json(path)
     elif (run / "dense" / "result.json").exists():
         import yaml
 
         config = yaml.safe_load((run / "config.yaml").read_text()) if (
             run / "config.yaml").exists() else {}  # fmt: skip
-        cells = [json.loads(p.read_text()) for p in sorted((run / "cells").glob("*.json"))]
+        cells = [_read_json(p) for p in sorted((run / "cells").glob("*.json"))]
         summary = {"name": config.get("name", run.name), "config": config, "cuts": [],
                    "notes": ["the run has not finished: partial results"], "cells": cells,
-                   "dense": json.loads((run / "dense" / "result.json").read_text())}  # fmt: skip
+                   "dense": _read_json(run / "dense" / "result.json")}  # fmt: skip
     else:
         raise UserError(f"{run} holds no experiment results",
                         "run 'gpuprune run CONFIG -o RUN_DIR' first")  # fmt: skip

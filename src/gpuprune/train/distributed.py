@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -78,5 +79,18 @@ def barrier() -> None:
 
 
 def cleanup() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    """Leave the process group once every rank got here.
+
+    Tearing gloo down while a peer is still working can abort that peer (SIGABRT at exit), so
+    ranks meet first; a peer that died does not make this hang (bounded wait, then tear down).
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    try:
+        if dist.get_backend() == "gloo":
+            dist.monitored_barrier(timeout=timedelta(seconds=120))
+        else:
+            dist.barrier()
+    except RuntimeError:  # a rank failed: its error is what the user needs, not this one
+        pass
+    dist.destroy_process_group()

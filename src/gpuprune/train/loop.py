@@ -19,19 +19,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from rich.progress import Progress, TextColumn
 from torch import nn
 
 from gpuprune.data import ImageData, eval_loader, train_loader
 from gpuprune.errors import UserError
 from gpuprune.fileio import atomic_open, atomic_write_text
+from gpuprune.progress import progress_bar
 from gpuprune.train import distributed as ddp
 from gpuprune.train.config import TrainConfig, lr_at
 from gpuprune.train.hooks import TrainHook
@@ -81,15 +75,10 @@ def evaluate(
 
 
 def _progress(enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
+    return progress_bar(
+        "{task.description}",
         TextColumn("loss {task.fields[loss]:.3f} acc {task.fields[acc]:.1%}"),
         TextColumn("{task.fields[rate]:,.0f} img/s"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
         disable=not enabled,
         transient=False,
     )
@@ -99,8 +88,21 @@ def _recipe_key(cfg: TrainConfig) -> dict[str, Any]:
     return asdict(cfg)
 
 
+_CHECKPOINT_KEYS = {"epoch", "model", "optimizer", "hook", "rng", "history", "config"}
+
+
 def _load_checkpoint(path: Path, cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
-    state = torch.load(path, map_location=device, weights_only=True)
+    from gpuprune.prune.files import torch_load
+
+    fix = f"delete {path} to start this phase again"
+    try:
+        state = torch_load(path, map_location=device)  # weights_only, zip CRCs checked
+    except UserError as exc:
+        raise UserError(exc.problem, fix) from None
+    except Exception as exc:  # truncated, or holds more than tensors and plain containers
+        raise UserError(f"checkpoint {path} is unreadable ({type(exc).__name__})", fix) from None
+    if not isinstance(state, dict) or not state.keys() >= _CHECKPOINT_KEYS:
+        raise UserError(f"{path} is not a gpuprune training checkpoint", fix)
     saved = state.get("config", {})
     diff = [k for k, v in _recipe_key(cfg).items() if saved.get(k) != v]
     if diff:
