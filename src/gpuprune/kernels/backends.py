@@ -22,7 +22,7 @@ from torch import Tensor
 
 from gpuprune.arch import Target
 from gpuprune.errors import UserError
-from gpuprune.kernels.format import VARIANTS, BlockSparseWeight
+from gpuprune.kernels.format import VARIANTS, BlockSparseWeight, full_grid
 from gpuprune.registry import Registry
 
 Forward = Callable[[Tensor], Tensor]
@@ -150,3 +150,9 @@ def check_input(x: Tensor, dims: int, channels: int, what: str) -> None:
             f"got shape {tuple(x.shape)}",
             "feed the input shape the original layer took",
         )
+
+
+def for_variant(packed: BlockSparseWeight, target: Target, variant: str) -> BlockSparseWeight:
+    """The weight a kernel walks: as packed, or for "dense" every block of the target's tiles."""
+    check_variant(variant, packed, target)
+    return full_grid(packed, target.tile_block()) if variant == "dense" else packed

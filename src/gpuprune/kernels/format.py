@@ -121,6 +121,20 @@ def pack(matrix: torch.Tensor, block: tuple[int, int]) -> BlockSparseWeight:
     )
 
 
+def full_grid(packed: BlockSparseWeight, block: tuple[int, int]) -> BlockSparseWeight:
+    """``packed`` re-blocked with every block kept (pruned ones as zeros): the dense baseline
+    that runs the very same kernel, walking all blocks."""
+    blocks = to_blocks(packed.to_dense(), block)  # [gm, gk, bm, bk]
+    gm, gk = blocks.shape[:2]
+    return BlockSparseWeight(
+        shape=packed.shape,
+        block=tuple(block),
+        row_ptr=torch.arange(gm + 1, dtype=torch.int32) * gk,
+        col_idx=torch.arange(gk, dtype=torch.int32).repeat(gm),
+        values=blocks.reshape(gm * gk, *block).contiguous(),
+    )
+
+
 def block_for(target: Target, variant: str) -> tuple[int, int]:
     """Block a variant skips on ``target``: (MWG, KWG) for tile/dense, (R, simd_k) for simd."""
     if variant not in VARIANTS:

@@ -15,13 +15,12 @@ from torch import Tensor
 
 from gpuprune.arch import Target
 from gpuprune.errors import UserError
-from gpuprune.gemm import to_blocks
 from gpuprune.kernels.backends import (
     BACKENDS,
     Backend,
     check_conv_shape,
     check_input,
-    check_variant,
+    for_variant,
 )
 from gpuprune.kernels.cpu.build import load_library
 from gpuprune.kernels.format import BlockSparseWeight
@@ -167,26 +166,6 @@ class CpuConv2d(CpuGemm):
                        pw, dh, dw, oh, ow, *self._weight_args(), _ptr(ys),
                        _ptr(self.used))  # fmt: skip
         return out
-
-
-def full_grid(packed: BlockSparseWeight, block: tuple[int, int]) -> BlockSparseWeight:
-    """``packed`` re-blocked with every block kept (pruned ones as zeros): the dense baseline
-    that runs the very same kernel, walking all blocks."""
-    blocks = to_blocks(packed.to_dense(), block)  # [gm, gk, bm, bk]
-    gm, gk = blocks.shape[:2]
-    return BlockSparseWeight(
-        shape=packed.shape,
-        block=tuple(block),
-        row_ptr=torch.arange(gm + 1, dtype=torch.int32) * gk,
-        col_idx=torch.arange(gk, dtype=torch.int32).repeat(gm),
-        values=blocks.reshape(gm * gk, *block).contiguous(),
-    )
-
-
-def for_variant(packed: BlockSparseWeight, target: Target, variant: str) -> BlockSparseWeight:
-    """The weight a kernel walks: as packed, or for "dense" every block of the target's tiles."""
-    check_variant(variant, packed, target)
-    return full_grid(packed, target.tile_block()) if variant == "dense" else packed
 
 
 @BACKENDS.register("cpu")

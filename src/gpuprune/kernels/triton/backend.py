@@ -23,8 +23,8 @@ from gpuprune.kernels.backends import (
     Backend,
     check_conv_shape,
     check_input,
+    for_variant,
 )
-from gpuprune.kernels.cpu.backend import for_variant
 from gpuprune.kernels.format import BlockSparseWeight
 
 BLOCK_N = 64  # output columns per program
