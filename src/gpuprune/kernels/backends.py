@@ -156,3 +156,42 @@ def for_variant(packed: BlockSparseWeight, target: Target, variant: str) -> Bloc
     """The weight a kernel walks: as packed, or for "dense" every block of the target's tiles."""
     check_variant(variant, packed, target)
     return full_grid(packed, target.tile_block()) if variant == "dense" else packed
+
+
+class LayerClassBackend(Backend):
+    """A backend whose forwards are layer classes built from the walked weight, bias and ReLU
+    (plus the convolution geometry): subclasses only name the two classes."""
+
+    linear_layer: ClassVar[type]  # called as (weight, bias, relu)
+    conv_layer: ClassVar[type]  # (weight, bias, relu, in_channels, kernel, stride, pad, dilation)
+
+    def linear(
+        self,
+        packed: BlockSparseWeight,
+        bias: Tensor | None,
+        target: Target,
+        *,
+        variant: str,
+        relu: bool = False,
+    ) -> Forward:
+        return self.linear_layer(for_variant(packed, target, variant), bias, relu)
+
+    def conv2d(
+        self,
+        packed: BlockSparseWeight,
+        bias: Tensor | None,
+        target: Target,
+        *,
+        variant: str,
+        in_channels: int,
+        kernel_size: tuple[int, int],
+        stride: tuple[int, int],
+        padding: tuple[int, int],
+        dilation: tuple[int, int],
+        relu: bool = False,
+    ) -> Forward:
+        check_conv_shape(packed, in_channels, kernel_size)
+        return self.conv_layer(
+            for_variant(packed, target, variant), bias, relu, in_channels, kernel_size,
+            stride, padding, dilation,
+        )  # fmt: skip

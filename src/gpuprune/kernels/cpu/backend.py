@@ -13,14 +13,11 @@ import ctypes
 import torch
 from torch import Tensor
 
-from gpuprune.arch import Target
 from gpuprune.errors import UserError
 from gpuprune.kernels.backends import (
     BACKENDS,
-    Backend,
-    check_conv_shape,
+    LayerClassBackend,
     check_input,
-    for_variant,
 )
 from gpuprune.kernels.cpu.build import load_library
 from gpuprune.kernels.format import BlockSparseWeight
@@ -169,41 +166,12 @@ class CpuConv2d(CpuGemm):
 
 
 @BACKENDS.register("cpu")
-class CpuBackend(Backend):
+class CpuBackend(LayerClassBackend):
     """Compiled C kernel (OpenMP threads, SIMD micro-tiles) that skips pruned blocks on the CPU."""
 
     name = "cpu"
+    linear_layer = CpuLinear
+    conv_layer = CpuConv2d
 
     def check_available(self) -> None:
         load_library()
-
-    def linear(
-        self,
-        packed: BlockSparseWeight,
-        bias: Tensor | None,
-        target: Target,
-        *,
-        variant: str,
-        relu: bool = False,
-    ) -> CpuLinear:
-        return CpuLinear(for_variant(packed, target, variant), bias, relu)
-
-    def conv2d(
-        self,
-        packed: BlockSparseWeight,
-        bias: Tensor | None,
-        target: Target,
-        *,
-        variant: str,
-        in_channels: int,
-        kernel_size: tuple[int, int],
-        stride: tuple[int, int],
-        padding: tuple[int, int],
-        dilation: tuple[int, int],
-        relu: bool = False,
-    ) -> CpuConv2d:
-        check_conv_shape(packed, in_channels, kernel_size)
-        return CpuConv2d(
-            for_variant(packed, target, variant), bias, relu, in_channels, kernel_size,
-            stride, padding, dilation,
-        )  # fmt: skip

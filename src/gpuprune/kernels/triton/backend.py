@@ -16,14 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gpuprune.arch import Target
 from gpuprune.errors import DeviceNotFoundError, UserError
 from gpuprune.kernels.backends import (
     BACKENDS,
-    Backend,
-    check_conv_shape,
+    LayerClassBackend,
     check_input,
-    for_variant,
 )
 from gpuprune.kernels.format import BlockSparseWeight
 
@@ -167,10 +164,12 @@ class TritonConv2d(TritonGemm):
 
 
 @BACKENDS.register("triton")
-class TritonBackend(Backend):
+class TritonBackend(LayerClassBackend):
     """Triton gathered-K block-sparse matmul for CUDA/ROCm GPUs (interpreter mode for tests)."""
 
     name = "triton"
+    linear_layer = TritonLinear
+    conv_layer = TritonConv2d
 
     def check_available(self) -> None:
         _check_available()
@@ -180,34 +179,3 @@ class TritonBackend(Backend):
         if interpreted():
             return "cpu (triton interpreter)"
         return torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
-
-    def linear(
-        self,
-        packed: BlockSparseWeight,
-        bias: Tensor | None,
-        target: Target,
-        *,
-        variant: str,
-        relu: bool = False,
-    ) -> TritonLinear:
-        return TritonLinear(for_variant(packed, target, variant), bias, relu)
-
-    def conv2d(
-        self,
-        packed: BlockSparseWeight,
-        bias: Tensor | None,
-        target: Target,
-        *,
-        variant: str,
-        in_channels: int,
-        kernel_size: tuple[int, int],
-        stride: tuple[int, int],
-        padding: tuple[int, int],
-        dilation: tuple[int, int],
-        relu: bool = False,
-    ) -> TritonConv2d:
-        check_conv_shape(packed, in_channels, kernel_size)
-        return TritonConv2d(
-            for_variant(packed, target, variant), bias, relu, in_channels, kernel_size, stride,
-            padding, dilation,
-        )  # fmt: skip
