@@ -127,3 +127,21 @@ def test_each_layer_modelled_with_its_own_tiling():
         spec = pruner.specs[name]
         dense = analytical_ms(geometry_of(name, spec.module, spec.in_hw), tgt, "tile", 1.0)
         assert plan.options[name][0].cost == pytest.approx(dense)
+
+
+def test_budget_in_ms_is_met_and_unreachable_is_a_budget_error():
+    from gpuprune.latency.solver import BudgetError
+
+    _, pruner, imps = setup()
+    method = get_method("tile")
+    full = plan_latency(0.5, pruner.specs, imps, method, latency_budget=1.0,
+                        latency_target=SMALL)  # fmt: skip
+    half = plan_latency(0.5, pruner.specs, imps, method, latency_budget_ms=full.dense_ms / 2,
+                        latency_target=SMALL)  # fmt: skip
+    assert half.latency_ms == pytest.approx(full.dense_ms / 2, rel=1e-6)
+    unstructured = get_method("unstructured")  # scattered zeros never empty a 16x16 tile
+    with pytest.raises(BudgetError, match="below the cheapest"):
+        plan_latency(0.5, pruner.specs, imps, unstructured, latency_budget_ms=full.dense_ms / 2,
+                     latency_target=SMALL)  # fmt: skip
+    with pytest.raises(UserError, match="not positive"):
+        plan_latency(0.5, pruner.specs, imps, method, latency_budget_ms=0.0, latency_target=SMALL)

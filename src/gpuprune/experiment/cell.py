@@ -22,8 +22,11 @@ from torch import nn
 from gpuprune.data import ImageData, load_dataset, train_loader
 from gpuprune.errors import UserError
 from gpuprune.experiment.config import ExperimentConfig
-from gpuprune.experiment.latency import backend_device, compile_for, skippable, time_model
+from gpuprune.experiment.equal_latency import MATCHED, plan_matched
+from gpuprune.experiment.latency import backend_device, compile_for, skippable, time_models
 from gpuprune.fileio import atomic_write_text
+from gpuprune.kernels.format import variant_for_method
+from gpuprune.latency.solver import BudgetError
 from gpuprune.models import create_model
 from gpuprune.train import NonFiniteLossError, PrunerHook, fit
 from gpuprune.train import distributed as ddp
@@ -32,12 +35,22 @@ DENSE_DIR = "dense"
 CELLS_DIR = "cells"
 
 
-def cell_id(method: str, sparsity: float) -> str:
-    return f"{method}@{sparsity:g}"
+def cell_id(method: str, sparsity: float, matched: bool = False) -> str:
+    """``tile@0.75``, or ``tile+latency`` for a cell matched to the reference latency."""
+    return f"{method}+{MATCHED}" if matched else f"{method}@{sparsity:g}"
 
 
-def cell_path(run_dir: Path, method: str, sparsity: float) -> Path:
-    return run_dir / CELLS_DIR / f"{method}-{sparsity:g}.json"
+def cell_name(method: str, sparsity: float, matched: bool = False) -> str:
+    """The cell's file and folder name under ``cells/``."""
+    return f"{method}-{MATCHED}" if matched else f"{method}-{sparsity:g}"
+
+
+def cell_path(run_dir: Path, method: str, sparsity: float, matched: bool = False) -> Path:
+    return run_dir / CELLS_DIR / f"{cell_name(method, sparsity, matched)}.json"
+
+
+class Unreachable(UserError):
+    """A matched cell's method cannot reach the reference latency (stored, not a failure)."""
 
 
 def fresh_workdir(work: Path, key: str) -> None:
@@ -112,17 +125,25 @@ def _finetune_steps(cfg: ExperimentConfig, data: ImageData) -> int:
 
 
 def run_cell(cfg: ExperimentConfig, run_dir: Path, method: str, sparsity: float,
-             data: ImageData | None = None, progress: bool = True) -> dict[str, Any]:  # fmt: skip
+             data: ImageData | None = None, progress: bool = True, matched: bool = False
+             ) -> dict[str, Any]:  # fmt: skip
     """Run one cell and store ``cells/<method>-<sparsity>.json``; returns the record.
+
+    ``matched``: prune to the latency of ``equal_latency.reference`` instead of uniformly to
+    ``sparsity`` (stored as ``cells/<method>-latency.json``).
 
     A failure inside the cell (NaN loss, a layer the method cannot prune, a kernel error) is
     stored as ``status: failed`` with the message, so the other cells still run.
     """
     started = time.perf_counter()
-    record: dict[str, Any] = {"method": method, "sparsity": sparsity, "key": cell_key(cfg)}
+    record: dict[str, Any] = {"method": method, "sparsity": sparsity, "key": cell_key(cfg),
+                              "equal_latency": matched,
+                              "allocation": MATCHED if matched else cfg.prune.allocation}
     try:
-        record.update(_run(cfg, run_dir, method, sparsity, data, progress))
+        record.update(_run(cfg, run_dir, method, sparsity, data, progress, matched))
         record["status"] = "ok"
+    except Unreachable as exc:
+        record.update(status="unreachable", error=str(exc))
     except NonFiniteLossError as exc:
         record.update(status="failed", error=str(exc))
     except UserError as exc:
@@ -133,13 +154,15 @@ def run_cell(cfg: ExperimentConfig, run_dir: Path, method: str, sparsity: float,
                       detail=last)  # fmt: skip
     record["seconds"] = time.perf_counter() - started
     if ddp.info().is_main:
-        atomic_write_text(cell_path(run_dir, method, sparsity), json.dumps(record, indent=1))
+        path = cell_path(run_dir, method, sparsity, matched)
+        atomic_write_text(path, json.dumps(record, indent=1))
     ddp.barrier()
     return record
 
 
 def _run(cfg: ExperimentConfig, run_dir: Path, method: str, sparsity: float,
-         data: ImageData | None, progress: bool) -> dict[str, Any]:  # fmt: skip
+         data: ImageData | None, progress: bool, matched: bool = False
+         ) -> dict[str, Any]:  # fmt: skip
     import gpuprune.prune as gp
 
     data = data if data is not None else load_data(cfg)
@@ -148,23 +171,34 @@ def _run(cfg: ExperimentConfig, run_dir: Path, method: str, sparsity: float,
     model.load_state_dict(load_file(str(run_dir / DENSE_DIR / "model.safetensors")))
     p = cfg.prune
     pruner = gp.Pruner(
-        model, method, target=p.target, importance=p.importance, allocation=p.allocation,
-        exclude=p.exclude, exclude_first_last=p.exclude_first_last, skip_small=p.skip_small,
+        model, method, target=p.target, importance=p.importance,
+        allocation="plan" if matched else p.allocation, exclude=p.exclude,
+        exclude_first_last=p.exclude_first_last, skip_small=p.skip_small,
         input_size=input_shape(data), method_options=p.method_options.get(method),
     )  # fmt: skip
+    layers = prunable_layers(cfg, model)
+    plan: dict[str, Any] = {}
+    if matched:  # chosen on the dense model, then reached along the same schedule
+        try:
+            plan = plan_matched(cfg, model, pruner, data, layers)
+        except BudgetError as exc:
+            raise Unreachable(f"{cell_id(method, sparsity, True)} cannot reach the latency of "
+                              f"{cfg.equal_latency.reference}: {exc.problem}") from None
+        pruner.allocation_options["plan"] = plan["plan"]
+        sparsity = plan["overall_sparsity"]
     total = _finetune_steps(cfg, ft_data)
     strength = p.ssl_strength if method == "ssl" else 0.0
     rank = ddp.info()  # under torchrun every rank fine-tunes a shard; rank 0 writes and times
     sync = (lambda: ddp.broadcast_module(model)) if rank.enabled else None
     hook = PrunerHook(pruner, _schedule(cfg, method, total), sparsity, ssl_strength=strength,
                       sync=sync)  # fmt: skip
-    work = run_dir / CELLS_DIR / f"{method}-{sparsity:g}"
+    work = run_dir / CELLS_DIR / cell_name(method, sparsity, matched)
     if rank.is_main:
         fresh_workdir(work, cell_key(cfg))
     ddp.barrier()
     if total == 0:
         pruner.apply(sparsity)
-    name = cell_id(method, sparsity)
+    name = cell_id(method, sparsity, matched)
     result = fit(model, ft_data, cfg.finetune.train_config(cfg.seed), run_dir=work, resume=True,
                  hook=hook, progress=progress, desc=f"{name} fine-tune")  # fmt: skip
     if not rank.is_main:
@@ -174,18 +208,18 @@ def _run(cfg: ExperimentConfig, run_dir: Path, method: str, sparsity: float,
                    extra={"width": cfg.model.width, "accuracy": result.test_acc})  # fmt: skip
 
     model.cpu()
-    layers = prunable_layers(cfg, model)
     dense = build_model(cfg, data)
     dense.load_state_dict(load_file(str(run_dir / DENSE_DIR / "model.safetensors")))
     latency, skip = {}, {}
     for backend in cfg.latency.backends:
-        # Paired timing: the dense weights through the same kernel, just before the pruned
-        # model, so a machine that gets busier or quieter during the run does not skew speedups.
+        # Paired timing: the dense weights through the same kernel, timed in alternation with
+        # the pruned model, so a machine that gets busier or quieter does not skew speedups.
         device = backend_device(backend)
-        base = time_model(compile_for(dense, p.target, backend, layers, method),
-                          input_shape(data), cfg.latency, cfg.seed, device)  # fmt: skip
         compiled = compile_for(model, p.target, backend, layers, method)
-        latency[backend] = time_model(compiled, input_shape(data), cfg.latency, cfg.seed, device)
+        base, latency[backend] = time_models(
+            [compile_for(dense, p.target, backend, layers, method), compiled],
+            input_shape(data), cfg.latency, cfg.seed, device,
+        )  # fmt: skip
         latency[backend]["dense_ms"] = base["median_ms"]
         skip[backend] = skippable(compiled)
     (work / "checkpoint.pt").unlink(missing_ok=True)  # done: the pruned model file is enough
@@ -198,7 +232,10 @@ def _run(cfg: ExperimentConfig, run_dir: Path, method: str, sparsity: float,
             "flops_kept": lr.flops_kept,
             "skippable": {b: skip[b].get(lr.name, 0.0) for b in skip},
         })  # fmt: skip
+    out = {"matched": plan} if matched else {}
     return {
+        **out,
+        "variant": variant_for_method(method),
         "accuracy": result.test_acc,
         "test_loss": result.test_loss,
         "achieved_sparsity": pruned.sparsity,

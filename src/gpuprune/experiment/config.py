@@ -101,12 +101,68 @@ class LatencySection(_Section):
     budget_s: float = Field(2.0, gt=0)  # stop repeating (after 3) past this many seconds
 
 
+class EqualLatencySection(_Section):
+    """Methods re-pruned with ``allocation: latency`` to the measured latency of a reference cell.
+
+    The budget is the latency the model of ``backend`` gives the reference's masks (absolute ms),
+    so every matched cell is as fast as the reference by the model; the report then compares
+    their accuracy at the latencies actually measured.
+    """
+
+    reference: str | None = None  # "tile@0.75": a uniform cell of this config (None: off)
+    methods: list[str] = Field(default_factory=list)  # re-pruned at the reference latency
+    backend: str | None = None  # whose measured curves set the budget (default: first backend)
+    sensitivity_batches: int = Field(4, ge=0)  # held-out batches per loss estimate (0: proxy)
+    tolerance: float = Field(0.05, ge=0, lt=1)  # measured latencies this close count as equal
+
+    @field_validator("reference")
+    @classmethod
+    def _cell_name(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        method, at, sparsity = value.partition("@")
+        try:
+            ok = bool(method) and at == "@" and 0 < float(sparsity) < 1
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError("must name a cell as method@sparsity, e.g. tile@0.75")
+        return value
+
+    @field_validator("methods")
+    @classmethod
+    def _unique(cls, values: list[str]) -> list[str]:
+        if len(set(values)) != len(values):
+            raise ValueError("must not repeat a method")
+        return values
+
+    @property
+    def reference_cell(self) -> tuple[str, float] | None:
+        if self.reference is None:
+            return None
+        method, _, sparsity = self.reference.partition("@")
+        return method, float(sparsity)
+
+
+class CodesignSection(_Section):
+    """Per-layer tiling search on the dense model's layers (``gpuprune codesign``), reported."""
+
+    backend: str | None = None  # kernel backend that times the tilings (None: off)
+    candidates: int = Field(8, ge=0)  # tilings sampled besides the preset
+    sparsity: float = Field(0.75, ge=0, lt=1)  # share of each candidate's blocks pruned
+    variant: Literal["tile", "simd", "dense"] = "tile"
+    batch_size: int | None = Field(None, ge=1)  # default: latency.batch_size
+    seed: int = 0
+
+
 class TargetsSection(_Section):
     """Accuracy goals the report checks against the measured numbers (None: not checked)."""
 
     dense_accuracy: float | None = Field(None, gt=0, le=1)  # e.g. 0.91
     sparsity: float | None = Field(None, gt=0, lt=1)  # where tile/simd meet unstructured/filter
     max_gap_pt: float = Field(1.0, ge=0)  # allowed points below unstructured at that sparsity
+    latency_gain_pt: float | None = None  # latency-aware tile over uniform, at equal latency
+    codesign_share: float | None = Field(None, ge=0, le=1)  # layers >= 10% faster than preset
 
 
 class ExperimentConfig(_Section):
@@ -119,6 +175,8 @@ class ExperimentConfig(_Section):
     finetune: RecipeSection = RecipeSection(epochs=2, lr=0.01)
     prune: PruneSection = PruneSection()
     latency: LatencySection = LatencySection()
+    equal_latency: EqualLatencySection = EqualLatencySection()
+    codesign: CodesignSection = CodesignSection()
     targets: TargetsSection = TargetsSection()
 
     def digest(self, *sections: str, **extra: Any) -> str:

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from gpuprune.bench.timing import measure
+from gpuprune.bench.timing import measure_many
 from gpuprune.experiment.config import LatencySection
 
 
@@ -28,22 +28,36 @@ def backend_device(backend: str) -> torch.device:
 
 
 @torch.no_grad()
-def time_model(model: nn.Module, input_shape: tuple[int, ...], cfg: LatencySection,
-               seed: int = 0, device: torch.device | str = "cpu") -> dict[str, Any]:  # fmt: skip
-    """Median/quartile forward latency in ms for a batch of ``cfg.batch_size`` random inputs."""
+def time_models(models: list[nn.Module], input_shape: tuple[int, ...], cfg: LatencySection,
+                seed: int = 0, device: torch.device | str = "cpu"
+                ) -> list[dict[str, Any]]:  # fmt: skip
+    """Like :func:`time_model` for several models timed in alternation on the same input, so
+    their ratio is not skewed by load that changes while they run."""
     device = torch.device(device)
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(cfg.batch_size, *input_shape, generator=gen).to(device)
-    model.to(device).eval()
 
-    def forward() -> None:
-        model(x)
-        if device.type == "cuda":  # kernels are asynchronous: wait for them
-            torch.cuda.synchronize()
+    def runner(model: nn.Module):
+        model.to(device).eval()
 
-    t = measure(forward, warmup=cfg.warmup, repeats=cfg.repeats, budget_s=cfg.budget_s)
-    return {"median_ms": t.median_ms, "p25_ms": t.p25_ms, "p75_ms": t.p75_ms,
-            "repeats": t.repeats, "batch_size": cfg.batch_size, "device": str(device)}  # fmt: skip
+        def forward() -> None:
+            model(x)
+            if device.type == "cuda":  # kernels are asynchronous: wait for them
+                torch.cuda.synchronize()
+
+        return forward
+
+    times = measure_many([runner(m) for m in models], warmup=cfg.warmup, repeats=cfg.repeats,
+                         budget_s=cfg.budget_s)  # fmt: skip
+    return [{"median_ms": t.median_ms, "p25_ms": t.p25_ms, "p75_ms": t.p75_ms,
+             "repeats": t.repeats, "batch_size": cfg.batch_size, "device": str(device)}
+            for t in times]  # fmt: skip
+
+
+def time_model(model: nn.Module, input_shape: tuple[int, ...], cfg: LatencySection,
+               seed: int = 0, device: torch.device | str = "cpu") -> dict[str, Any]:  # fmt: skip
+    """Median/quartile forward latency in ms for a batch of ``cfg.batch_size`` random inputs."""
+    return time_models([model], input_shape, cfg, seed, device)[0]
 
 
 def skippable(compiled: nn.Module) -> dict[str, float]:

@@ -42,8 +42,10 @@ from gpuprune.experiment.cell import (
     prunable_layers,
     run_cell,
 )
+from gpuprune.experiment.codesign_step import run_codesign
 from gpuprune.experiment.config import ExperimentConfig, dump_config, parse_config
-from gpuprune.experiment.latency import backend_device, compile_for, time_model
+from gpuprune.experiment.equal_latency import check_equal_latency, matched_methods
+from gpuprune.experiment.latency import backend_device, compile_for, time_model, time_models
 from gpuprune.fileio import atomic_write_bytes, atomic_write_text, dir_lock
 from gpuprune.train import distributed as ddp
 from gpuprune.train import evaluate, fit
@@ -67,6 +69,9 @@ def _check_setup(cfg: ExperimentConfig) -> None:
 
     for name in cfg.latency.backends:
         resolve_backend(name)  # raises a UserError naming the setup step
+    if cfg.codesign.backend is not None:
+        resolve_backend(cfg.codesign.backend)
+    check_equal_latency(cfg)
     for method in cfg.prune.methods:
         METHODS.get(method)
     get_target(cfg.prune.target)
@@ -179,18 +184,20 @@ def _time_dense(cfg: ExperimentConfig, model: torch.nn.Module, data: ImageData,
         latency["torch-cuda"] = time_model(model, shape, cfg.latency, cfg.seed, "cuda")
         model.cpu()
     for backend in cfg.latency.backends:
-        latency[backend] = {
-            variant: time_model(compile_for(model, cfg.prune.target, backend, layers, method),
-                                shape, cfg.latency, cfg.seed, backend_device(backend))
-            for variant, method in _variants(cfg).items()
-        }  # fmt: skip
+        variants = _variants(cfg)  # in alternation: the report scales SIMD cells by their ratio
+        compiled = [compile_for(model, cfg.prune.target, backend, layers, method)
+                    for method in variants.values()]  # fmt: skip
+        times = time_models(compiled, shape, cfg.latency, cfg.seed, backend_device(backend))
+        latency[backend] = dict(zip(variants, times, strict=True))
     record.update(timing_key=timing_key(cfg), prunable_layers=layers, latency=latency)
     atomic_write_text(result_file, json.dumps(record, indent=1))
     return record
 
 
 def _describe(rec: dict[str, Any], dense_acc: float) -> str:
-    name = cell_id(rec["method"], rec["sparsity"])
+    name = cell_id(rec["method"], rec["sparsity"], _is_matched(rec))
+    if rec.get("status") == "unreachable":
+        return f"[yellow]{name} skipped[/yellow]: {rec.get('error')}"
     if rec.get("status") != "ok":
         return f"[red]{name} failed[/red]: {rec.get('error')}"
     lat = ", ".join(f"{b} {v['median_ms']:.2f} ms" for b, v in rec["latency"].items())
@@ -199,13 +206,21 @@ def _describe(rec: dict[str, Any], dense_acc: float) -> str:
             f"{rec['achieved_sparsity']:.3f}, {lat} ({rec['seconds']:.0f} s)")  # fmt: skip
 
 
-def _ray_cell(cfg_dict: dict[str, Any], run_dir: str, method: str, sparsity: float
-              ) -> dict[str, Any]:  # fmt: skip
+def _is_matched(rec: dict[str, Any]) -> bool:
+    return bool(rec.get("equal_latency"))
+
+
+def _ray_cell(cfg_dict: dict[str, Any], run_dir: str, method: str, sparsity: float,
+              matched: bool) -> dict[str, Any]:  # fmt: skip
     # Runs on a Ray worker: it reads the data and dense model itself (shared file system).
-    return run_cell(parse_config(cfg_dict), Path(run_dir), method, sparsity, progress=False)
+    return run_cell(parse_config(cfg_dict), Path(run_dir), method, sparsity, progress=False,
+                    matched=matched)  # fmt: skip
 
 
-def _run_cells_ray(cfg: ExperimentConfig, run_dir: Path, pending: list[tuple[str, float]],
+Cell = tuple[str, float, bool]  # method, sparsity, matched to the reference latency
+
+
+def _run_cells_ray(cfg: ExperimentConfig, run_dir: Path, pending: list[Cell],
                    address: str, dense_acc: float) -> None:  # fmt: skip
     try:
         import ray
@@ -216,35 +231,40 @@ def _run_cells_ray(cfg: ExperimentConfig, run_dir: Path, pending: list[tuple[str
     if not ray.is_initialized():
         ray.init(address=None if address == "local" else address)
     task = ray.remote(num_cpus=1)(_ray_cell)
-    futures = [task.remote(cfg.model_dump(), str(run_dir.resolve()), m, s) for m, s in pending]
+    futures = [task.remote(cfg.model_dump(), str(run_dir.resolve()), m, s, matched)
+               for m, s, matched in pending]  # fmt: skip
     while futures:
         done, futures = ray.wait(futures, num_returns=1)
         console.print(_describe(ray.get(done[0]), dense_acc))
 
 
-def pending_cells(cfg: ExperimentConfig, run_dir: Path) -> list[tuple[str, float]]:
+def all_cells(cfg: ExperimentConfig) -> list[Cell]:
+    """Every cell of the config: the method x sparsity grid, then the latency-matched ones."""
+    grid = [(m, s, False) for m in cfg.prune.methods for s in cfg.prune.sparsities]
+    ref = cfg.equal_latency.reference_cell
+    return grid + [(m, ref[1], True) for m in matched_methods(cfg)] if ref else grid
+
+
+def pending_cells(cfg: ExperimentConfig, run_dir: Path) -> list[Cell]:
     """Cells without a stored result from these settings (failed cells are retried)."""
     key = cell_key(cfg)
     out = []
-    for method in cfg.prune.methods:
-        for sparsity in cfg.prune.sparsities:
-            path = cell_path(run_dir, method, sparsity)
-            rec = _read_record(path)
-            if rec.get("key") == key and rec.get("status") == "ok":
-                continue
-            out.append((method, sparsity))
+    for method, sparsity, matched in all_cells(cfg):
+        rec = _read_record(cell_path(run_dir, method, sparsity, matched))
+        if rec.get("key") == key and rec.get("status") in ("ok", "unreachable"):
+            continue
+        out.append((method, sparsity, matched))
     return out
 
 
 def collect(cfg: ExperimentConfig, run_dir: Path, dense: dict[str, Any], data: ImageData,
-            seconds: float) -> dict[str, Any]:  # fmt: skip
+            seconds: float, codesign: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
     """Gather the dense result and every cell of this config into ``summary.json``."""
     cells = []
-    for method in cfg.prune.methods:
-        for sparsity in cfg.prune.sparsities:
-            rec = _read_record(cell_path(run_dir, method, sparsity))
-            if rec:
-                cells.append(rec)
+    for method, sparsity, matched in all_cells(cfg):
+        rec = _read_record(cell_path(run_dir, method, sparsity, matched))
+        if rec:
+            cells.append(rec)
     cuts = list(data.notes)
     for phase, recipe in (("dense training", cfg.dense), ("fine-tuning", cfg.finetune)):
         if recipe.steps_per_epoch is not None:
@@ -260,6 +280,7 @@ def collect(cfg: ExperimentConfig, run_dir: Path, dense: dict[str, Any], data: I
         "cuts": cuts,
         "dense": dense,
         "cells": cells,
+        "codesign": codesign,
         "environment": {"python": platform.python_version(), "torch": torch.__version__,
                         "machine": platform.machine(), "cpus": os.cpu_count(),
                         "threads": torch.get_num_threads()},  # fmt: skip
@@ -300,18 +321,20 @@ def run_experiment(
         dense = run_dense(cfg, run_dir, data, progress)
         say(f"dense {cfg.model.name}: accuracy {dense['accuracy']:.2%}")
         pending = pending_cells(cfg, run_dir)
-        total = len(cfg.prune.methods) * len(cfg.prune.sparsities)
+        total = len(all_cells(cfg))
         if len(pending) < total:
             say(f"{total - len(pending)} of {total} cells already done; skipping them")
         (run_dir / CELLS_DIR).mkdir(exist_ok=True)
         if ray_address:
             _run_cells_ray(cfg, run_dir, pending, ray_address, dense["accuracy"])
         else:
-            for i, (method, sparsity) in enumerate(pending, 1):
-                rec = run_cell(cfg, run_dir, method, sparsity, data, progress)
+            for i, (method, sparsity, matched) in enumerate(pending, 1):
+                rec = run_cell(cfg, run_dir, method, sparsity, data, progress, matched)
                 if main:
                     say(f"[{i}/{len(pending)}] " + _describe(rec, dense["accuracy"]))
-        summary = collect(cfg, run_dir, dense, data, time.perf_counter() - started)
+        # after the cells: rank 0 alone searches, and other ranks must not wait on it mid-run
+        codesign = run_codesign(cfg, run_dir, data, progress) if main else None
+        summary = collect(cfg, run_dir, dense, data, time.perf_counter() - started, codesign)
     if raise_on_failure:
         check_cells(summary, run_dir)
     return summary
@@ -319,9 +342,9 @@ def run_experiment(
 
 def check_cells(summary: dict[str, Any], run_dir: Path) -> None:
     """Raise a :class:`UserError` naming the failed cells, if any."""
-    failed = [c for c in summary["cells"] if c.get("status") != "ok"]
+    failed = [c for c in summary["cells"] if c.get("status") not in ("ok", "unreachable")]
     if failed:
-        names = ", ".join(cell_id(c["method"], c["sparsity"]) for c in failed)
+        names = ", ".join(cell_id(c["method"], c["sparsity"], _is_matched(c)) for c in failed)
         raise UserError(
             f"{len(failed)} of {len(summary['cells'])} cells failed ({names}): "
             f"{failed[0].get('error')}",

@@ -81,6 +81,7 @@ def plan_latency(
     method: PruneMethod,
     evaluate: Evaluate | None = None,
     latency_budget: float | None = None,
+    latency_budget_ms: float | None = None,
     latency_backend: str = ANALYTICAL,
     latency_target: Target | str | None = None,
     latency_batch: int = 1,
@@ -93,6 +94,8 @@ def plan_latency(
     Args:
         sparsity: overall sparsity, the budget when ``latency_budget`` is None.
         latency_budget: latency of the pruned layers as a fraction of dense, in (0, 1].
+        latency_budget_ms: the same budget in modelled milliseconds (e.g. another plan's
+            latency, to compare methods at equal latency); overrides ``latency_budget``.
         latency_backend: backend whose measured curves are used, or "analytical".
         latency_target: target of the latency model (default: the pruner's target).
         latency_batch: batch size the latency is modelled at.
@@ -104,6 +107,12 @@ def plan_latency(
             f"latency budget {latency_budget} is outside (0, 1]",
             "pass a fraction of the dense latency, e.g. latency_budget=0.4",
         )
+    if latency_budget_ms is not None:
+        if not float(latency_budget_ms) > 0:
+            raise UserError(
+                f"latency budget {latency_budget_ms} ms is not positive", "pass a time in ms"
+            )
+        latency_budget = 1.0  # curves are needed; the budget itself is set below
     points = sorted({0.0, *(float(g) for g in grid)} | ({sparsity} if sparsity > 0 else set()))
     models: dict[Target, LatencyModel] = {}
 
@@ -148,6 +157,8 @@ def plan_latency(
         options[name] = opts
     dense = sum(max(o.cost for o in opts) for opts in options.values())
     budget = latency_budget * dense if latency_budget is not None else (1 - sparsity) * total
+    if latency_budget_ms is not None:
+        budget = float(latency_budget_ms)
     choice = solve(options, budget)
     est = total_of(options, choice, "cost")
     return LatencyPlan(
@@ -175,7 +186,8 @@ def latency_allocation(
     if unknown:
         raise UserError(
             f"latency allocation has no option {unknown[0]!r}",
-            "use latency_budget, latency_backend, latency_target, latency_batch or grid",
+            "use latency_budget, latency_budget_ms, latency_backend, latency_target, "
+            "latency_batch or grid",
         )
     plan = plan_latency(
         sparsity, specs, importances, method, evaluate, progress=progress, **options

@@ -16,6 +16,10 @@ from dataclasses import dataclass
 from gpuprune.errors import UserError
 
 
+class BudgetError(UserError):
+    """No allocation fits the budget (the method cannot get that fast or that sparse)."""
+
+
 @dataclass(frozen=True)
 class Option:
     """One choice for one layer."""
@@ -77,7 +81,7 @@ def solve(options: dict[str, list[Option]], budget: float) -> dict[str, float]:
     while total > budget + 1e-12 * max(abs(budget), 1.0):
         if not heap:
             cheapest = sum(h[-1].cost for h in hulls.values())
-            raise UserError(
+            raise BudgetError(
                 f"the budget {budget:.4g} is below the cheapest allocation ({cheapest:.4g})",
                 "raise the budget (a latency budget is a fraction of the dense latency)",
             )

@@ -5,6 +5,9 @@
   of each method's block, so layers with different block sizes (or ragged edges) are comparable.
 * ``sensitivity``: prune each layer alone at a few sparsities, measure the loss on held-out
   batches, then find one loss-increase threshold so the layers' sparsities meet the overall one.
+* ``plan``: a fixed ``{layer: sparsity}`` plan (e.g. one the latency allocation chose) reached
+  gradually: at overall sparsity s each layer gets its planned sparsity times s / (the plan's
+  overall sparsity), so a schedule ramps every layer in proportion and ends on the plan.
 * a ``{layer: sparsity}`` mapping: explicit; unlisted layers get the overall sparsity.
 
 Sparsity is always a fraction of weights (elements), weighted by layer size when averaged.
@@ -34,6 +37,31 @@ SENSITIVITY_GRID = (0.25, 0.5, 0.7, 0.85, 0.95)  # sparsities probed per layer
 @ALLOCATIONS.register("uniform")
 def uniform(sparsity: float, specs: dict[str, LayerSpec], **_) -> dict[str, float]:
     return dict.fromkeys(specs, sparsity)
+
+
+@ALLOCATIONS.register("plan")
+def planned(
+    sparsity: float, specs: dict[str, LayerSpec], plan: Mapping[str, float] | None = None, **_
+) -> dict[str, float]:
+    """The ``plan`` allocation: ``plan`` scaled to the overall ``sparsity`` (module docstring)."""
+    if plan is None:
+        raise UserError("allocation 'plan' needs a plan", "pass allocation_options={'plan': {...}}")
+    unknown = sorted(set(plan) - set(specs))
+    if unknown:
+        raise UserError(
+            f"plan names layer {unknown[0]!r}, which is not pruned",
+            f"use one of: {', '.join(list(specs)[:6])}",
+        )
+    full = {n: check_sparsity(plan.get(n, 0.0), f"planned sparsity of layer {n}") for n in specs}
+    final = plan_sparsity(full, specs)
+    scale = 1.0 if final <= 0 else min(1.0, sparsity / final)
+    return {n: s * scale for n, s in full.items()}
+
+
+def plan_sparsity(plan: Mapping[str, float], specs: dict[str, LayerSpec]) -> float:
+    """The overall sparsity of a per-layer plan (weighted by layer size)."""
+    total = sum(s.numel for s in specs.values())
+    return sum(plan.get(n, 0.0) * s.numel for n, s in specs.items()) / total if total else 0.0
 
 
 @ALLOCATIONS.register("global")

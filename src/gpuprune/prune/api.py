@@ -132,22 +132,7 @@ class Pruner:
         for spec in self.specs.values():
             if get_mask(spec.module) is None:
                 set_mask(spec.module, torch.ones_like(spec.module.weight, dtype=torch.bool))
-        modules = {n: spec.module for n, spec in self.specs.items()}
-        grads = (
-            mean_gradients(self.model, modules, batches, loss_fn)
-            if self.importance.needs_grad
-            else {}
-        )
-        imps = {}
-        for name, mod in modules.items():
-            w = gemm_view(mod.weight).detach()
-            g = grads.get(name)
-            imps[name] = self.importance.score(w, g).detach().float().cpu()
-            if not bool(torch.isfinite(imps[name]).all()):  # NaN ranks anywhere: a wrong mask
-                raise UserError(
-                    f"layer {name} has NaN or infinite weights (or gradients)",
-                    "prune a model whose training did not diverge (lower the learning rate)",
-                )
+        imps = self.importances(batches, loss_fn)
         alloc = allocate(
             self.allocation,
             s,
@@ -162,6 +147,30 @@ class Pruner:
             set_mask(spec.module, self.method.mask(imps[name], alloc[name], spec))
         self._requested, self._alloc = s, alloc
         return self.result()
+
+    def importances(
+        self, batches: list[Batch] | None = None, loss_fn: LossFn | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Per layer, the importance of every weight in its [M, K] GEMM view (float, on CPU).
+
+        ``batches`` are needed only by gradient-based importances (``taylor``).
+        """
+        modules = {n: spec.module for n, spec in self.specs.items()}
+        grads = (
+            mean_gradients(self.model, modules, list(batches or []), loss_fn or F.cross_entropy)
+            if self.importance.needs_grad
+            else {}
+        )
+        imps = {}
+        for name, mod in modules.items():
+            w = gemm_view(mod.weight).detach()
+            imps[name] = self.importance.score(w, grads.get(name)).detach().float().cpu()
+            if not bool(torch.isfinite(imps[name]).all()):  # NaN ranks anywhere: a wrong mask
+                raise UserError(
+                    f"layer {name} has NaN or infinite weights (or gradients)",
+                    "prune a model whose training did not diverge (lower the learning rate)",
+                )
+        return imps
 
     def result(self) -> PruneResult:
         """Per-layer sparsity, block counts and FLOPs of the current masks."""

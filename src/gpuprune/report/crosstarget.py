@@ -9,9 +9,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gpuprune.report.results import RunResults
+from gpuprune.report.results import RunResults, Section
 
 COLUMNS = ["model", "on target", "block", "skippable", "modelled speedup"]
+NOTE = (
+    "The run's tile and SIMD models compiled for every preset: a block is skipped only where it "
+    "is all zero in that target's block shape; speedup from the analytical latency model."
+)
 
 
 def _cell_model(res: RunResults, method: str, sparsity: float):
@@ -61,3 +65,7 @@ def cross_target_rows(res: RunResults, batch: int = 8) -> list[list[str]]:
                 f"{r['skippable']:.3f}", f"{r['modelled_speedup']:.2f}x",
             ])  # fmt: skip
     return rows
+
+
+def cross_target_section(res: RunResults) -> Section:
+    return Section("Cross-target view", NOTE, COLUMNS, cross_target_rows(res))

@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 
 from gpuprune.fileio import atomic_write_bytes  # noqa: E402
+from gpuprune.report.equal_latency import reference_row  # noqa: E402
 from gpuprune.report.results import Row, RunResults  # noqa: E402
 
 
@@ -67,21 +68,24 @@ def accuracy_vs_latency(res: RunResults, backend: str, path: Path) -> Path:
     style = _style(res.methods)
     points = []
     for m in res.methods:
-        pts = [(r.latency_ms[backend], r.accuracy * 100) for r in _ok(res.rows)
-               if r.method == m and backend in r.latency_ms]  # fmt: skip
+        pts = [(r.relative[backend], r.accuracy * 100) for r in _ok(res.rows)
+               if r.method == m and backend in r.relative]  # fmt: skip
         if pts:
             ax.scatter(*zip(*pts, strict=True), label=m, color=style[m]["color"],
                        marker=style[m]["marker"], zorder=3)  # fmt: skip
             points += pts
-    dense_lat = res.dense_latency(backend)
-    if not math.isnan(dense_lat):
-        ax.scatter([dense_lat], [res.dense["accuracy"] * 100], color="k", marker="*", s=120,
+    if points:  # the dense model is the unit of the axis: its own weights through the kernel
+        ax.scatter([1.0], [res.dense["accuracy"] * 100], color="k", marker="*", s=120,
                    label="dense", zorder=3)  # fmt: skip
-        points.append((dense_lat, res.dense["accuracy"] * 100))
+        points.append((1.0, res.dense["accuracy"] * 100))
+    ref = reference_row(res)
+    if ref is not None and backend in ref.relative:
+        ax.axvline(ref.relative[backend], color="grey", lw=0.8, ls="--",
+                   label=f"reference {ref.method}@{ref.sparsity:g}")  # fmt: skip
     front = pareto_front(points)
     if len(front) > 1:
         ax.step(*zip(*front, strict=True), where="post", color="grey", ls=":", label="Pareto front")
-    ax.set(xlabel=f"latency on {backend} (ms, median)", ylabel="test accuracy (%)",
+    ax.set(xlabel=f"latency on {backend} (x dense, median, paired)", ylabel="test accuracy (%)",
            title=f"Accuracy vs measured latency ({backend})")  # fmt: skip
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2)

@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from gpuprune.fileio import atomic_write_text
-from gpuprune.report.crosstarget import COLUMNS as CROSS_COLUMNS
-from gpuprune.report.crosstarget import cross_target_rows
+from gpuprune.report.codesign import codesign_checks, codesign_section
+from gpuprune.report.crosstarget import cross_target_section
+from gpuprune.report.equal_latency import equal_latency_checks, equal_latency_sections
 from gpuprune.report.plots import make_plots
-from gpuprune.report.results import RunResults, load_results
+from gpuprune.report.results import RunResults, Section, load_results
 
 
 def _f(value: float, fmt: str) -> str:
@@ -30,7 +31,9 @@ def summary_table(res: RunResults) -> tuple[list[str], list[list[str]]]:
             + ["1.00x" for _ in backends] + ["1.00x"]]  # fmt: skip
     for r in res.rows:
         if r.status != "ok":
-            rows.append([r.method, f"{r.sparsity:g}", "failed: " + r.error[:80]]
+            why = "cannot reach the reference latency" if r.status == "unreachable" else (
+                "failed: " + r.error[:80])  # fmt: skip
+            rows.append([r.method, f"{r.sparsity:g}", why]
                         + [""] * (len(cols) - 3))  # fmt: skip
             continue
         rows.append(
@@ -44,7 +47,11 @@ def summary_table(res: RunResults) -> tuple[list[str], list[list[str]]]:
 
 
 def target_checks(res: RunResults) -> list[str]:
-    """The config's accuracy targets, stated with the measured numbers (met or not)."""
+    """The config's targets, stated with the measured numbers (met or not)."""
+    return _accuracy_checks(res) + equal_latency_checks(res) + codesign_checks(res)
+
+
+def _accuracy_checks(res: RunResults) -> list[str]:
     targets = res.summary.get("config", {}).get("targets") or {}
     lines = []
     dense = res.dense["accuracy"] * 100
@@ -56,7 +63,7 @@ def target_checks(res: RunResults) -> list[str]:
     if at is None:
         return lines
     limit = float(targets.get("max_gap_pt", 1.0))
-    by = {r.method: r for r in res.rows if r.status == "ok" and r.sparsity == at}
+    by = {r.method: r for r in res.rows if r.status == "ok" and r.sparsity == at and not r.matched}
     un, flt = by.get("unstructured"), by.get("filter")
     for m in ("tile", "simd"):
         r = by.get(m)
@@ -109,13 +116,13 @@ def _setup_lines(res: RunResults) -> list[str]:
     return lines
 
 
-CROSS_NOTE = (
-    "The run's tile and SIMD models compiled for every preset: a block is skipped only where it "
-    "is all zero in that target's block shape; speedup from the analytical latency model."
-)
+def extra_sections(res: RunResults) -> list[Section]:
+    """The tables after the results: equal latency, co-design, cross-target (those with rows)."""
+    found = [*equal_latency_sections(res), codesign_section(res), cross_target_section(res)]
+    return [s for s in found if s is not None and s.rows]
 
 
-def _markdown(res: RunResults, plots: dict[str, Path], cross: list[list[str]]) -> str:
+def _markdown(res: RunResults, plots: dict[str, Path], sections: list[Section]) -> str:
     cols, rows = summary_table(res)
     out = [f"# Pruning experiment: {res.summary.get('name', '')}", "", "## Setup", ""]
     out += [f"- {x}" for x in _setup_lines(res)]
@@ -128,17 +135,17 @@ def _markdown(res: RunResults, plots: dict[str, Path], cross: list[list[str]]) -
     checks = target_checks(res)
     if checks:
         out += ["", "## Targets", ""] + [f"- {x}" for x in checks]
-    if cross:
-        out += ["", "## Cross-target view", "", CROSS_NOTE, "",
-                "| " + " | ".join(CROSS_COLUMNS) + " |", "|" + "---|" * len(CROSS_COLUMNS)]
-        out += ["| " + " | ".join(r) + " |" for r in cross]
+    for sec in sections:
+        out += ["", f"## {sec.title}", "", sec.note, "",
+                "| " + " | ".join(sec.columns) + " |", "|" + "---|" * len(sec.columns)]
+        out += ["| " + " | ".join(r) + " |" for r in sec.rows]
     out += ["", "## Plots", ""]
     for title, path in plots.items():
         out += [f"### {title}", "", f"![{title}]({path.name})", ""]
     return "\n".join(out) + "\n"
 
 
-def _html(res: RunResults, plots: dict[str, Path], cross: list[list[str]]) -> str:
+def _html(res: RunResults, plots: dict[str, Path], sections: list[Section]) -> str:
     esc = html.escape
     cols, rows = summary_table(res)
     parts = [
@@ -162,10 +169,10 @@ def _html(res: RunResults, plots: dict[str, Path], cross: list[list[str]]) -> st
     checks = target_checks(res)
     if checks:
         parts += ["<h2>Targets</h2><ul>"] + [f"<li>{esc(x)}</li>" for x in checks] + ["</ul>"]
-    if cross:
-        parts += ["<h2>Cross-target view</h2>", f"<p>{esc(CROSS_NOTE)}</p><table><tr>"]
-        parts += [f"<th>{esc(c)}</th>" for c in CROSS_COLUMNS] + ["</tr>"]
-        for r in cross:
+    for sec in sections:
+        parts += [f"<h2>{esc(sec.title)}</h2>", f"<p>{esc(sec.note)}</p><table><tr>"]
+        parts += [f"<th>{esc(c)}</th>" for c in sec.columns] + ["</tr>"]
+        for r in sec.rows:
             parts += ["<tr>"] + [f"<td>{esc(c)}</td>" for c in r] + ["</tr>"]
         parts += ["</table>"]
     parts += ["<h2>Plots</h2>"]
@@ -185,9 +192,9 @@ def write_report(run_dir: str | Path) -> dict[str, Any]:
     """
     res = load_results(run_dir)
     plots = make_plots(res, res.run_dir)
-    cross = cross_target_rows(res)
+    sections = extra_sections(res)
     md, page = res.run_dir / "report.md", res.run_dir / "report.html"
-    atomic_write_text(md, _markdown(res, plots, cross))
-    atomic_write_text(page, _html(res, plots, cross))
+    atomic_write_text(md, _markdown(res, plots, sections))
+    atomic_write_text(page, _html(res, plots, sections))
     return {"markdown": md, "html": page, "plots": list(plots.values()),
             "table": summary_table(res), "checks": target_checks(res)}  # fmt: skip

@@ -11,6 +11,16 @@ from typing import Any
 from gpuprune.errors import UserError
 
 
+@dataclass(frozen=True)
+class Section:
+    """A titled table of the report (markdown and HTML render it alike)."""
+
+    title: str
+    note: str
+    columns: list[str]
+    rows: list[list[str]]
+
+
 @dataclass
 class Row:
     """One cell of the experiment, as the report sees it."""
@@ -27,6 +37,10 @@ class Row:
     # dense weights through the same backend and kernel (timed in the cell) / this
     speedup: dict[str, float] = field(default_factory=dict)
     layers: list[dict[str, Any]] = field(default_factory=list)
+    base_method: str = ""  # the pruning method (``method`` is the label: "tile+latency")
+    matched: bool = False  # pruned to the reference cell's latency (equal_latency)
+    # latency / the dense model's on the backend's tile kernel (paired timing, variant-scaled)
+    relative: dict[str, float] = field(default_factory=dict)
 
     @property
     def ideal_speedup(self) -> float:
@@ -70,6 +84,24 @@ def _model_flops_kept(cell: dict[str, Any], flops: dict[str, int]) -> float:
     return (total - saved) / total
 
 
+def _relative(dense: dict[str, Any], cell: dict[str, Any], backend: str,
+              lat: dict[str, Any]) -> float:  # fmt: skip
+    """The cell's latency as a fraction of the dense model's on the backend's tile kernel.
+
+    The cell timed the dense weights through its own kernel variant next to the pruned model
+    (``dense_ms``), which cancels a machine getting busier during the run; the dense record's
+    variant times then put SIMD-kernel cells on the same scale as tile-kernel ones.
+    """
+    from gpuprune.kernels.format import variant_for_method
+
+    variant = cell.get("variant") or variant_for_method(cell["method"])
+    times = dense.get("latency", {}).get(backend, {})
+    own, tile = times.get(variant, {}).get("median_ms"), times.get("tile", {}).get("median_ms")
+    scale = own / tile if own and tile else 1.0
+    paired = lat.get("dense_ms") or own or float("nan")
+    return lat["median_ms"] / paired * scale
+
+
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
@@ -101,8 +133,10 @@ def load_results(run_dir: str | Path) -> RunResults:
     dense = summary["dense"]
     res = RunResults(run, summary, dense, [])
     for cell in summary.get("cells", []):
-        row = Row(cell["method"], float(cell["sparsity"]), cell.get("status", "failed"),
-                  cell.get("error", ""))  # fmt: skip
+        matched = bool(cell.get("equal_latency"))
+        label = f"{cell['method']}+latency" if matched else cell["method"]
+        row = Row(label, float(cell["sparsity"]), cell.get("status", "failed"),
+                  cell.get("error", ""), base_method=cell["method"], matched=matched)  # fmt: skip
         if row.status == "ok":
             row.accuracy = cell["accuracy"]
             row.drop_pt = (dense["accuracy"] - cell["accuracy"]) * 100
@@ -113,5 +147,6 @@ def load_results(run_dir: str | Path) -> RunResults:
                 row.latency_ms[backend] = lat["median_ms"]
                 base = lat.get("dense_ms", res.dense_latency(backend))
                 row.speedup[backend] = base / lat["median_ms"]
+                row.relative[backend] = _relative(dense, cell, backend, lat)
         res.rows.append(row)
     return res
