@@ -94,10 +94,19 @@ def test_missing_config(tmp_path, cli):
         ("data", {"name": "no-such-data"}, "no-such-data"),
         ("data", {"options": {"no_such_option": 1}}, "no_such_option"),
         ("model", {"name": "no-such-net"}, "no-such-net"),
+        ("equal_latency", {"reference": "unstructured@0.99", "methods": ["unstructured"]},
+         "unstructured@0.99 is not a cell"),
+        ("equal_latency", {"reference": "unstructured@0.5", "methods": ["no-such-method"]},
+         "no-such-method"),
+        ("equal_latency", {"reference": "unstructured@0.5", "backend": "no-such-backend"},
+         "no-such-backend"),
+        ("equal_latency", {"methods": ["unstructured"]}, "needs equal_latency.reference"),
+        ("equal_latency", {"reference": "unstructured"}, "must name a cell"),
+        ("codesign", {"backend": "no-such-backend"}, "no-such-backend"),
     ],
 )
 def test_unknown_names_refused_before_training(tiny_config, tmp_path, cli, section, change, named):
-    tiny_config[section].update(change)
+    tiny_config.setdefault(section, {}).update(change)
     line = one_line_error(cli("run", _write(tmp_path, tiny_config), "-o", tmp_path / "run"))
     assert named in line
     assert not (tmp_path / "run" / "dense" / "model.safetensors").exists()  # no work wasted

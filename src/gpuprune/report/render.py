@@ -13,7 +13,7 @@ from gpuprune.report.codesign import codesign_checks, codesign_section
 from gpuprune.report.crosstarget import cross_target_section
 from gpuprune.report.equal_latency import equal_latency_checks, equal_latency_sections
 from gpuprune.report.plots import make_plots
-from gpuprune.report.results import RunResults, Section, load_results
+from gpuprune.report.results import Row, RunResults, Section, load_results
 
 
 def _f(value: float, fmt: str) -> str:
@@ -33,17 +33,25 @@ def summary_table(res: RunResults) -> tuple[list[str], list[list[str]]]:
         if r.status != "ok":
             why = "cannot reach the reference latency" if r.status == "unreachable" else (
                 "failed: " + r.error[:80])  # fmt: skip
-            rows.append([r.method, f"{r.sparsity:g}", why]
+            rows.append([r.method, _requested(res, r), why]
                         + [""] * (len(cols) - 3))  # fmt: skip
             continue
         rows.append(
-            [r.method, f"{r.sparsity:g}", _f(r.achieved, "%.3f"), _f(r.flops_kept, "%.3f"),
+            [r.method, _requested(res, r), _f(r.achieved, "%.3f"), _f(r.flops_kept, "%.3f"),
              _f(r.accuracy * 100, "%.2f%%"), _f(r.drop_pt, "%+.2f")]
             + [_f(r.latency_ms.get(b, math.nan), "%.3f") for b in backends]
             + [_f(r.speedup.get(b, math.nan), "%.2fx") for b in backends]
             + [_f(r.ideal_speedup, "%.2fx")]
         )  # fmt: skip
     return cols, rows
+
+
+def _requested(res: RunResults, r: Row) -> str:
+    """The sparsity asked for; a latency-matched cell asked for the reference's latency."""
+    if not r.matched:
+        return f"{r.sparsity:g}"
+    ref = ((res.summary.get("config") or {}).get("equal_latency") or {}).get("reference")
+    return f"latency of {ref}" if ref else "latency"
 
 
 def target_checks(res: RunResults) -> list[str]:
