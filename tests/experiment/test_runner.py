@@ -67,6 +67,8 @@ def test_unavailable_backend_is_refused_up_front(tiny_config, tmp_path: Path) ->
 @pytest.mark.slow
 def test_cells_run_as_ray_tasks(tiny_config, tmp_path: Path) -> None:
     ray = pytest.importorskip("ray")
+    tiny_config["equal_latency"] = {"reference": "tile@0.5", "methods": ["tile"],
+                                    "backend": "analytical"}  # a matched cell travels too
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         summary = run_experiment(parse_config(tiny_config), tmp_path / "run", ray_address="local",
@@ -74,4 +76,5 @@ def test_cells_run_as_ray_tasks(tiny_config, tmp_path: Path) -> None:
     finally:
         ray.shutdown()
     assert sorted(c["method"] for c in summary["cells"] if c["status"] == "ok") == [
-        "tile", "unstructured"]  # fmt: skip
+        "tile", "tile", "unstructured"]  # fmt: skip
+    assert [c["equal_latency"] for c in summary["cells"] if c["method"] == "tile"] == [False, True]

@@ -180,7 +180,12 @@ def latency_allocation(
     progress: Callable[[int, int, str], None] | None = None,
     **options,
 ) -> dict[str, float]:
-    """The ``latency`` allocation: :func:`plan_latency`'s sparsities (options pass through)."""
+    """The ``latency`` allocation: :func:`plan_latency`'s sparsities (options pass through).
+
+    With a latency budget the overall ``sparsity`` is not the budget, so a gradual schedule
+    would get the final plan at its first step: solve once with :func:`plan_latency` and prune
+    with ``allocation="plan"`` instead (what the experiment's latency-matched cells do).
+    """
     known = set(inspect.signature(plan_latency).parameters)
     unknown = sorted(set(options) - known)
     if unknown:
