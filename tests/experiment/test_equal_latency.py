@@ -50,6 +50,12 @@ def test_matched_cells_planned_stored_and_reused(tiny_config, tmp_path: Path) ->
     run_experiment(parse_config(cfg), run, progress=False)
     assert {p.name: p.stat().st_mtime_ns for p in cells.glob("*.json")} == before
 
+    cfg["equal_latency"]["sensitivity_batches"] = 1  # only the matched cells depend on it
+    run_experiment(parse_config(cfg), run, progress=False)
+    after = {p.name: p.stat().st_mtime_ns for p in cells.glob("*.json")}
+    changed = {name for name in before if after[name] != before[name]}
+    assert changed == {"tile-latency.json", "unstructured-latency.json"}
+
 
 def test_reference_must_be_a_cell(tiny_config) -> None:
     cfg = _with_equal_latency(tiny_config, ["tile"])

@@ -63,10 +63,16 @@ def fresh_workdir(work: Path, key: str) -> None:
         atomic_write_text(stamp, key)
 
 
-def cell_key(cfg: ExperimentConfig) -> str:
-    """What a finished cell depends on; a cell stored under another key is run again."""
+def cell_key(cfg: ExperimentConfig, matched: bool = False) -> str:
+    """What a finished cell depends on; a cell stored under another key is run again.
+
+    A latency-matched cell also depends on how it is matched (reference, backend, batches);
+    grid cells do not, so adding ``equal_latency`` to a config reruns none of them.
+    """
     prune = cfg.prune.model_dump(exclude={"methods", "sparsities"})  # other cells don't matter
-    return cfg.digest("data", "model", "dense", "finetune", "latency", "seed", prune=prune)
+    extra = {"equal_latency": cfg.equal_latency.model_dump(exclude={"methods", "tolerance"})}
+    return cfg.digest("data", "model", "dense", "finetune", "latency", "seed", prune=prune,
+                      **(extra if matched else {}))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -136,7 +142,8 @@ def run_cell(cfg: ExperimentConfig, run_dir: Path, method: str, sparsity: float,
     stored as ``status: failed`` with the message, so the other cells still run.
     """
     started = time.perf_counter()
-    record: dict[str, Any] = {"method": method, "sparsity": sparsity, "key": cell_key(cfg),
+    record: dict[str, Any] = {"method": method, "sparsity": sparsity,
+                              "key": cell_key(cfg, matched),
                               "equal_latency": matched,
                               "allocation": MATCHED if matched else cfg.prune.allocation}
     try:
@@ -194,7 +201,7 @@ def _run(cfg: ExperimentConfig, run_dir: Path, method: str, sparsity: float,
                       sync=sync)  # fmt: skip
     work = run_dir / CELLS_DIR / cell_name(method, sparsity, matched)
     if rank.is_main:
-        fresh_workdir(work, cell_key(cfg))
+        fresh_workdir(work, cell_key(cfg, matched))
     ddp.barrier()
     if total == 0:
         pruner.apply(sparsity)

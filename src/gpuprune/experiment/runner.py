@@ -247,11 +247,10 @@ def all_cells(cfg: ExperimentConfig) -> list[Cell]:
 
 def pending_cells(cfg: ExperimentConfig, run_dir: Path) -> list[Cell]:
     """Cells without a stored result from these settings (failed cells are retried)."""
-    key = cell_key(cfg)
     out = []
     for method, sparsity, matched in all_cells(cfg):
         rec = _read_record(cell_path(run_dir, method, sparsity, matched))
-        if rec.get("key") == key and rec.get("status") in ("ok", "unreachable"):
+        if rec.get("key") == cell_key(cfg, matched) and rec.get("status") in ("ok", "unreachable"):
             continue
         out.append((method, sparsity, matched))
     return out
