@@ -152,6 +152,24 @@ _preset(
     vwn=4,
     source="CLBlast xgemm_32 global fallback: 32x32x32, 8x8 WG, VWM/VWN 4/4",
 )
+_preset(
+    name="pocl-tuned",
+    vendor="cpu",
+    simd_width=8,
+    max_work_group_size=4096,
+    local_mem_bytes=1024 * KIB,
+    compute_units=2,
+    mwg=64,
+    nwg=64,
+    kwg=16,
+    mdimc=8,
+    ndimc=8,
+    vwm=4,
+    vwn=4,
+    source="gpuprune codesign on PoCL 3.0 (AMD EPYC, 2 threads): the tiling chosen for most "
+    "VGG16 layers, dense and pruned (benchmarks/results/codesign-amd-epyc-b8*.json): 64x64x16, "
+    "8x8 WG; larger blocks than cpu-pocl (64x16 tiles, 8x1 SIMD vectors)",
+)
 
 
 def list_targets() -> list[str]:
