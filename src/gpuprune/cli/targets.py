@@ -84,7 +84,8 @@ def targets(
     else:
         title = "gpuprune targets (blocks are rows x k of the [M, K] weight)"
         print_table(title, COLUMNS, [_row(t) for t in found])
-        console.print("Tile values: CLBlast SGEMM tuning database ('gpuprune targets show NAME').")
+        console.print("Tile values: CLBlast's SGEMM tuning database, pocl-tuned from gpuprune "
+                      "codesign; 'gpuprune targets show NAME' gives each one's source.")
 
 
 @targets.command()
