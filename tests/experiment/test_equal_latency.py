@@ -38,7 +38,7 @@ def test_matched_cells_planned_stored_and_reused(tiny_config, tmp_path: Path) ->
     m = tile["matched"]
     assert m["modelled_ms"] == pytest.approx(m["reference_ms"], rel=1e-3)  # same modelled time
     assert m["modelled_ms"] < m["dense_ms"]
-    assert m["loss_estimate"] == "batch-stat held-out loss"
+    assert m["loss_estimate"] == "training-batch loss, batch statistics"
     achieved = {lay["name"]: lay["sparsity"] for lay in tile["layers"]}
     for name, planned in m["plan"].items():  # the schedule ends on the plan
         assert achieved[name] == pytest.approx(planned, abs=0.05)

@@ -112,7 +112,7 @@ class EqualLatencySection(_Section):
     reference: str | None = None  # "tile@0.75": a uniform cell of this config (None: off)
     methods: list[str] = Field(default_factory=list)  # re-pruned at the reference latency
     backend: str | None = None  # whose measured curves set the budget (default: first backend)
-    sensitivity_batches: int = Field(4, ge=0)  # held-out batches per loss estimate (0: proxy)
+    sensitivity_batches: int = Field(4, ge=0)  # training batches per loss estimate (0: proxy)
     tolerance: float = Field(0.05, ge=0, lt=1)  # measured latencies this close count as equal
 
     @field_validator("reference")

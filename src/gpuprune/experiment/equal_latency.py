@@ -136,13 +136,13 @@ def _modelled_ms(pruner: Any, importances: dict[str, torch.Tensor], sparsity: fl
 
 
 def plan_matched(cfg: ExperimentConfig, model: nn.Module, pruner: Any, data: ImageData,
-                 layers: list[str], progress: bool = False) -> dict[str, Any]:  # fmt: skip
+                 layers: list[str]) -> dict[str, Any]:  # fmt: skip
     """The matched cell's plan: ``{"plan": {layer: sparsity}, ...numbers}`` (module docstring).
 
     ``pruner`` is the cell's pruner (its method, target and layers), not applied yet.
 
     Raises:
-        UserError: the method cannot reach the reference latency on this backend (e.g.
+        BudgetError: the method cannot reach the reference latency on this backend (e.g.
             unstructured zeros rarely empty a whole tile).
     """
     import gpuprune.prune as gp
@@ -182,6 +182,6 @@ def plan_matched(cfg: ExperimentConfig, model: nn.Module, pruner: Any, data: Ima
         "modelled_ms": plan.latency_ms + fixed,
         "dense_ms": sum(dense_ms.values()),
         "estimated_loss": plan.loss,
-        "loss_estimate": "batch-stat held-out loss" if evaluate else "importance proxy",
+        "loss_estimate": "training-batch loss, batch statistics" if evaluate else "proxy",
         "overall_sparsity": gp.allocation.plan_sparsity(plan.sparsities, pruner.specs),
     }
