@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 
 def _mode_for(target: Path) -> int:
@@ -56,6 +57,15 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``path`` atomically."""
     with atomic_open(path, "wb") as fh:
         fh.write(data)
+
+
+def read_record(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A stored JSON result, or {} when it is missing or unreadable (then it is computed again)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):  # truncated, flipped or empty: never reuse part of it
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 @contextlib.contextmanager

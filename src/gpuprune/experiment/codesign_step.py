@@ -23,7 +23,7 @@ from rich.console import Console
 from gpuprune.data import ImageData
 from gpuprune.experiment.cell import build_model, input_shape, prunable_layers
 from gpuprune.experiment.config import ExperimentConfig
-from gpuprune.fileio import atomic_write_text
+from gpuprune.fileio import atomic_write_text, read_record
 from gpuprune.latency.geometry import LayerGeometry
 
 if TYPE_CHECKING:
@@ -58,18 +58,6 @@ def codesign_key(cfg: ExperimentConfig, backend: str, geoms: dict[str, LayerGeom
 
     return cfg.digest("codesign", target=get_target(cfg.prune.target).to_dict(),
                       backend=backend, layers={n: g.key() for n, g in geoms.items()})  # fmt: skip
-
-
-def _stored(path: Path, key: str) -> dict[str, Any] | None:
-    """The stored search when it was made with ``key``; None when missing, damaged or stale."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):  # truncated or unreadable: search again rather than trust part
-        return None
-    if not isinstance(data, dict) or data.get("key") != key or not isinstance(
-            data.get("layers"), list):  # fmt: skip
-        return None
-    return data
 
 
 def _device_name(backend: Any) -> str | None:
@@ -126,8 +114,8 @@ def run_codesign(cfg: ExperimentConfig, run_dir: Path, data: ImageData,
     geoms = layer_geometries(cfg, data)
     key = codesign_key(cfg, backend.name, geoms)
     path = Path(run_dir) / CODESIGN_FILE
-    done = _stored(path, key)
-    if done is not None:
+    done = read_record(path)  # reused only when made with this key (damaged or stale: redone)
+    if done.get("key") == key and isinstance(done.get("layers"), list):
         return done
     started = time.perf_counter()
     result = _search(cfg, geoms, backend.name, measure, progress)

@@ -46,7 +46,7 @@ from gpuprune.experiment.codesign_step import run_codesign
 from gpuprune.experiment.config import ExperimentConfig, dump_config, parse_config
 from gpuprune.experiment.equal_latency import check_equal_latency, matched_methods
 from gpuprune.experiment.latency import backend_device, compile_for, time_model, time_models
-from gpuprune.fileio import atomic_write_bytes, atomic_write_text, dir_lock
+from gpuprune.fileio import atomic_write_bytes, atomic_write_text, dir_lock, read_record
 from gpuprune.train import distributed as ddp
 from gpuprune.train import evaluate, fit
 
@@ -80,15 +80,6 @@ def _check_setup(cfg: ExperimentConfig) -> None:
         ALLOCATIONS.get(cfg.prune.allocation)
 
 
-def _read_record(path: Path) -> dict[str, Any]:
-    """A stored result, or {} when it is missing or unreadable (then it is computed again)."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):  # truncated, flipped or empty: never reuse part of it
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def dense_key(cfg: ExperimentConfig) -> str:
     """What the dense weights depend on."""
     return cfg.digest("data", "model", "dense", "seed")
@@ -117,7 +108,7 @@ def run_dense(cfg: ExperimentConfig, run_dir: Path, data: ImageData,
     work = run_dir / DENSE_DIR
     result_file = work / "result.json"
     key = dense_key(cfg)
-    done = _read_record(result_file)
+    done = read_record(result_file)
     if done.get("key") == key and done.get("timing_key") == timing_key(cfg):
         return done
     main = ddp.info().is_main  # under torchrun all ranks train; rank 0 alone writes and times
@@ -249,7 +240,7 @@ def pending_cells(cfg: ExperimentConfig, run_dir: Path) -> list[Cell]:
     """Cells without a stored result from these settings (failed cells are retried)."""
     out = []
     for method, sparsity, matched in all_cells(cfg):
-        rec = _read_record(cell_path(run_dir, method, sparsity, matched))
+        rec = read_record(cell_path(run_dir, method, sparsity, matched))
         if rec.get("key") == cell_key(cfg, matched) and rec.get("status") in ("ok", "unreachable"):
             continue
         out.append((method, sparsity, matched))
@@ -261,7 +252,7 @@ def collect(cfg: ExperimentConfig, run_dir: Path, dense: dict[str, Any], data: I
     """Gather the dense result and every cell of this config into ``summary.json``."""
     cells = []
     for method, sparsity, matched in all_cells(cfg):
-        rec = _read_record(cell_path(run_dir, method, sparsity, matched))
+        rec = read_record(cell_path(run_dir, method, sparsity, matched))
         if rec:
             cells.append(rec)
     cuts = list(data.notes)
