@@ -115,21 +115,18 @@ def batch_stat_evaluator(model: nn.Module, modules: dict[str, nn.Module],
 
 
 def _modelled_ms(pruner: Any, importances: dict[str, torch.Tensor], sparsity: float,
-                 geoms: dict[str, Any], backend: str) -> dict[str, float]:  # fmt: skip
-    """Per prunable layer, the modelled latency of ``pruner``'s method uniformly at ``sparsity``
-    (layers the method leaves dense, at their dense latency)."""
+                 geoms: dict[str, Any], lm: Any) -> dict[str, float]:  # fmt: skip
+    """Per prunable layer, the latency ``lm`` models for ``pruner``'s method uniformly at
+    ``sparsity`` (layers the method leaves dense, at their dense latency)."""
     from gpuprune.gemm import block_reduce
-    from gpuprune.kernels.format import block_for, variant_for_method
-    from gpuprune.latency import LatencyModel
+    from gpuprune.kernels.format import block_for
 
-    method = pruner.method
-    lm = LatencyModel(backend, pruner.target, variant_for_method(method.name))
     block = block_for(lm.target, lm.variant)
     out = {}
     for name, geom in geoms.items():
         kept = 1.0
         if name in pruner.specs and sparsity > 0:
-            mask = method.mask(importances[name], sparsity, pruner.specs[name])
+            mask = pruner.method.mask(importances[name], sparsity, pruner.specs[name])
             kept = float(block_reduce(mask, block, "any").float().mean())
         out[name] = float(lm.curve(geom)(kept))
     return out
@@ -146,7 +143,8 @@ def plan_matched(cfg: ExperimentConfig, model: nn.Module, pruner: Any, data: Ima
             unstructured zeros rarely empty a whole tile).
     """
     import gpuprune.prune as gp
-    from gpuprune.latency import model_geometries, plan_latency
+    from gpuprune.kernels.format import variant_for_method
+    from gpuprune.latency import LatencyModel, model_geometries, plan_latency
 
     eq, p = cfg.equal_latency, cfg.prune
     ref_method, ref_sparsity = eq.reference_cell  # type: ignore[misc]
@@ -157,11 +155,19 @@ def plan_matched(cfg: ExperimentConfig, model: nn.Module, pruner: Any, data: Ima
         input_size=(data.in_channels, *data.image_size), method_options=p.method_options.get(
             ref_method),
     )  # fmt: skip
+    models: dict[str, LatencyModel] = {}  # per kernel variant: each curve measured once
+
+    def model_of(method: Any) -> LatencyModel:
+        variant = variant_for_method(method.name)
+        if variant not in models:
+            models[variant] = LatencyModel(backend, p.target, variant)
+        return models[variant]
+
     batches = sensitivity_batches(cfg, data)
     geoms = model_geometries(model, batch, (data.in_channels, *data.image_size), names=layers)
-    ref_ms = _modelled_ms(ref, ref.importances(batches), ref_sparsity, geoms, backend)
+    ref_ms = _modelled_ms(ref, ref.importances(batches), ref_sparsity, geoms, model_of(ref.method))
     own = pruner.importances(batches)
-    dense_ms = _modelled_ms(pruner, own, 0.0, geoms, backend)
+    dense_ms = _modelled_ms(pruner, own, 0.0, geoms, model_of(pruner.method))
     fixed = sum(ms for n, ms in dense_ms.items() if n not in pruner.specs)  # left dense
     budget = sum(ref_ms.values()) - fixed
     evaluate = (
@@ -171,7 +177,7 @@ def plan_matched(cfg: ExperimentConfig, model: nn.Module, pruner: Any, data: Ima
     )
     plan = plan_latency(
         ref_sparsity, pruner.specs, own, pruner.method, evaluate, latency_budget_ms=budget,
-        latency_backend=backend, latency_target=p.target, latency_batch=batch,
+        latency_batch=batch, latency_model=model_of(pruner.method),
     )  # fmt: skip
     return {
         "plan": {n: float(s) for n, s in plan.sparsities.items()},
