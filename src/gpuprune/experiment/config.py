@@ -101,6 +101,16 @@ class LatencySection(_Section):
     budget_s: float = Field(2.0, gt=0)  # stop repeating (after 3) past this many seconds
 
 
+def parse_cell(name: str) -> tuple[str, float] | None:
+    """``"tile@0.75"`` -> ``("tile", 0.75)``; None unless it is method@sparsity in (0, 1)."""
+    method, at, sparsity = name.partition("@")
+    try:
+        value = float(sparsity)
+    except ValueError:
+        return None
+    return (method, value) if method and at and 0 < value < 1 else None
+
+
 class EqualLatencySection(_Section):
     """Methods re-pruned with ``allocation: latency`` to the measured latency of a reference cell.
 
@@ -118,14 +128,7 @@ class EqualLatencySection(_Section):
     @field_validator("reference")
     @classmethod
     def _cell_name(cls, value: str | None) -> str | None:
-        if value is None:
-            return value
-        method, at, sparsity = value.partition("@")
-        try:
-            ok = bool(method) and at == "@" and 0 < float(sparsity) < 1
-        except ValueError:
-            ok = False
-        if not ok:
+        if value is not None and parse_cell(value) is None:
             raise ValueError("must name a cell as method@sparsity, e.g. tile@0.75")
         return value
 
@@ -138,10 +141,7 @@ class EqualLatencySection(_Section):
 
     @property
     def reference_cell(self) -> tuple[str, float] | None:
-        if self.reference is None:
-            return None
-        method, _, sparsity = self.reference.partition("@")
-        return method, float(sparsity)
+        return None if self.reference is None else parse_cell(self.reference)
 
 
 class CodesignSection(_Section):

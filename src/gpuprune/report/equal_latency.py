@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gpuprune.experiment.config import parse_cell
 from gpuprune.report.results import Row, RunResults, Section
 
 COLUMNS = ["method", "cells", "latency (x dense)", "accuracy at reference latency",
@@ -31,13 +32,11 @@ def _config(res: RunResults) -> dict:
 
 def reference_row(res: RunResults) -> Row | None:
     """The finished uniform cell named by ``equal_latency.reference``, if any."""
-    ref = _config(res).get("reference")
-    if not ref:
+    cell = parse_cell(_config(res).get("reference") or "")
+    if cell is None:
         return None
-    method, _, sparsity = ref.partition("@")
     for r in res.rows:
-        if r.status == "ok" and not r.matched and r.method == method and r.sparsity == float(
-                sparsity):  # fmt: skip
+        if r.status == "ok" and not r.matched and (r.method, r.sparsity) == cell:
             return r
     return None
 
