@@ -4,12 +4,28 @@ from gpuprune import prune  # the subpackage is callable: gpuprune.prune(model, 
 from gpuprune.arch import TARGETS, Target, get_target, list_targets
 from gpuprune.errors import UserError
 from gpuprune.gemm import from_gemm, gemm_view
-from gpuprune.prune import Pruner, finalize, load_pruned, save_pruned, sparsity_report
+from gpuprune.geometry import ConvGeometry
+from gpuprune.models.factory import ModelSpec
+from gpuprune.plan import LayerPlan, PrunePlan
+from gpuprune.prune import (
+    Loaded,
+    Pruner,
+    finalize,
+    load,
+    load_pruned,
+    save_pruned,
+    sparsity_report,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "TARGETS",
+    "ConvGeometry",
+    "LayerPlan",
+    "Loaded",
+    "ModelSpec",
+    "PrunePlan",
     "Pruner",
     "Target",
     "UserError",
@@ -19,6 +35,7 @@ __all__ = [
     "gemm_view",
     "get_target",
     "list_targets",
+    "load",
     "load_pruned",
     "prune",
     "save_pruned",

@@ -5,13 +5,14 @@
 can add their own with ``@MODELS.register("name")``.
 """
 
-from gpuprune.models.factory import MODELS, create_model, list_models
+from gpuprune.models.factory import MODELS, ModelSpec, create_model, list_models
 from gpuprune.models.resnet import CifarResNet, resnet20
 from gpuprune.models.tiny import TinyCNN, tiny_cnn
 from gpuprune.models.vgg import VGG, vgg16
 
 __all__ = [
     "MODELS",
+    "ModelSpec",
     "VGG",
     "CifarResNet",
     "TinyCNN",

@@ -1,10 +1,19 @@
-"""Model registry and factory: a registered name or ``package.module:factory``."""
+"""Model registry and factory: a registered name or ``package.module:factory``.
+
+A ``module:factory`` name imports and runs code, so it is honoured only when the user gave it
+(an API argument or a command-line option, ``allow_import=True``). Names read from files (pruned
+model headers, run configs) go through :class:`ModelSpec.build`, which resolves them through the
+registry only: a file never chooses code to run.
+"""
 
 from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
@@ -51,7 +60,8 @@ def _import_factory(spec: str) -> ModelFactory:
 
 
 def create_model(
-    name: str, num_classes: int = 10, in_channels: int = 3, width: float = 1.0
+    name: str, num_classes: int = 10, in_channels: int = 3, width: float = 1.0,
+    *, allow_import: bool = True,
 ) -> nn.Module:
     """Build a model by registered name or ``package.module:factory``.
 
@@ -62,6 +72,7 @@ def create_model(
         num_classes: output classes.
         in_channels: input image channels (1 for Fashion-MNIST, 3 for CIFAR-10).
         width: multiplier on every layer's channel count (0.25 gives VGG16 with 16..128 channels).
+        allow_import: honour ``module:factory`` names; pass False for a name read from a file.
 
     Returns:
         The model, in training mode, on the CPU.
@@ -74,6 +85,13 @@ def create_model(
     if not width > 0:
         raise UserError(f"width={width} must be > 0", "pass e.g. width=0.25 or 1.0")
     if ":" in name:
+        if not allow_import:
+            raise UserError(
+                f"model {name!r} comes from a file and names code to import, which gpuprune "
+                "never runs on a file's say-so",
+                "register the model (gpuprune.models.MODELS) or name the factory yourself "
+                "(gpuprune.load(path, factory=...), --model on the command line)",
+            )
         factory = _import_factory(name)
         kwargs = {"num_classes": num_classes, "in_channels": in_channels, "width": width}
         try:
@@ -103,3 +121,41 @@ def create_model(
 def scaled(channels: int, width: float) -> int:
     """Channel count ``channels * width``, rounded, at least 1."""
     return max(1, int(round(channels * width)))
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How to build a model again: its name and constructor sizes (stored in pruned files)."""
+
+    name: str
+    num_classes: int = 10
+    in_channels: int = 3
+    width: float = 1.0
+
+    def build(self, *, allow_import: bool = False) -> nn.Module:
+        """The model; ``module:factory`` names only with ``allow_import`` (never from a file)."""
+        return create_model(self.name, self.num_classes, self.in_channels, self.width,
+                            allow_import=allow_import)  # fmt: skip
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "num_classes": self.num_classes,
+                "in_channels": self.in_channels, "width": self.width}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, data: Any, origin: str = "model record") -> ModelSpec:
+        """Inverse of :meth:`to_dict`; a one-line UserError for a bad or missing value."""
+        fix = "save the model again with `gpuprune prune` or gpuprune.save_pruned()"
+        keys = ("name", "num_classes", "in_channels", "width")
+        if not isinstance(data, Mapping) or set(data) != set(keys):
+            raise UserError(f"{origin} is not {{{', '.join(keys)}}}: {data!r}"[:200], fix)
+        name, width = data["name"], data["width"]
+        if not isinstance(name, str) or not name:
+            raise UserError(f"{origin}: model name {name!r} is not a name", fix)
+        for key in ("num_classes", "in_channels"):
+            v = data[key]
+            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 1_000_000:
+                raise UserError(f"{origin}: {key} {v!r} is not a count in [1, 1e6]", fix)
+        ok = isinstance(width, int | float) and not isinstance(width, bool)
+        if not ok or not math.isfinite(width) or not 0 < width <= 64:
+            raise UserError(f"{origin}: width {width!r} is not in (0, 64]", fix)
+        return cls(name, data["num_classes"], data["in_channels"], float(width))

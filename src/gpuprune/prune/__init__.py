@@ -9,8 +9,9 @@ One shot::
     import gpuprune.prune as gp
     result = gp.prune(model, method="tile", sparsity=0.75, target="nvidia")
     print(gp.sparsity_report(model))
-    gp.save_pruned("vgg16-tile.safetensors", model, result, model_name="vgg16")
-    info = gp.load_pruned("vgg16-tile.safetensors", fresh_model)   # checks names and shapes
+    gp.save_pruned("vgg16-tile.safetensors", model, result, model_name=ModelSpec("vgg16"))
+    model, plan, info = gp.load("vgg16-tile.safetensors")   # rebuilt, checked, plan attached
+    gp.load_pruned("vgg16-tile.safetensors", fresh_model)   # or into a model you built
     gp.finalize(model)   # bake zeros in, drop parametrizations (outputs unchanged)
 
 In a training loop (the stable API)::
@@ -25,6 +26,8 @@ In a training loop (the stable API)::
         loss.backward(); opt.step()            # masks are buffers: steps never change them
     result = pruner.result()   # PruneResult: per-layer sparsity, block counts, FLOPs kept
     pruner.masks               # {layer: bool keep-mask, weight-shaped}
+    result.plan                # PrunePlan: per layer pattern, kernel, tiling, geometry (also
+                               # model.gpuprune_plan; gpuprune.compile(model) reads it)
 
 ``Pruner.apply(sparsity, data=None, loss_fn=None)``: ``data`` is an iterable of ``(x, y)`` batches,
 used by ``taylor`` importance and ``sensitivity`` allocation; ``loss_fn`` defaults to
@@ -42,7 +45,7 @@ import types
 
 from gpuprune.prune.allocation import ALLOCATIONS, allocate
 from gpuprune.prune.api import Pruner, prune, sparsity_report
-from gpuprune.prune.files import PrunedInfo, load_pruned, read_pruned, save_pruned
+from gpuprune.prune.files import Loaded, PrunedInfo, load, load_pruned, read_pruned, save_pruned
 from gpuprune.prune.importance import IMPORTANCES, Importance
 from gpuprune.prune.layers import LayerSpec
 from gpuprune.prune.masks import WeightMask, finalize, get_mask, masked_layers, set_mask
@@ -61,6 +64,7 @@ __all__ = [
     "Iterative",
     "LayerResult",
     "LayerSpec",
+    "Loaded",
     "OneShot",
     "PruneMethod",
     "PruneResult",
@@ -72,6 +76,7 @@ __all__ = [
     "get_mask",
     "get_method",
     "get_schedule",
+    "load",
     "load_pruned",
     "masked_layers",
     "prune",

@@ -17,6 +17,8 @@ from torch import nn
 from gpuprune.arch import Target, get_target
 from gpuprune.errors import UserError
 from gpuprune.gemm import block_grid, block_reduce, gemm_view
+from gpuprune.geometry import ConvGeometry
+from gpuprune.plan import LayerPlan, PrunePlan
 from gpuprune.progress import progress_bar
 from gpuprune.prune.allocation import allocate, check_sparsity, get_allocation
 from gpuprune.prune.importance import IMPORTANCES, Batch, LossFn, mean_gradients
@@ -146,7 +148,10 @@ class Pruner:
         for name, spec in self.specs.items():
             set_mask(spec.module, self.method.mask(imps[name], alloc[name], spec))
         self._requested, self._alloc = s, alloc
-        return self.result()
+        result = self.result()
+        # The plan travels with the model: compile(model) reads each layer's kernel from it.
+        self.model.gpuprune_plan = result.plan
+        return result
 
     def importances(
         self, batches: list[Batch] | None = None, loss_fn: LossFn | None = None
@@ -173,8 +178,8 @@ class Pruner:
         return imps
 
     def result(self) -> PruneResult:
-        """Per-layer sparsity, block counts and FLOPs of the current masks."""
-        layers = []
+        """Per-layer sparsity, block counts and FLOPs of the current masks, and the plan."""
+        layers, plans = [], []
         for name, spec in self.specs.items():
             mask = get_mask(spec.module)
             mask = (
@@ -197,7 +202,10 @@ class Pruner:
                     flops_kept=2 * kept * spec.out_positions,
                 )
             )
+            plans.append(self._layer_plan(spec, layers[-1]))
         alloc = self.allocation if isinstance(self.allocation, str) else "explicit"
+        plan = PrunePlan(self.method.name, self.target, tuple(plans), self._requested,
+                         tuple(self.skipped))  # fmt: skip
         return PruneResult(
             method=self.method.name,
             target=self.target,
@@ -206,7 +214,24 @@ class Pruner:
             requested=self._requested,
             layers=tuple(layers),
             skipped=tuple(self.skipped),
+            plan=plan,
         )
+
+    def _layer_plan(self, spec: LayerSpec, res: LayerResult) -> LayerPlan:
+        module = spec.module
+        geometry = None
+        if isinstance(module, nn.Conv2d):
+            try:
+                geometry = ConvGeometry.of(module)
+            except UserError:  # e.g. padding="same": prunable, but no skip kernel runs it
+                geometry = None
+        tiling = spec.target if spec.target is not None and spec.target != self.target else None
+        return LayerPlan(
+            name=spec.name, kind="conv" if isinstance(module, nn.Conv2d) else "linear",
+            gemm=spec.shape, method=self.method.name, block=res.block,
+            kernel=self.method.kernel, requested=res.requested, sparsity=res.sparsity,
+            tiling=tiling, geometry=geometry,
+        )  # fmt: skip
 
     # ---- sensitivity helpers -----------------------------------------------------------------
     def _evaluator(self, batches: list[Batch], loss_fn: LossFn):

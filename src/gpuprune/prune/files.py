@@ -2,11 +2,19 @@
 
 File layout: one ``.safetensors`` file whose tensors are the model's state dict with effective
 (masked) weights under their plain names (``features.0.weight``) plus each mask as
-``mask:<layer>`` (bool, weight-shaped). Its metadata entry ``gpuprune`` is JSON with the format
-version, model name, method, target (``Target.to_dict()``), per-layer plan, a sha256 of the
-tensors (over sorted names, dtypes, shapes and bytes) and a sha256 of the header itself; loading
-verifies both (files from before the header checksum carry only the first) and refuses NaN or
-infinite weights and masks that are not bool tensors of their weight's shape.
+``mask:<layer>`` (bool, weight-shaped). Its metadata entry ``gpuprune`` is JSON::
+
+    {"format": "gpuprune-pruned/2",
+     "model": {"name", "num_classes", "in_channels", "width"} or null,
+     "plan": PrunePlan.to_dict() or null,       # per layer: pattern, kernel, tiling, geometry
+     "extra": {...},                            # free JSON facts (accuracy...)
+     "sha256": ..., "header_sha256": ...}
+
+``sha256`` covers the tensors (sorted names, dtypes, shapes and bytes), ``header_sha256`` the
+rest of the header; both are required and verified. Loading also refuses NaN or infinite
+weights, masks that are not bool tensors of their weight's shape, and a plan that does not fit
+the model. The model name is resolved through the model registry only (a file never names code
+to import); :func:`load` takes an explicit ``factory=`` or ``model=`` for other models.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -28,22 +36,41 @@ from torch import nn
 from gpuprune.arch import Target
 from gpuprune.errors import UserError
 from gpuprune.fileio import atomic_write_bytes
+from gpuprune.gemm import gemm_shape, is_gemm_layer
+from gpuprune.models.factory import ModelSpec, create_model
+from gpuprune.plan import PrunePlan
 from gpuprune.prune.masks import get_mask, masked_layers, set_mask
 from gpuprune.prune.result import PruneResult
 
-FORMAT = "gpuprune-pruned/1"
+FORMAT = "gpuprune-pruned/2"
 MASK_PREFIX = "mask:"
+HEADER_KEYS = ("format", "model", "plan", "extra", "sha256", "header_sha256")
+RESAVE = "prune the checkpoint again with this gpuprune (`gpuprune prune` or save_pruned())"
 
 
 @dataclass(frozen=True)
 class PrunedInfo:
-    """What a pruned-model file says about itself."""
+    """What a pruned-model file says about itself (validated)."""
 
-    model: str | None
-    method: str | None
-    target: Target | None
-    plan: dict[str, dict[str, Any]]
+    model: ModelSpec | None
+    plan: PrunePlan | None
     extra: dict[str, Any]
+
+    @property
+    def method(self) -> str | None:
+        return self.plan.method if self.plan else None
+
+    @property
+    def target(self) -> Target | None:
+        return self.plan.target if self.plan else None
+
+
+class Loaded(NamedTuple):
+    """What :func:`load` returns: the masked model (eval mode), its plan and the file's facts."""
+
+    model: nn.Module
+    plan: PrunePlan | None
+    info: PrunedInfo
 
 
 def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -89,36 +116,36 @@ def check_finite(tensors: Mapping[str, torch.Tensor], origin: str) -> None:
 def save_pruned(
     path: str | os.PathLike[str],
     model: nn.Module,
-    result_or_plan: PruneResult | Mapping[str, Any],
-    model_name: str | None = None,
-    method: str | None = None,
-    target: Target | None = None,
+    plan: PruneResult | PrunePlan | None = None,
+    model_name: str | ModelSpec | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> None:
     """Write the pruned model, its masks and its plan to ``path`` atomically.
 
     Args:
-        result_or_plan: the :class:`PruneResult` (method and target come from it) or a plain
-            per-layer plan mapping (then pass ``method``/``target`` yourself).
-        model_name: e.g. ``"vgg16"``; recorded so a loader can check it.
-        extra: more JSON-ready facts to keep (width, num_classes, accuracy...).
+        plan: the :class:`PruneResult` or its :class:`~gpuprune.plan.PrunePlan`; default the
+            plan the pruner left on the model (``model.gpuprune_plan``).
+        model_name: a :class:`~gpuprune.models.ModelSpec` (name and constructor sizes, so
+            :func:`load` can rebuild the model), or just a registered name (default sizes).
+        extra: more JSON-ready facts to keep (accuracy...).
     """
-    if isinstance(result_or_plan, PruneResult):
-        plan, method, target = result_or_plan.plan(), result_or_plan.method, result_or_plan.target
-        requested = result_or_plan.requested
-    else:
-        plan, requested = dict(result_or_plan), None
+    if isinstance(plan, PruneResult):
+        plan = plan.plan
+    if plan is None:
+        plan = getattr(model, "gpuprune_plan", None)
+    spec = ModelSpec(model_name) if isinstance(model_name, str) else model_name
     tensors = {k: v.detach().cpu().contiguous() for k, v in plain_state_dict(model).items()}
     for name, module in masked_layers(model).items():
         tensors[MASK_PREFIX + name] = get_mask(module).detach().cpu().contiguous()
+    try:
+        extra_json = json.loads(json.dumps(dict(extra or {}), allow_nan=False))
+    except (TypeError, ValueError) as err:
+        raise UserError(f"extra facts are not plain JSON ({err})", "pass numbers and strings") from None
     header = {
         "format": FORMAT,
-        "model": model_name,
-        "method": method,
-        "target": target.to_dict() if target else None,
-        "requested": requested,
-        "plan": plan,
-        "extra": dict(extra or {}),
+        "model": spec.to_dict() if spec else None,
+        "plan": plan.to_dict() if plan else None,
+        "extra": extra_json,
         "sha256": checksum(tensors),
     }
     header["header_sha256"] = header_digest(header)
@@ -141,52 +168,64 @@ def read_pruned(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str,
         ) from None
     try:
         header = json.loads(meta["gpuprune"])
-    except (KeyError, ValueError):
+    except (KeyError, ValueError, RecursionError):
         raise UserError(
             f"{p} has no gpuprune header",
             "pass a file written by `gpuprune prune` or save_pruned()",
         ) from None
+    if not isinstance(header, dict):
+        raise UserError(f"{p} has a gpuprune header that is not a mapping", RESAVE)
     if header.get("format") != FORMAT:
-        raise UserError(
-            f"{p} has format {header.get('format')!r}, expected {FORMAT!r}", "re-save it"
-        )
+        raise UserError(f"{p} has format {header.get('format')!r}, expected {FORMAT!r}", RESAVE)
+    # Both checksums are required: a file without one is refused, not trusted.
+    if not isinstance(header.get("header_sha256"), str):
+        raise UserError(f"{p} has no header checksum (header_sha256)", RESAVE)
+    if header_digest(header) != header["header_sha256"]:
+        raise UserError(f"{p} is corrupt: the header checksum does not match", "save it again")
     if checksum(tensors) != header.get("sha256"):
         raise UserError(
             f"{p} is corrupt: the tensor checksum does not match", "save the model again"
         )
-    if "header_sha256" in header and header_digest(header) != header["header_sha256"]:
-        raise UserError(f"{p} is corrupt: the header checksum does not match", "save it again")
+    unknown = sorted(set(header) - set(HEADER_KEYS))
+    if unknown:
+        raise UserError(f"{p} has an unknown header entry {unknown[0]!r}", RESAVE)
     check_finite(tensors, str(p))
     return header, tensors
 
 
-def info_from_header(header: Mapping[str, Any]) -> PrunedInfo:
-    target = (
-        Target.from_dict(header["target"], origin="file target") if header.get("target") else None
-    )
-    extra = dict(header.get("extra") or {})
-    extra["requested"] = header.get("requested")
-    return PrunedInfo(
-        header.get("model"), header.get("method"), target, header.get("plan", {}), extra
-    )
+def info_from_header(header: Mapping[str, Any], origin: str = "pruned file") -> PrunedInfo:
+    """The validated model record, plan and extra facts of a header (one-line UserErrors)."""
+    model = header.get("model")
+    spec = None if model is None else ModelSpec.from_dict(model, f"{origin} model record")
+    raw_plan = header.get("plan")
+    plan = None if raw_plan is None else PrunePlan.from_dict(raw_plan, f"{origin} plan")
+    extra = header.get("extra")
+    if extra is None:
+        extra = {}
+    if not isinstance(extra, dict):
+        raise UserError(f"{origin}: extra is a {type(extra).__name__}, not a mapping", RESAVE)
+    return PrunedInfo(spec, plan, dict(extra))
 
 
 def load_pruned(
     path: str | os.PathLike[str], model: nn.Module, model_name: str | None = None
 ) -> PrunedInfo:
-    """Load a pruned-model file into ``model`` (weights and masks); the model is left masked.
+    """Load a pruned-model file into ``model`` (weights and masks); the model is left masked and
+    carries the file's plan as ``model.gpuprune_plan`` (what :func:`gpuprune.compile` reads).
 
     Raises:
-        UserError: the file is unreadable or corrupt, or its layers/shapes (or ``model_name``,
-            when given) do not match ``model``.
+        UserError: the file is unreadable or corrupt, its plan is malformed, or its layers/shapes
+            (or ``model_name``, when given) do not match ``model``.
     """
     header, tensors = read_pruned(path)
+    info = info_from_header(header, str(path))
     masks = {k[len(MASK_PREFIX) :]: v for k, v in tensors.items() if k.startswith(MASK_PREFIX)}
     weights = {k: v for k, v in tensors.items() if not k.startswith(MASK_PREFIX)}
-    if model_name and header.get("model") and header["model"] != model_name:
+    saved_name = info.model.name if info.model else None
+    if model_name and saved_name and saved_name != model_name:
         raise UserError(
-            f"{path} holds a pruned {header['model']}, not a {model_name}",
-            f"load it into a {header['model']} model",
+            f"{path} holds a pruned {saved_name}, not a {model_name}",
+            f"load it into a {saved_name} model",
         )
     check_matches(weights, plain_state_dict(model), str(path))
     modules = dict(model.named_modules())
@@ -202,6 +241,8 @@ def load_pruned(
                 f"bool {tuple(weight.shape) if weight is not None else '(no weight)'}",
                 "save the model again with save_pruned() or `gpuprune prune`",
             )
+    if info.plan is not None:
+        check_plan(info.plan, model, str(path))
     for name, mask in masks.items():
         set_mask(modules[name], mask)
     # plain names -> the model's own keys (weights of parametrized layers live in `.original`)
@@ -211,7 +252,68 @@ def load_pruned(
             prefix, rest = key.split(".parametrizations.", 1)
             own[f"{prefix}.{rest[: -len('.original')]}"] = key
     model.load_state_dict({own.get(k, k): v for k, v in weights.items()}, strict=False)
-    return info_from_header(header)
+    model.gpuprune_plan = info.plan
+    return info
+
+
+def check_plan(plan: PrunePlan, model: nn.Module, origin: str) -> None:
+    """Raise a one-line UserError unless every planned layer is a GEMM layer of ``model`` of the
+    planned kind and shape (a plan that does not fit would build wrong kernels)."""
+    from gpuprune.geometry import ConvGeometry
+
+    modules = dict(model.named_modules())
+    for lay in plan:
+        module = modules.get(lay.name)
+        if module is None or not is_gemm_layer(module):
+            raise UserError(f"{origin}: the plan names layer {lay.name!r}, which the model lacks "
+                            "as a Conv2d/Linear", RESAVE)  # fmt: skip
+        kind = "conv" if isinstance(module, nn.Conv2d) else "linear"
+        if kind != lay.kind or gemm_shape(module) != lay.gemm:
+            raise UserError(
+                f"{origin}: the plan says {lay.name} is a {lay.kind} {lay.gemm[0]}x{lay.gemm[1]}, "
+                f"the model has a {kind} {gemm_shape(module)[0]}x{gemm_shape(module)[1]}", RESAVE,
+            )  # fmt: skip
+        if lay.geometry is not None and lay.geometry != ConvGeometry.of(module):
+            raise UserError(f"{origin}: the plan's conv geometry of {lay.name} is not the "
+                            "model's", RESAVE)  # fmt: skip
+
+
+def load(
+    path: str | os.PathLike[str],
+    model: nn.Module | None = None,
+    *,
+    factory: str | None = None,
+) -> Loaded:
+    """Load a pruned-model file: the model (rebuilt from the file's model record), its plan.
+
+    Args:
+        model: load into this model instead of building one.
+        factory: build the model with this ``package.module:factory`` (or registered name) and
+            the file's sizes. Code is imported only when named here: a name in the file is
+            looked up in the model registry, never imported.
+
+    Returns:
+        :class:`Loaded` ``(model, plan, info)``; the model is masked, in eval mode, and carries
+        the plan as ``model.gpuprune_plan``, so ``gpuprune.compile(model)`` needs nothing else.
+
+    Example:
+        >>> model, plan, info = gpuprune.load("vgg16-simd.safetensors")  # doctest: +SKIP
+        >>> fast = gpuprune.compile(model)  # each layer's kernel from the plan  # doctest: +SKIP
+    """
+    if model is None:
+        header, _ = read_pruned(path)
+        spec = info_from_header(header, str(path)).model
+        if spec is None and factory is None:
+            raise UserError(f"{path} does not record its model",
+                            "pass the model: gpuprune.load(path, model=...)")  # fmt: skip
+        spec = spec or ModelSpec(factory or "")
+        if factory is not None:
+            model = create_model(factory, spec.num_classes, spec.in_channels, spec.width)
+        else:
+            model = spec.build(allow_import=False)
+    info = load_pruned(path, model)
+    model.eval()
+    return Loaded(model, info.plan, info)
 
 
 def check_matches(

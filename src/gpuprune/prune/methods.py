@@ -5,6 +5,11 @@ sparsity (fraction of weights to zero), and returns a keep-mask of the same shap
 unit: a GPU tile, a SIMD-group vector, a filter row, a bank of a row... Register your own pattern
 with ``@METHODS.register("name")`` on a :class:`PruneMethod` subclass.
 
+Each method also declares, in its ``kernel`` class attribute, the kernel variant that skips its
+pattern (``"tile"`` or ``"simd"``). This is the one place the method -> kernel mapping lives: the
+pruner copies it into the plan, and compile, the experiment, the benchmarks and the latency model
+read it from there (or from :func:`kernel_of`).
+
 Block scores are the *mean* importance per real element, so a ragged edge block (fewer real
 elements than a full block) is compared on equal terms with full blocks.
 """
@@ -91,6 +96,9 @@ class PruneMethod:
 
     name: ClassVar[str] = ""
     needs_target: ClassVar[bool] = False  # True when the block shape comes from a Target
+    # The kernel variant that skips this pattern: "tile" (whole MWG x KWG blocks of zeros) or
+    # "simd" (whole R x simd_k vectors). Patterns finer than either default to "tile".
+    kernel: ClassVar[str] = "tile"
 
     def unit(self, layer: LayerSpec) -> tuple[int, int]:
         """(rows, k) of the block the method keeps or prunes whole (also used for reporting)."""
@@ -134,6 +142,7 @@ class SimdPruning(PruneMethod):
 
     name = "simd"
     needs_target = True
+    kernel = "simd"
 
     def unit(self, layer: LayerSpec) -> tuple[int, int]:
         return layer.target.simd_block()
@@ -323,6 +332,13 @@ class ChannelPerfPruning(PruneMethod):
         keep = torch.zeros(m, dtype=torch.bool)
         keep[torch.argsort(rows, descending=True, stable=True)[:keep_rows]] = True
         return keep[:, None].expand(m, k).clone()
+
+
+def kernel_of(method: str | PruneMethod | type[PruneMethod]) -> str:
+    """The kernel variant a method's pattern runs on (its ``kernel`` attribute)."""
+    if isinstance(method, str):
+        method = METHODS.get(method)
+    return method.kernel
 
 
 def get_method(method: str | PruneMethod, **options) -> PruneMethod:

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from gpuprune.arch import Target
+from gpuprune.plan import PrunePlan
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class PruneResult:
     requested: float  # overall sparsity asked for
     layers: tuple[LayerResult, ...]
     skipped: tuple[str, ...] = field(default=())  # too small for the block, left dense
+    plan: PrunePlan | None = None  # per layer: pattern, kernel, tiling, geometry (the pruner's)
 
     @property
     def sparsity(self) -> float:
@@ -48,8 +50,8 @@ class PruneResult:
             sum(lr.flops_dense for lr in self.layers), 1
         )
 
-    def plan(self) -> dict[str, dict[str, Any]]:
-        """Per-layer plan: ``{layer: {shape, block, requested, sparsity, ...}}`` (JSON-ready)."""
+    def layer_facts(self) -> dict[str, dict[str, Any]]:
+        """``{layer: {shape, block, requested, sparsity, ...}}`` (JSON-ready)."""
         return {lr.name: {k: v for k, v in asdict(lr).items() if k != "name"} for lr in self.layers}
 
     def to_dict(self) -> dict[str, Any]:
@@ -61,8 +63,9 @@ class PruneResult:
             "requested": self.requested,
             "sparsity": self.sparsity,
             "flops_kept": self.flops_kept,
-            "layers": self.plan(),
+            "layers": self.layer_facts(),
             "skipped": list(self.skipped),
+            "plan": self.plan.to_dict() if self.plan else None,
         }
 
     def table(self) -> tuple[list[str], list[list[str]]]:
