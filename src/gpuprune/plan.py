@@ -1,4 +1,4 @@
-"""The pruning plan: what each pruned layer is, decided once by the pruner and read by everyone else.
+"""The pruning plan: what each pruned layer is, decided once by the pruner, read by all others.
 
 For every pruned layer the plan records its block pattern (the pruning method and its unit), the
 kernel variant that skips that pattern, the tiling the kernel is built for, the conv geometry and

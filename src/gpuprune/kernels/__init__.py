@@ -12,7 +12,6 @@ from gpuprune.kernels.format import (
     block_for,
     pack,
     pack_for,
-    variant_for_method,
 )
 
 __all__ = [
@@ -25,5 +24,4 @@ __all__ = [
     "get_backend",
     "pack",
     "pack_for",
-    "variant_for_method",
 ]

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from gpuprune.arch import Target
 from gpuprune.errors import UserError
+from gpuprune.geometry import ConvGeometry
 from gpuprune.kernels.format import VARIANTS, BlockSparseWeight, full_grid
 from gpuprune.registry import Registry
 
@@ -61,14 +62,10 @@ class Backend(abc.ABC):
         target: Target,
         *,
         variant: str,
-        in_channels: int,
-        kernel_size: tuple[int, int],
-        stride: tuple[int, int],
-        padding: tuple[int, int],
-        dilation: tuple[int, int],
+        geometry: ConvGeometry,
         relu: bool = False,
     ) -> Forward:
-        """A forward for a groups=1 Conv2d, NCHW float32 in and out."""
+        """A forward for a groups=1 Conv2d of ``geometry``, NCHW float32 in and out."""
 
 
 BACKENDS: Registry[type[Backend]] = Registry("backend")
@@ -125,15 +122,13 @@ def check_variant(variant: str, packed: BlockSparseWeight, target: Target) -> No
         )
 
 
-def check_conv_shape(
-    packed: BlockSparseWeight, in_channels: int, kernel_size: tuple[int, int]
-) -> None:
+def check_conv_shape(packed: BlockSparseWeight, geometry: ConvGeometry) -> None:
     """Raise a UserError when the packed [M, K] weight does not fit the convolution's K."""
-    k = in_channels * kernel_size[0] * kernel_size[1]
-    if packed.shape[1] != k:
+    if packed.shape[1] != geometry.k:
+        (kh, kw), c = geometry.kernel_size, geometry.in_channels
         raise UserError(
             f"packed weight has K={packed.shape[1]} but the Conv2d needs "
-            f"in_channels*kh*kw={in_channels}*{kernel_size[0]}*{kernel_size[1]}={k}",
+            f"in_channels*kh*kw={c}*{kh}*{kw}={geometry.k}",
             "pack gemm_view() of this very layer (the packed file does not match the model)",
         )
 
@@ -183,15 +178,12 @@ class LayerClassBackend(Backend):
         target: Target,
         *,
         variant: str,
-        in_channels: int,
-        kernel_size: tuple[int, int],
-        stride: tuple[int, int],
-        padding: tuple[int, int],
-        dilation: tuple[int, int],
+        geometry: ConvGeometry,
         relu: bool = False,
     ) -> Forward:
-        check_conv_shape(packed, in_channels, kernel_size)
+        check_conv_shape(packed, geometry)
+        g = geometry
         return self.conv_layer(
-            for_variant(packed, target, variant), bias, relu, in_channels, kernel_size,
-            stride, padding, dilation,
+            for_variant(packed, target, variant), bias, relu, g.in_channels, g.kernel_size,
+            g.stride, g.padding, g.dilation,
         )  # fmt: skip

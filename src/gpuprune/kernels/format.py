@@ -25,8 +25,9 @@ import torch
 from gpuprune.arch import Target
 from gpuprune.errors import UserError
 from gpuprune.gemm import block_grid, to_blocks
+from gpuprune.plan import SKIP_KERNELS
 
-VARIANTS = ("dense", "tile", "simd")  # kernel variants; "dense" walks every block
+VARIANTS = ("dense", *SKIP_KERNELS)  # kernel variants; "dense" walks every block
 
 
 @dataclass(frozen=True)
@@ -142,11 +143,6 @@ def block_for(target: Target, variant: str) -> tuple[int, int]:
             f"unknown kernel variant {variant!r}", f"choose one of: {', '.join(VARIANTS)}"
         )
     return target.simd_block() if variant == "simd" else target.tile_block()
-
-
-def variant_for_method(method: str | None) -> str:
-    """Kernel variant for a pruning method: SIMD-group methods skip k-vectors, the rest tiles."""
-    return "simd" if method in ("simd", "simd-balanced") else "tile"
 
 
 def pack_for(matrix: torch.Tensor, target: Target, variant: str) -> BlockSparseWeight:

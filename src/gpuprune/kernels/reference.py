@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from gpuprune.arch import Target
+from gpuprune.geometry import ConvGeometry
 from gpuprune.kernels.backends import (
     BACKENDS,
     Backend,
@@ -61,21 +62,18 @@ class ReferenceBackend(Backend):
         target: Target,
         *,
         variant: str,
-        in_channels: int,
-        kernel_size: tuple[int, int],
-        stride: tuple[int, int],
-        padding: tuple[int, int],
-        dilation: tuple[int, int],
+        geometry: ConvGeometry,
         relu: bool = False,
     ) -> Forward:
         check_variant(variant, packed, target)
-        check_conv_shape(packed, in_channels, kernel_size)
-        weight = packed.to_dense().reshape(packed.shape[0], in_channels, *kernel_size)
+        check_conv_shape(packed, geometry)
+        g = geometry
+        weight = packed.to_dense().reshape(packed.shape[0], g.in_channels, *g.kernel_size)
         b = _bias(bias, packed.shape[0])
 
         def forward(x: Tensor) -> Tensor:
-            check_input(x, 4, in_channels, "Conv2d")
-            y = F.conv2d(x, weight, b, stride=stride, padding=padding, dilation=dilation)
+            check_input(x, 4, g.in_channels, "Conv2d")
+            y = F.conv2d(x, weight, b, stride=g.stride, padding=g.padding, dilation=g.dilation)
             return torch.relu(y) if relu else y
 
         return forward

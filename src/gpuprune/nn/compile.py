@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import logging
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -13,12 +15,15 @@ from torch.nn.utils import parametrize
 from gpuprune.arch import Target, get_target
 from gpuprune.errors import UnsupportedLayerError, UserError
 from gpuprune.gemm import gemm_view
+from gpuprune.geometry import ConvGeometry
 from gpuprune.kernels.backends import Backend, get_backend
-from gpuprune.kernels.format import block_for, pack, variant_for_method
+from gpuprune.kernels.format import pack_for
 from gpuprune.nn.fold import Chain, find_chains, fold_bn
 from gpuprune.nn.layers import SkipConv2d, SkipLinear
+from gpuprune.plan import PrunePlan
+from gpuprune.prune.methods import kernel_of
 
-AUTO_ORDER = ("opencl", "cpu", "reference")  # what backend="auto" tries, in order
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -45,7 +50,7 @@ class CompileReport:
     target: str
     layers: tuple[CompiledLayer, ...]
     dense: tuple[str, ...] = field(default=())  # GEMM layers left as they were
-    notes: tuple[str, ...] = field(default=())  # e.g. why "auto" fell back
+    notes: tuple[str, ...] = field(default=())  # the auto choice; layers left dense, and why
 
     def table(self) -> tuple[list[str], list[list[str]]]:
         """(columns, rows) for printing."""
@@ -72,27 +77,57 @@ class CompileReport:
         return "\n".join(lines)
 
 
+# backend="auto": the fastest kernels for the device, each with the condition it needs. PoCL's
+# OpenCL on a CPU is far slower than the cpu backend, so OpenCL is chosen only on a GPU device.
+AUTO_CHOICES = (
+    ("triton", "a CUDA/ROCm GPU"),
+    ("opencl", "an OpenCL GPU device"),
+    ("cpu", "the CPU (compiled C kernel)"),
+    ("reference", "plain PyTorch (no skip kernel could be set up)"),
+)
+
+
+def _auto_fits(name: str, backend: Backend) -> str | None:
+    """Why ``backend`` is not the fast path on this machine, or None when it is."""
+    if name == "triton" and not torch.cuda.is_available():
+        return "no CUDA/ROCm GPU"
+    if name == "opencl":
+        from gpuprune.kernels.opencl.context import device_is_gpu
+
+        if not device_is_gpu():
+            return f"the OpenCL device {backend.device} is not a GPU (ask for opencl to use it)"
+    return None
+
+
 def resolve_backend(name: str) -> tuple[Backend, tuple[str, ...]]:
-    """The backend instance for ``name``; "auto" tries opencl, cpu, reference in turn."""
+    """The backend instance for ``name`` and, for "auto", one note stating what it chose and why.
+
+    "auto" takes triton on a CUDA/ROCm GPU, else OpenCL on a GPU OpenCL device, else the cpu
+    backend, else the reference; an OpenCL CPU device (PoCL) only when asked for by name.
+    """
     if name != "auto":
         backend = get_backend(name)
         backend.check_available()
         return backend, ()
-    notes = []
-    for candidate in AUTO_ORDER:
+    passed = []
+    for candidate, why in AUTO_CHOICES:
         try:
             backend = get_backend(candidate)
             backend.check_available()
+            reason = _auto_fits(candidate, backend)
         except UserError as err:
-            notes.append(f"backend {candidate} unavailable ({err.problem}); trying the next")
-            continue
-        if notes:
-            notes.append(f"backend auto: falling back to {candidate}")
-        return backend, tuple(notes)
+            reason = err.problem
+        if reason is None:
+            over = f"; passed over {'; '.join(passed)}" if passed else ""
+            return backend, (f"backend auto: {candidate} for {why}{over}",)
+        passed.append(f"{candidate} ({reason})")
     raise UserError("no backend is available", "install PoCL (make setup) or use 'reference'")
 
 
-def _resolve_target(target: Target | str | None, backend: Backend) -> Target:
+def _resolve_target(target: Target | str | None, backend: Backend, plan: PrunePlan | None
+                    ) -> Target:  # fmt: skip
+    if target is None and plan is not None and plan.target is not None:
+        return plan.target  # the blocks were chosen for it
     if target is None or target == "detect":
         from gpuprune.arch.detect import detect_target
 
@@ -116,32 +151,18 @@ def _bake_masks(model: nn.Module) -> None:
             module.register_parameter(pname, nn.Parameter(value, requires_grad=False))
 
 
-def _methods_for(
-    model: nn.Module, methods: str | Mapping[str, str] | None
-) -> dict[str, str] | None:
-    if methods is None:
-        return None
+def _kernels_for(model: nn.Module, methods: str | Mapping[str, str]) -> dict[str, str]:
+    """``methods`` (one for all GEMM layers, or per layer) as {layer: kernel variant}."""
     gemm = {n for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)}
     if isinstance(methods, str):
-        return dict.fromkeys(sorted(gemm), methods)
+        methods = dict.fromkeys(sorted(gemm), methods)
     unknown = sorted(set(methods) - gemm)
     if unknown:
         raise UserError(
             f"methods names layer {unknown[0]!r}, which is not a Conv2d/Linear of the model",
             f"use layer names from model.named_modules(), e.g. {sorted(gemm)[:3]}",
         )
-    return dict(methods)
-
-
-def _unsupported(module: nn.Module) -> str | None:
-    """Why the skip kernels cannot run this Conv2d, or None."""
-    if not isinstance(module, nn.Conv2d):
-        return None
-    if module.groups != 1:
-        return f"a grouped Conv2d (groups={module.groups})"
-    if isinstance(module.padding, str) or module.padding_mode != "zeros":
-        return f"a Conv2d with padding={module.padding!r}, padding_mode={module.padding_mode!r}"
-    return None
+    return {name: kernel_of(method) for name, method in methods.items()}
 
 
 def _layer_targets(
@@ -176,32 +197,43 @@ def compile(  # noqa: A001 - the public name the project documents (gpuprune.com
     methods: str | Mapping[str, str] | None = None,
     *,
     inplace: bool = False,
-    verbose: bool = True,
+    verbose: bool = False,
     layer_targets: Mapping[str, Target | str | Mapping] | None = None,
+    plan: PrunePlan | None = None,
 ) -> nn.Module:
     """Compile a pruned model: pruned Conv2d/Linear layers become skip layers, the rest stay dense.
 
+    Which layers are compiled, and with which kernel, comes from the pruning plan
+    (``model.gpuprune_plan``, set by :func:`gpuprune.prune` and :func:`gpuprune.load`): each
+    planned layer runs the kernel variant its pruning method declares, built for its tiling.
     BatchNorm2d after a conv is folded into it, a ReLU right after is fused into the kernel.
-    A layer is compiled when ``methods`` names it, or (``methods=None``) when its weight has at
-    least one all-zero block of the variant's block shape on ``target``.
+    A planned layer whose zeros the kernel cannot skip (no all-zero block) stays dense; it, and
+    a model with nothing to skip, are named in a warning and in the report's ``notes``.
+    Without a plan, layers with at least one all-zero tile are compiled with the tile kernel.
 
     Args:
         model: a float32 model, pruned (masked parametrizations or zeros in the weights).
-        target: Target, preset name or file; ``None``/"detect" detects the OpenCL/CUDA device.
-        backend: "opencl", "triton", "cpu", "reference", or "auto" (the first available of
-            opencl, cpu, reference, saying so when it falls back).
-        methods: pruning method per layer name (e.g. a pruned-model file's plan), or one method
-            for all; "simd"/"simd-balanced" compile the SIMD-skip kernel, others the tile kernel.
+        target: Target, preset name or file; default the plan's target, else (or "detect")
+            the detected OpenCL/CUDA device.
+        backend: "opencl", "triton", "cpu", "reference", or "auto" (triton on a CUDA/ROCm GPU,
+            OpenCL on a GPU OpenCL device, else cpu; the choice is stated in ``notes``).
+        methods: an explicit override of the plan: a pruning method per layer name, or one
+            for all; each named layer is compiled with that method's kernel variant.
         inplace: modify ``model`` instead of a deep copy.
-        verbose: print the compiled layers and their skippable fractions.
-        layer_targets: a tiling per layer name (e.g. chosen by ``gpuprune codesign`` and kept
-            in a pruned-model file), overriding ``target`` for those layers.
+        verbose: log the per-layer listing at INFO instead of DEBUG (compile never prints).
+        layer_targets: a tiling per layer name, overriding the plan's and ``target``.
+        plan: use this plan instead of ``model.gpuprune_plan``.
 
     Returns:
         The compiled model in eval mode; ``model.gpuprune_compile`` is its :class:`CompileReport`.
     """
-    runner, notes = resolve_backend(backend)
-    tgt = _resolve_target(target, runner)
+    runner, auto_note = resolve_backend(backend)
+    notes = list(auto_note)
+    plan = plan if plan is not None else getattr(model, "gpuprune_plan", None)
+    if plan is not None and not isinstance(plan, PrunePlan):
+        raise UserError(f"plan is a {type(plan).__name__}, not a PrunePlan",
+                        "pass the plan gpuprune.prune() or gpuprune.load() returned")  # fmt: skip
+    tgt = _resolve_target(target, runner, plan)
     out = model if inplace else copy.deepcopy(model)
     out.eval()
     _bake_masks(out)
@@ -211,62 +243,87 @@ def compile(  # noqa: A001 - the public name the project documents (gpuprune.com
                 f"parameter {name} is {p.dtype}; the skip kernels run float32",
                 "call model.float() before compile()",
             )
-    plan = _methods_for(out, methods)
+    explicit = methods is not None
+    if explicit:
+        kernels: dict[str, str] | None = _kernels_for(out, methods)
+    elif plan is not None:
+        kernels = {lay.name: lay.kernel for lay in plan}
+    else:
+        kernels = None  # no plan: compile what has all-zero tiles
     per_layer = _layer_targets(out, layer_targets)
+    if plan is not None and target is None and not explicit:
+        # per-layer tilings of the plan (co-design) apply unless the user names a target
+        per_layer = {lay.name: lay.tiling for lay in plan if lay.tiling} | per_layer
     chains = find_chains(out)
     modules = dict(out.named_modules())
     compiled, dense = [], []
     for name, module in list(modules.items()):
         if not isinstance(module, nn.Conv2d | nn.Linear):
             continue
+        if kernels is not None and name not in kernels:
+            dense.append(name)
+            continue
+        variant = kernels[name] if kernels is not None else "tile"
+        layer_tgt = per_layer.get(name, tgt)
+        try:
+            geometry = ConvGeometry.of(module) if isinstance(module, nn.Conv2d) else None
+        except UnsupportedLayerError as err:
+            if explicit:
+                raise UnsupportedLayerError(f"layer {name} is {err.problem}",
+                                            "leave it out of methods") from None  # fmt: skip
+            if kernels is not None:
+                notes.append(f"layer {name} left dense: it is {err.problem}, which the skip "
+                             "kernels do not run")  # fmt: skip
+            dense.append(name)
+            continue
         chain = chains.get(name, Chain(name))
         if chain.bn and not _foldable(modules.get(chain.bn)):
             chain = Chain(name)  # BN on batch statistics: neither it nor a ReLU after can fuse
-        if plan is not None and name not in plan:
-            dense.append(name)
-            continue
-        variant = variant_for_method(plan[name] if plan else None)
-        layer_tgt = per_layer.get(name, tgt)
-        block = block_for(layer_tgt, variant)
         weight, bias = module.weight.detach(), module.bias
         if chain.bn:
             weight, bias = fold_bn(module, modules[chain.bn])
-        problem = _unsupported(module)
-        if problem:
-            if plan is not None:
-                raise UnsupportedLayerError(
-                    f"layer {name} is {problem}",
-                    "the skip kernels take groups=1 convolutions with integer zero padding; "
-                    "leave it out of methods",
-                )
-            dense.append(name)
-            continue
-        skippable = pack(gemm_view(weight), block).skippable_fraction()
-        if plan is None and skippable == 0.0:
+        packed = pack_for(gemm_view(weight), layer_tgt, variant)  # packed once, for the kernel
+        skippable = packed.skippable_fraction()
+        if skippable == 0.0 and kernels is not None:
+            bm, bk = packed.block
+            how = plan[name].method if plan is not None and name in plan and not explicit else None
+            what = f"pruned with {how}, " if how else ""
+            if explicit:
+                notes.append(f"layer {name}: {what}no all-zero {bm}x{bk} block for the {variant} "
+                             "kernel to skip; compiled as asked, it runs as dense")  # fmt: skip
+            else:
+                notes.append(f"layer {name} left dense: {what}its zeros fill no whole {bm}x{bk} "
+                             f"block of the {variant} kernel on {layer_tgt.name}")  # fmt: skip
+                dense.append(name)
+                continue
+        elif skippable == 0.0:
             dense.append(name)
             continue
         relu = chain.relu is not None
-        if isinstance(module, nn.Conv2d):
-            new: nn.Module = SkipConv2d.from_conv(
-                module, layer_tgt, runner, variant=variant, relu=relu, weight=weight, bias=bias
-            )
+        if geometry is not None:
+            new: nn.Module = SkipConv2d(packed, bias, runner, layer_tgt, variant=variant,
+                                        geometry=geometry, relu=relu)  # fmt: skip
         else:
-            new = SkipLinear.from_linear(module, layer_tgt, runner, variant=variant, relu=relu)
+            new = SkipLinear(packed, bias, runner, layer_tgt, variant=variant, relu=relu)
         _replace(out, name, new)
         for extra in (chain.bn, chain.relu):
             if extra:
                 _replace(out, extra, nn.Identity())
         compiled.append(CompiledLayer(
-            name, "conv" if isinstance(module, nn.Conv2d) else "linear",
-            tuple(gemm_view(weight).shape), variant, block, layer_tgt.name, skippable,
-            chain.bn is not None, relu,
-        ))
+            name, "conv" if geometry is not None else "linear", packed.shape, variant,
+            packed.block, layer_tgt.name, skippable, chain.bn is not None, relu,
+        ))  # fmt: skip
+    if not compiled:
+        why = "the plan leaves" if kernels is not None else "its weights have"
+        notes.append(f"no layer compiled: {why} no block the kernels can skip, so the model "
+                     "runs dense")  # fmt: skip
+    for note in notes[len(auto_note):]:
+        warnings.warn(note, stacklevel=2)
     report = CompileReport(runner.name, runner.device, tgt.name, tuple(compiled), tuple(dense),
-                           notes)
+                           tuple(notes))  # fmt: skip
     out.gpuprune_compile = report
     out.eval()
-    if verbose:
-        print(report.summary())
+    log.log(logging.INFO if verbose else logging.DEBUG, "%s", report.summary())
     return out
 
 

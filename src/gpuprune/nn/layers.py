@@ -5,14 +5,10 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from gpuprune.arch import Target
-from gpuprune.errors import UnsupportedLayerError
 from gpuprune.gemm import gemm_view
+from gpuprune.geometry import ConvGeometry
 from gpuprune.kernels.backends import Backend
 from gpuprune.kernels.format import BlockSparseWeight, pack_for
-
-
-def _pair(v: int | tuple[int, ...]) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
 class _SkipLayer(nn.Module):
@@ -60,17 +56,13 @@ class SkipConv2d(_SkipLayer):
 
     def __init__(
         self, packed: BlockSparseWeight, bias: Tensor | None, backend: Backend, target: Target, *,
-        variant: str, in_channels: int, kernel_size: tuple[int, int], stride: tuple[int, int],
-        padding: tuple[int, int], dilation: tuple[int, int], relu: bool = False,
+        variant: str, geometry: ConvGeometry, relu: bool = False,
     ) -> None:
         super().__init__(packed, bias, backend, target, variant, relu)
-        self.in_channels, self.out_channels = in_channels, packed.shape[0]
-        self.kernel_size, self.stride = _pair(kernel_size), _pair(stride)
-        self.padding, self.dilation = _pair(padding), _pair(dilation)
+        self.geometry = geometry
+        self.in_channels, self.out_channels = geometry.in_channels, packed.shape[0]
         self._run = backend.conv2d(
-            packed, self.bias, target, variant=variant, in_channels=in_channels,
-            kernel_size=self.kernel_size, stride=self.stride, padding=self.padding,
-            dilation=self.dilation, relu=relu,
+            packed, self.bias, target, variant=variant, geometry=geometry, relu=relu
         )
 
     @classmethod
@@ -78,25 +70,17 @@ class SkipConv2d(_SkipLayer):
         cls, conv: nn.Conv2d, target: Target, backend: Backend, *, variant: str = "tile",
         relu: bool = False, weight: Tensor | None = None, bias: Tensor | None = None,
     ) -> SkipConv2d:
-        """Pack ``conv`` (or the given folded ``weight``/``bias``) for ``variant`` on ``target``."""
-        if not isinstance(conv, nn.Conv2d) or conv.groups != 1:
-            raise UnsupportedLayerError(
-                f"cannot compile {type(conv).__name__}"
-                + (f" with groups={conv.groups}" if isinstance(conv, nn.Conv2d) else ""),
-                "only nn.Conv2d (groups=1) and nn.Linear are compiled; leave it dense",
-            )
-        if isinstance(conv.padding, str) or conv.padding_mode != "zeros":
-            raise UnsupportedLayerError(
-                f"Conv2d padding={conv.padding!r}, padding_mode={conv.padding_mode!r} is not "
-                "supported by the skip kernels",
-                "use integer zero padding, or leave the layer dense",
-            )
+        """Pack ``conv`` (or the given folded ``weight``/``bias``) for ``variant`` on ``target``.
+
+        Raises:
+            UnsupportedLayerError: a grouped conv or a padding the kernels do not take.
+        """
+        geometry = ConvGeometry.of(conv)
         w = conv.weight if weight is None else weight
         b = conv.bias if weight is None else bias
         return cls(
             pack_for(gemm_view(w.detach()), target, variant), b, backend, target,
-            variant=variant, in_channels=conv.in_channels, kernel_size=conv.kernel_size,
-            stride=conv.stride, padding=conv.padding, dilation=conv.dilation, relu=relu,
+            variant=variant, geometry=geometry, relu=relu,
         )
 
 

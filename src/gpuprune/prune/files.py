@@ -140,7 +140,8 @@ def save_pruned(
     try:
         extra_json = json.loads(json.dumps(dict(extra or {}), allow_nan=False))
     except (TypeError, ValueError) as err:
-        raise UserError(f"extra facts are not plain JSON ({err})", "pass numbers and strings") from None
+        raise UserError(f"extra facts are not plain JSON ({err})",
+                        "pass numbers, strings, lists and mappings") from None  # fmt: skip
     header = {
         "format": FORMAT,
         "model": spec.to_dict() if spec else None,

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from gpuprune.errors import UserError
+from gpuprune.geometry import ConvGeometry
 from gpuprune.kernels.backends import (
     BACKENDS,
     LayerClassBackend,
@@ -33,10 +34,6 @@ def _on_cpu(x: Tensor) -> Tensor:
             f"the cpu backend got an input on {x.device}", "move it with x.cpu() before the layer"
         )
     return x.contiguous()
-
-
-def _out_size(size: int, k: int, s: int, p: int, d: int) -> int:
-    return (size + 2 * p - d * (k - 1) - 1) // s + 1
 
 
 class CpuGemm:
@@ -147,13 +144,8 @@ class CpuConv2d(CpuGemm):
         b, c, h, w = x.shape
         (kh, kw), (sh, sw) = self.kernel_size, self.stride
         (ph, pw), (dh, dw) = self.padding, self.dilation
-        oh, ow = _out_size(h, kh, sh, ph, dh), _out_size(w, kw, sw, pw, dw)
-        if oh < 1 or ow < 1:
-            raise UserError(
-                f"input {h}x{w} is smaller than the Conv2d's receptive field "
-                f"({kh}x{kw}, dilation {self.dilation}, padding {self.padding})",
-                "feed the input size the model was built for",
-            )
+        oh, ow = ConvGeometry(c, self.kernel_size, self.stride, self.padding,
+                              self.dilation).check_input(h, w)  # fmt: skip
         out = torch.empty(b, self.shape[0], oh, ow, dtype=torch.float32)
         # the kernel addresses the input with int32 offsets: split batches above 2**31 floats
         step = max(1, (2**31 - 1) // max(1, c * h * w))

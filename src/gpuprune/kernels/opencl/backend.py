@@ -17,6 +17,7 @@ from torch import Tensor
 from gpuprune.arch import Target
 from gpuprune.errors import UserError
 from gpuprune.gemm import to_blocks
+from gpuprune.geometry import ConvGeometry
 from gpuprune.kernels.backends import (
     BACKENDS,
     Backend,
@@ -172,16 +173,8 @@ class ClLayer:
         else:
             check_input(x, 4, self.in_channels, "Conv2d")
             batch, _, h, w = x.shape
-            (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (
-                self.kernel_size, self.stride, self.padding, self.dilation
-            )
-            ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-            wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-            if ho < 1 or wo < 1:
-                raise UserError(
-                    f"input {h}x{w} is smaller than the {kh}x{kw} kernel's reach",
-                    "feed a larger image or pad it",
-                )
+            ho, wo = ConvGeometry(self.in_channels, self.kernel_size, self.stride, self.padding,
+                                  self.dilation).check_input(h, w)  # fmt: skip
         n = batch * ho * wo
         if n == 0:
             return x.new_zeros((batch, self.m) if self.linear else (batch, self.m, ho, wo))
@@ -292,17 +285,14 @@ class OpenCLBackend(Backend):
         target: Target,
         *,
         variant: str,
-        in_channels: int,
-        kernel_size: tuple[int, int],
-        stride: tuple[int, int],
-        padding: tuple[int, int],
-        dilation: tuple[int, int],
+        geometry: ConvGeometry,
         relu: bool = False,
     ) -> ClLayer:
-        check_conv_shape(packed, in_channels, kernel_size)
+        check_conv_shape(packed, geometry)
+        g = geometry
         return self._layer(
-            packed, bias, target, variant, relu, in_channels=in_channels,
-            kernel_size=tuple(kernel_size), stride=tuple(stride), padding=tuple(padding),
-            dilation=tuple(dilation), linear=False,
+            packed, bias, target, variant, relu, in_channels=g.in_channels,
+            kernel_size=g.kernel_size, stride=g.stride, padding=g.padding, dilation=g.dilation,
+            linear=False,
         )
 

@@ -86,3 +86,9 @@ def _device(wanted: str | None) -> ClDevice:
 def get_device() -> ClDevice:
     """The process-wide OpenCL device (chosen once; see the module docstring)."""
     return _device(os.environ.get(ENV_DEVICE) or None)
+
+
+def device_is_gpu() -> bool:
+    """True when the process-wide OpenCL device is a GPU (not, e.g., PoCL on the CPU)."""
+    cl = import_pyopencl()
+    return bool(get_device().device.type & cl.device_type.GPU)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from gpuprune.errors import DeviceNotFoundError, UserError
+from gpuprune.geometry import ConvGeometry
 from gpuprune.kernels.backends import (
     BACKENDS,
     LayerClassBackend,
@@ -148,15 +149,7 @@ class TritonConv2d(TritonGemm):
         check_input(x, 4, self.in_channels, "Conv2d")
         x = x.to(self.device)
         b, _, h, w = x.shape
-        (kh, kw), (sh, sw) = self.conv["kernel_size"], self.conv["stride"]
-        (ph, pw), (dh, dw) = self.conv["padding"], self.conv["dilation"]
-        oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-        ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-        if oh < 1 or ow < 1:
-            raise UserError(
-                f"input {h}x{w} is smaller than the Conv2d's receptive field",
-                "feed the input size the model was built for",
-            )
+        oh, ow = ConvGeometry(self.in_channels, **self.conv).check_input(h, w)
         cols = F.unfold(x, **self.conv).contiguous()  # [B, K, L], K order (c, kh, kw)
         out = torch.empty(b, self.shape[0], oh * ow, device=self.device)
         self.run(cols, out, oh * ow, b, cols.stride(), out.stride())
