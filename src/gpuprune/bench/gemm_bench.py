@@ -12,7 +12,8 @@ from gpuprune.bench.config import BenchConfig
 from gpuprune.bench.runners import RUNNERS, NotApplicable, Runner, Unavailable
 from gpuprune.bench.timing import measure
 from gpuprune.bench.workloads import GemmShape, masked_weight, vgg16_gemms
-from gpuprune.kernels import pack_for, variant_for_method
+from gpuprune.kernels import pack_for
+from gpuprune.prune import kernel_of
 
 Record = dict
 Progress = Callable[[str, bool], None]  # (what runs now, starts a new cell)
@@ -53,7 +54,7 @@ def run_gemm(cfg: BenchConfig, progress: Progress | None = None) -> list[Record]
         x = torch.randn(shape.n, shape.k, generator=torch.Generator().manual_seed(1))
         want = F.linear(x, w)
         density = float((w != 0).float().mean())
-        variant = variant_for_method(method) if method != "dense" else "tile"
+        variant = kernel_of(method) if method != "dense" else "tile"
         packed = pack_for(w, target, variant)
         if progress:
             progress(f"{shape.layer} b{batch} {method}@{sparsity:g}", True)

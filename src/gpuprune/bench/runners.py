@@ -68,7 +68,10 @@ def _pad_to(t: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
 
 @_add("torch-bsr", "torch-dense", BLOCK_METHODS)
 def _torch_bsr(w, x, target, method):
-    bm, bk = target.simd_block() if method.startswith("simd") else target.tile_block()
+    from gpuprune.kernels import block_for
+    from gpuprune.prune import kernel_of
+
+    bm, bk = block_for(target, kernel_of(method))
     if bm != bk and w.device.type == "cpu":
         raise NotApplicable(f"MKL's CPU BSR matmul needs square blocks, not {bm}x{bk}")
     m, k = w.shape
@@ -83,14 +86,15 @@ def _torch_bsr(w, x, target, method):
 # ---- gpuprune backends -------------------------------------------------------------------------
 def _gpuprune(backend_name: str, variant: str | None) -> Callable:
     def make(w, x, target, method):
-        from gpuprune.kernels import get_backend, pack_for, variant_for_method
+        from gpuprune.kernels import get_backend, pack_for
+        from gpuprune.prune import kernel_of
 
         try:
             backend = get_backend(backend_name)
             backend.check_available()
         except UserError as err:
             raise Unavailable(str(err)) from None
-        v = variant or variant_for_method(method)
+        v = variant or kernel_of(method)
         fwd = backend.linear(pack_for(w, target, v), None, target, variant=v)
         return lambda: fwd(x)
 

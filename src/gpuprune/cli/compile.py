@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
+import warnings
 from collections.abc import Callable
 
 import click
@@ -12,7 +13,6 @@ from torch import Tensor, nn
 
 from gpuprune.cli.output import console, print_json, print_table
 from gpuprune.errors import UserError
-from gpuprune.kernels.format import pack_for
 from gpuprune.nn import SkipConv2d, SkipLinear, compile, resolve_backend
 
 REL_TOL = 1e-4  # float32: the kernels accumulate in another order than PyTorch
@@ -30,14 +30,16 @@ def _median_ms(fn: Callable[[], object], repeats: int) -> float:
 
 def _dense_twin(layer: nn.Module, backend) -> Callable[[Tensor], Tensor]:
     """The same backend's dense-variant kernel for a compiled layer (every block walked)."""
-    packed, target = pack_for(layer.packed.to_dense(), layer.target, "dense"), layer.target
+    target, packed = layer.target, layer.packed  # the dense variant walks every block of it
     if isinstance(layer, SkipLinear):
         return backend.linear(packed, layer.bias, target, variant="dense", relu=layer.relu)
-    return backend.conv2d(
-        packed, layer.bias, target, variant="dense", in_channels=layer.in_channels,
-        kernel_size=layer.kernel_size, stride=layer.stride, padding=layer.padding,
-        dilation=layer.dilation, relu=layer.relu,
-    )
+    return backend.conv2d(packed, layer.bias, target, variant="dense", geometry=layer.geometry,
+                          relu=layer.relu)  # fmt: skip
+
+
+def _first_channels(model: nn.Module) -> int:
+    first = next(m for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear))
+    return first.in_channels if isinstance(first, nn.Conv2d) else first.in_features
 
 
 def _layer_inputs(model: nn.Module, x: Tensor) -> dict[str, Tensor]:
@@ -57,9 +59,11 @@ def _layer_inputs(model: nn.Module, x: Tensor) -> dict[str, Tensor]:
 
 @click.command("compile")
 @click.argument("pruned_file", type=click.Path(dir_okay=False))
-@click.option("--backend", default="opencl", show_default=True,
-              help="opencl, triton, cpu, reference, or auto (falls back with a message).")
+@click.option("--backend", default="auto", show_default=True,
+              help="opencl, triton, cpu, reference, or auto (the fastest for this machine).")
 @click.option("--target", help="Target to compile for (preset or file); default: the file's.")
+@click.option("--model", "factory",
+              help="Build the model with this package.module:factory (files never name code).")
 @click.option("--batch", type=int, default=2, show_default=True, help="Random batch size.")
 @click.option("--image-size", type=click.IntRange(min=1),
               help="Input side; default 28 for 1 channel, else 32.")  # fmt: skip
@@ -67,36 +71,27 @@ def _layer_inputs(model: nn.Module, x: Tensor) -> dict[str, Tensor]:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "json_out", is_flag=True, help="Print the result as JSON.")
 def compile_cmd(
-    pruned_file: str, backend: str, target: str | None, batch: int, image_size: int | None,
+    pruned_file: str, backend: str, target: str | None, factory: str | None, batch: int,
+    image_size: int | None,
     repeats: int, seed: int, json_out: bool,
 ) -> None:
     """Compile PRUNED_FILE for a backend, check it equals the masked model, time each layer."""
-    from gpuprune.models import create_model
-    from gpuprune.prune.files import load_pruned, read_pruned
+    from gpuprune.prune.files import load
 
     if batch < 1 or repeats < 1:
         raise UserError(f"--batch {batch} and --repeats {repeats} must be >= 1", "pass e.g. 2, 5")
-    header, _ = read_pruned(pruned_file)
-    extra = header.get("extra") or {}
-    if not header.get("model"):
-        raise UserError(f"{pruned_file} does not name its model", "save it with model_name=...")
-    model = create_model(
-        header["model"], num_classes=int(extra.get("num_classes", 10)),
-        in_channels=int(extra.get("in_channels", 3)), width=float(extra.get("width", 1.0)),
-    )
-    info = load_pruned(pruned_file, model)
-    model.eval()
-    tgt = target or info.target
-    if tgt is None:
+    model, plan, info = load(pruned_file, factory=factory)
+    if plan is None:
+        raise UserError(f"{pruned_file} holds no pruning plan", "prune it with `gpuprune prune`")
+    if target is None and plan.target is None:
         raise UserError(f"{pruned_file} records no target", "pass --target NAME")
-    methods = dict.fromkeys(info.plan, info.method or "tile")
-    # per-layer tilings chosen by `gpuprune codesign` apply unless the user names another target
-    layer_targets = None if target else extra.get("layer_targets")
-    compiled = compile(model, target=tgt, backend=backend, methods=methods, verbose=False,
-                       layer_targets=layer_targets)
+    # each layer's kernel and tiling come from the file's plan; --target repacks for another GPU
+    with warnings.catch_warnings():  # the notes are printed below, once
+        warnings.simplefilter("ignore")
+        compiled = compile(model, target=target, backend=backend, plan=plan)
     report = compiled.gpuprune_compile
 
-    in_ch = int(extra.get("in_channels", 3))
+    in_ch = info.model.in_channels if info.model else _first_channels(model)
     size = image_size or (28 if in_ch == 1 else 32)
     x = torch.randn(batch, in_ch, size, size, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
@@ -120,7 +115,8 @@ def compile_cmd(
             "skip_ms": skip_ms, "dense_ms": dense_ms, "speedup": dense_ms / skip_ms,
         })
     result = {
-        "file": pruned_file, "model": header["model"], "method": info.method,
+        "file": pruned_file, "model": info.model.name if info.model else None,
+        "method": info.method,
         "backend": report.backend, "device": report.device, "target": report.target,
         "batch": batch, "image_size": size, "max_rel_error": err, "layers": rows,
         "left_dense": list(report.dense), "notes": list(report.notes),
@@ -131,7 +127,7 @@ def compile_cmd(
     for note in report.notes:
         console.print(note)
     console.print(
-        f"{header['model']} ({info.method}) on backend {report.backend}, device {report.device}, "
+        f"{result['model']} ({info.method}) on backend {report.backend}, device {report.device}, "
         f"target {report.target}: equals the masked model (max rel. error {err:.1e}, "
         f"batch {batch}x{in_ch}x{size}x{size})"
     )

@@ -136,7 +136,7 @@ def prune_cmd(
     json_out: bool,
 ) -> None:
     """Prune CHECKPOINT (a state dict or .safetensors) of --model and write a pruned-model file."""
-    from gpuprune.models import create_model
+    from gpuprune.models import ModelSpec
 
     check_sparsity(sparsity)
     METHODS.get(method)  # unknown names: one-line errors before any work
@@ -156,7 +156,8 @@ def prune_cmd(
             f"importance {importance!r} / allocation {allocation!r} needs data",
             "pass --data fashion-mnist (or cifar10) and --data-root if needed",
         )
-    model = create_model(model_name, num_classes=num_classes, in_channels=in_channels, width=width)
+    spec = ModelSpec(model_name, num_classes, in_channels, width)
+    model = spec.build(allow_import=True)  # named on the command line: the user's own code
     state = read_state_dict(checkpoint)
     check_matches(state, model.state_dict(), f"checkpoint {checkpoint} (for model {model_name})")
     model.load_state_dict(state)
@@ -180,10 +181,8 @@ def prune_cmd(
 
         use_layer_targets(pruner, tilings)
     result = pruner.apply(sparsity, data=data)
-    extra = {"width": width, "num_classes": num_classes, "in_channels": in_channels}
-    if tilings:
-        extra["layer_targets"] = tilings  # compile builds each layer's kernel for its tiling
-    save_pruned(output, model, result, model_name=model_name, extra=extra)
+    # the plan carries each layer's tiling (co-design), kernel and geometry to compile
+    save_pruned(output, model, result, model_name=spec)
     if json_out:
         print_json({**result.to_dict(), "output": output})
         return
@@ -207,12 +206,14 @@ def inspect_cmd(file: str, plot: str | None, json_out: bool) -> None:
     header, tensors = read_pruned(file)
     info = info_from_header(header)
     masks = {k.split(":", 1)[1]: v for k, v in tensors.items() if k.startswith("mask:")}
-    order = [n for n in info.plan if n in masks] + sorted(n for n in masks if n not in info.plan)
+    planned = {lay.name: lay for lay in info.plan} if info.plan else {}
+    order = [n for n in planned if n in masks] + sorted(n for n in masks if n not in planned)
     masks = {n: masks[n] for n in order}  # the file sorts names; show them in model order
     layers = {}
     for name, mask in masks.items():
         m2 = gemm_view(mask)
-        block = tuple(info.plan.get(name, {}).get("block") or (1, 1))
+        lay = planned.get(name)
+        block = lay.block if lay else (1, 1)
         gm, gk = block_grid(tuple(m2.shape), block)
         layers[name] = {
             "shape": list(m2.shape),
@@ -220,11 +221,14 @@ def inspect_cmd(file: str, plot: str | None, json_out: bool) -> None:
             "blocks_kept": int(block_reduce(m2, block, "any").sum()),
             "blocks_total": gm * gk,
             "sparsity": 1 - float(m2.float().mean()),
+            "kernel": lay.kernel if lay else None,
+            "tiling": (lay.tiling or info.target).name if lay and (lay.tiling or info.target)
+            else None,
         }
     if json_out:
         print_json(
             {
-                "model": info.model,
+                "model": info.model.name if info.model else None,
                 "method": info.method,
                 "target": info.target.name if info.target else None,
                 "layers": layers,
@@ -232,7 +236,7 @@ def inspect_cmd(file: str, plot: str | None, json_out: bool) -> None:
         )
     else:
         title = (
-            f"{file}: {info.model or '?'} pruned with {info.method or '?'} "
+            f"{file}: {info.model.name if info.model else '?'} pruned with {info.method or '?'} "
             f"(target {info.target.name if info.target else '-'})"
         )
         rows = [
@@ -240,16 +244,20 @@ def inspect_cmd(file: str, plot: str | None, json_out: bool) -> None:
                 n,
                 "x".join(map(str, d["shape"])),
                 "x".join(map(str, d["block"])),
+                d["kernel"] or "-",
+                d["tiling"] or "-",
                 f"{d['blocks_kept']}/{d['blocks_total']}",
                 f"{d['sparsity']:.3f}",
             ]
             for n, d in layers.items()
         ]
-        print_table(title, ["layer", "GEMM MxK", "block", "blocks kept", "sparsity"], rows)
+        print_table(title, ["layer", "GEMM MxK", "block", "kernel", "tiling", "blocks kept",
+                            "sparsity"], rows)  # fmt: skip
     if plot:
         from gpuprune.prune.plot import plot_masks
 
         blocks = {n: tuple(d["block"]) for n, d in layers.items()}
-        plot_masks(masks, blocks, plot, title=f"{info.model or ''} {info.method or ''}".strip())
+        name = info.model.name if info.model else ""
+        plot_masks(masks, blocks, plot, title=f"{name} {info.method or ''}".strip())
         if not json_out:
             console.print(f"heatmap written to {plot}")

@@ -25,9 +25,8 @@ from gpuprune.experiment.config import ExperimentConfig
 from gpuprune.experiment.equal_latency import MATCHED, plan_matched
 from gpuprune.experiment.latency import backend_device, compile_for, skippable, time_models
 from gpuprune.fileio import atomic_write_text
-from gpuprune.kernels.format import variant_for_method
 from gpuprune.latency.solver import BudgetError
-from gpuprune.models import create_model
+from gpuprune.models import ModelSpec
 from gpuprune.train import NonFiniteLossError, PrunerHook, fit
 from gpuprune.train import distributed as ddp
 
@@ -94,9 +93,14 @@ def load_data(cfg: ExperimentConfig) -> ImageData:
                         test_subset=d.test_subset, seed=cfg.seed, **d.options)  # fmt: skip
 
 
+def model_spec(cfg: ExperimentConfig, data: ImageData) -> ModelSpec:
+    return ModelSpec(cfg.model.name, data.num_classes, data.in_channels, cfg.model.width)
+
+
 def build_model(cfg: ExperimentConfig, data: ImageData) -> nn.Module:
+    """The config's model; its name comes from a file, so only registered names build."""
     torch.manual_seed(cfg.seed)
-    return create_model(cfg.model.name, data.num_classes, data.in_channels, cfg.model.width)
+    return model_spec(cfg, data).build(allow_import=False)
 
 
 def input_shape(data: ImageData) -> tuple[int, int, int]:
@@ -211,8 +215,9 @@ def _run(cfg: ExperimentConfig, run_dir: Path, method: str, sparsity: float,
     if not rank.is_main:
         return {"accuracy": result.test_acc}
     pruned = pruner.result()
-    gp.save_pruned(work / "model.safetensors", model, pruned, model_name=cfg.model.name,
-                   extra={"width": cfg.model.width, "accuracy": result.test_acc})  # fmt: skip
+    gp.save_pruned(work / "model.safetensors", model, pruned, model_name=model_spec(cfg, data),
+                   extra={"accuracy": result.test_acc})  # fmt: skip
+    kernel = gp.kernel_of(method)  # the kernel the method's pattern runs on (its registry entry)
 
     model.cpu()
     dense = build_model(cfg, data)
@@ -222,14 +227,19 @@ def _run(cfg: ExperimentConfig, run_dir: Path, method: str, sparsity: float,
         # Paired timing: the dense weights through the same kernel, timed in alternation with
         # the pruned model, so a machine that gets busier or quieter does not skew speedups.
         device = backend_device(backend)
-        compiled = compile_for(model, p.target, backend, layers, method)
+        compiled = compile_for(model, p.target, backend, layers, kernel)
         base, latency[backend] = time_models(
-            [compile_for(dense, p.target, backend, layers, method), compiled],
+            [compile_for(dense, p.target, backend, layers, kernel), compiled],
             input_shape(data), cfg.latency, cfg.seed, device,
         )  # fmt: skip
         latency[backend]["dense_ms"] = base["median_ms"]
         skip[backend] = skippable(compiled)
     (work / "checkpoint.pt").unlink(missing_ok=True)  # done: the pruned model file is enough
+    from gpuprune.latency import cross_target
+
+    # the model exists here, so the report's cross-target view is computed here and stored
+    crossed = cross_target(model.eval(), batch=cfg.latency.batch_size,
+                           input_size=input_shape(data), variants=(kernel,))  # fmt: skip
     per_layer = []
     for lr in pruned.layers:
         per_layer.append({
@@ -242,7 +252,8 @@ def _run(cfg: ExperimentConfig, run_dir: Path, method: str, sparsity: float,
     out = {"matched": plan} if matched else {}
     return {
         **out,
-        "variant": variant_for_method(method),
+        "variant": kernel,
+        "cross_target": crossed,
         "accuracy": result.test_acc,
         "test_loss": result.test_loss,
         "achieved_sparsity": pruned.sparsity,

@@ -34,7 +34,7 @@ class DataSection(_Section):
 
 
 class ModelSection(_Section):
-    name: str = "vgg16"  # registered name or package.module:factory
+    name: str = "vgg16"  # a registered model name (a config never names code to import)
     width: float = Field(1.0, gt=0)  # channel multiplier
     checkpoint: str | None = None  # dense weights (.safetensors) to load instead of training
 

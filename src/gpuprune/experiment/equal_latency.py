@@ -143,7 +143,6 @@ def plan_matched(cfg: ExperimentConfig, model: nn.Module, pruner: Any, data: Ima
             unstructured zeros rarely empty a whole tile).
     """
     import gpuprune.prune as gp
-    from gpuprune.kernels.format import variant_for_method
     from gpuprune.latency import LatencyModel, model_geometries, plan_latency
 
     eq, p = cfg.equal_latency, cfg.prune
@@ -158,7 +157,7 @@ def plan_matched(cfg: ExperimentConfig, model: nn.Module, pruner: Any, data: Ima
     models: dict[str, LatencyModel] = {}  # per kernel variant: each curve measured once
 
     def model_of(method: Any) -> LatencyModel:
-        variant = variant_for_method(method.name)
+        variant = method.kernel
         if variant not in models:
             models[variant] = LatencyModel(backend, p.target, variant)
         return models[variant]

@@ -11,13 +11,21 @@ from gpuprune.bench.timing import measure_many
 from gpuprune.experiment.config import LatencySection
 
 
-def compile_for(model: nn.Module, target: str, backend: str, layers: list[str], method: str
+def compile_for(model: nn.Module, target: str, backend: str, layers: list[str], kernel: str
                 ) -> nn.Module:  # fmt: skip
-    """Compile ``layers`` of ``model`` with the kernel variant of ``method`` (others stay dense)."""
+    """Compile ``layers`` of ``model`` with the ``kernel`` variant (the others stay dense).
+
+    Every layer named is compiled, skippable or not, so a pruned model and its dense twin run
+    the same kernels on the same layers and their times compare.
+    """
+    import warnings
+
     from gpuprune.nn import compile as compile_model
 
-    return compile_model(model, target=target, backend=backend,
-                         methods=dict.fromkeys(layers, method), verbose=False)  # fmt: skip
+    with warnings.catch_warnings():  # the notes stay in the report; cells must not chatter
+        warnings.simplefilter("ignore")
+        return compile_model(model, target=target, backend=backend,
+                             kernels=dict.fromkeys(layers, kernel))  # fmt: skip
 
 
 def backend_device(backend: str) -> torch.device:

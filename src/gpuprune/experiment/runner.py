@@ -51,7 +51,6 @@ from gpuprune.train import distributed as ddp
 from gpuprune.train import evaluate, fit
 
 console = Console(stderr=True)
-SIMD_METHODS = ("simd", "simd-balanced")
 
 
 @contextlib.contextmanager
@@ -74,6 +73,14 @@ def _check_setup(cfg: ExperimentConfig) -> None:
     check_equal_latency(cfg)
     for method in cfg.prune.methods:
         METHODS.get(method)
+    from gpuprune.models import list_models
+
+    if cfg.model.name not in list_models():  # a config is a file: it never names code to import
+        raise UserError(
+            f"model.name {cfg.model.name!r} is not a registered model"
+            + (" (a config file never names code to import)" if ":" in cfg.model.name else ""),
+            f"choose one of: {', '.join(list_models())}",
+        )
     get_target(cfg.prune.target)
     IMPORTANCES.get(cfg.prune.importance)
     if not cfg.prune.allocation.lower().endswith(".json"):
@@ -92,12 +99,12 @@ def timing_key(cfg: ExperimentConfig) -> str:
                       first_last=p.exclude_first_last, variants=sorted(_variants(cfg)))  # fmt: skip
 
 
-def _variants(cfg: ExperimentConfig) -> dict[str, str]:
-    """Kernel variants the cells use, each with a method name that selects it in compile()."""
-    out = {"tile": "tile"}
-    if any(m in SIMD_METHODS for m in cfg.prune.methods):
-        out["simd"] = "simd"
-    return out
+def _variants(cfg: ExperimentConfig) -> list[str]:
+    """Kernel variants the cells use (tile always: the report's scale), each method's declared."""
+    from gpuprune.prune import kernel_of
+
+    kernels = {kernel_of(m) for m in cfg.prune.methods}
+    return ["tile", *sorted(kernels - {"tile"})]
 
 
 def run_dense(cfg: ExperimentConfig, run_dir: Path, data: ImageData,
@@ -176,8 +183,8 @@ def _time_dense(cfg: ExperimentConfig, model: torch.nn.Module, data: ImageData,
         model.cpu()
     for backend in cfg.latency.backends:
         variants = _variants(cfg)  # in alternation: the report scales SIMD cells by their ratio
-        compiled = [compile_for(model, cfg.prune.target, backend, layers, method)
-                    for method in variants.values()]  # fmt: skip
+        compiled = [compile_for(model, cfg.prune.target, backend, layers, kernel)
+                    for kernel in variants]  # fmt: skip
         times = time_models(compiled, shape, cfg.latency, cfg.seed, backend_device(backend))
         latency[backend] = dict(zip(variants, times, strict=True))
     record.update(timing_key=timing_key(cfg), prunable_layers=layers, latency=latency)

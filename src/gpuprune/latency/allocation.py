@@ -27,7 +27,7 @@ import torch
 from gpuprune.arch import Target, get_target
 from gpuprune.errors import UserError
 from gpuprune.gemm import block_reduce
-from gpuprune.kernels.format import block_for, variant_for_method
+from gpuprune.kernels.format import block_for
 from gpuprune.latency.geometry import geometry_of
 from gpuprune.latency.model import ANALYTICAL, LatencyModel
 from gpuprune.latency.solver import Option, solve, total_of
@@ -124,7 +124,7 @@ def plan_latency(
             get_target(latency_target) if latency_target else (spec.target or _target(specs, None))
         )
         if tgt not in models:
-            models[tgt] = LatencyModel(latency_backend, tgt, variant_for_method(method.name))
+            models[tgt] = LatencyModel(latency_backend, tgt, method.kernel)
         return models[tgt]
 
     total = sum(s.numel for s in specs.values())

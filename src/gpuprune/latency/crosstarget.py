@@ -28,6 +28,7 @@ def cross_target(
     targets: Iterable[str] | None = None,
     batch: int = 1,
     input_size: tuple[int, ...] | None = None,
+    variants: Iterable[str] = VARIANTS,
 ) -> list[dict[str, Any]]:
     """One row per (preset target, kernel variant) for a pruned model.
 
@@ -36,6 +37,7 @@ def cross_target(
         targets: preset names; default every preset.
         batch: batch size of the modelled latency.
         input_size: one sample's shape for the dummy pass that finds conv input sizes.
+        variants: the kernel variants to pack for (default tile and simd).
 
     Returns:
         Rows with ``target``, ``variant``, ``block`` ("RxK"), ``skippable`` (pruned blocks' share
@@ -48,7 +50,7 @@ def cross_target(
     rows = []
     for name in targets or list_targets():
         target = get_target(name)
-        for variant in VARIANTS:
+        for variant in variants:
             block = block_for(target, variant)
             pruned_area = total_area = 0.0
             dense_ms = ms = 0.0

@@ -8,6 +8,7 @@ from torch import nn
 
 from gpuprune.errors import UserError
 from gpuprune.gemm import gemm_shape
+from gpuprune.geometry import ConvGeometry
 
 
 @dataclass(frozen=True)
@@ -37,16 +38,17 @@ class LayerGeometry:
             )
 
     @property
+    def conv(self) -> ConvGeometry | None:
+        """The convolution's geometry (None for linear)."""
+        if self.kind == "linear":
+            return None
+        return ConvGeometry(self.in_channels, self.kernel_size, self.stride, self.padding,
+                            self.dilation)  # fmt: skip
+
+    @property
     def out_hw(self) -> tuple[int, int]:
         """Output height and width (1, 1 for linear)."""
-        if self.kind == "linear":
-            return (1, 1)
-        (h, w), (kh, kw) = self.in_hw, self.kernel_size
-        (sh, sw), (ph, pw), (dh, dw) = self.stride, self.padding, self.dilation
-        return (
-            (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1,
-            (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1,
-        )
+        return (1, 1) if self.conv is None else self.conv.out_hw(*self.in_hw)
 
     @property
     def n(self) -> int:

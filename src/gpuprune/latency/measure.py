@@ -49,11 +49,7 @@ def build_layer(
         layer = backend.linear(packed, None, target, variant=variant)
         x = torch.randn(geom.batch, geom.k, generator=g)
     else:
-        layer = backend.conv2d(
-            packed, None, target, variant=variant, in_channels=geom.in_channels,
-            kernel_size=geom.kernel_size, stride=geom.stride, padding=geom.padding,
-            dilation=geom.dilation,
-        )  # fmt: skip
+        layer = backend.conv2d(packed, None, target, variant=variant, geometry=geom.conv)
         x = torch.randn(geom.batch, geom.in_channels, *geom.in_hw, generator=g)
     return lambda: layer(x)
 

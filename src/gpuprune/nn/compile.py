@@ -20,7 +20,7 @@ from gpuprune.kernels.backends import Backend, get_backend
 from gpuprune.kernels.format import pack_for
 from gpuprune.nn.fold import Chain, find_chains, fold_bn
 from gpuprune.nn.layers import SkipConv2d, SkipLinear
-from gpuprune.plan import PrunePlan
+from gpuprune.plan import SKIP_KERNELS, PrunePlan
 from gpuprune.prune.methods import kernel_of
 
 log = logging.getLogger(__name__)
@@ -151,18 +151,37 @@ def _bake_masks(model: nn.Module) -> None:
             module.register_parameter(pname, nn.Parameter(value, requires_grad=False))
 
 
-def _kernels_for(model: nn.Module, methods: str | Mapping[str, str]) -> dict[str, str]:
-    """``methods`` (one for all GEMM layers, or per layer) as {layer: kernel variant}."""
+def _per_layer(model: nn.Module, value: str | Mapping[str, str], what: str) -> dict[str, str]:
+    """``value`` (one for all GEMM layers, or per layer name) as {layer: value}, names checked."""
     gemm = {n for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)}
-    if isinstance(methods, str):
-        methods = dict.fromkeys(sorted(gemm), methods)
-    unknown = sorted(set(methods) - gemm)
+    if isinstance(value, str):
+        value = dict.fromkeys(sorted(gemm), value)
+    unknown = sorted(set(value) - gemm)
     if unknown:
         raise UserError(
-            f"methods names layer {unknown[0]!r}, which is not a Conv2d/Linear of the model",
+            f"{what} names layer {unknown[0]!r}, which is not a Conv2d/Linear of the model",
             f"use layer names from model.named_modules(), e.g. {sorted(gemm)[:3]}",
         )
-    return {name: kernel_of(method) for name, method in methods.items()}
+    return dict(value)
+
+
+def _explicit_kernels(
+    model: nn.Module, methods: str | Mapping[str, str] | None,
+    kernels: str | Mapping[str, str] | None,
+) -> dict[str, str] | None:
+    """{layer: kernel variant} the caller asked for, or None (then the plan decides)."""
+    if methods is not None and kernels is not None:
+        raise UserError("methods= and kernels= both given", "pass one of them")
+    if methods is not None:
+        return {n: kernel_of(m) for n, m in _per_layer(model, methods, "methods").items()}
+    if kernels is None:
+        return None
+    chosen = _per_layer(model, kernels, "kernels")
+    bad = sorted(set(chosen.values()) - set(SKIP_KERNELS))
+    if bad:
+        raise UserError(f"unknown kernel variant {bad[0]!r}",
+                        f"choose one of: {', '.join(SKIP_KERNELS)}")  # fmt: skip
+    return chosen
 
 
 def _layer_targets(
@@ -200,6 +219,7 @@ def compile(  # noqa: A001 - the public name the project documents (gpuprune.com
     verbose: bool = False,
     layer_targets: Mapping[str, Target | str | Mapping] | None = None,
     plan: PrunePlan | None = None,
+    kernels: str | Mapping[str, str] | None = None,
 ) -> nn.Module:
     """Compile a pruned model: pruned Conv2d/Linear layers become skip layers, the rest stay dense.
 
@@ -223,6 +243,8 @@ def compile(  # noqa: A001 - the public name the project documents (gpuprune.com
         verbose: log the per-layer listing at INFO instead of DEBUG (compile never prints).
         layer_targets: a tiling per layer name, overriding the plan's and ``target``.
         plan: use this plan instead of ``model.gpuprune_plan``.
+        kernels: like ``methods``, naming the kernel variant ("tile"/"simd") directly, e.g. to
+            run a dense model through the kernels its pruned twins use.
 
     Returns:
         The compiled model in eval mode; ``model.gpuprune_compile`` is its :class:`CompileReport`.
@@ -243,13 +265,11 @@ def compile(  # noqa: A001 - the public name the project documents (gpuprune.com
                 f"parameter {name} is {p.dtype}; the skip kernels run float32",
                 "call model.float() before compile()",
             )
-    explicit = methods is not None
-    if explicit:
-        kernels: dict[str, str] | None = _kernels_for(out, methods)
-    elif plan is not None:
-        kernels = {lay.name: lay.kernel for lay in plan}
-    else:
-        kernels = None  # no plan: compile what has all-zero tiles
+    chosen = _explicit_kernels(out, methods, kernels)
+    explicit = chosen is not None
+    if chosen is None and plan is not None:
+        chosen = {lay.name: lay.kernel for lay in plan}
+    kernels = chosen  # None: no plan, compile what has all-zero tiles
     per_layer = _layer_targets(out, layer_targets)
     if plan is not None and target is None and not explicit:
         # per-layer tilings of the plan (co-design) apply unless the user names a target

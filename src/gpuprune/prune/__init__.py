@@ -49,7 +49,7 @@ from gpuprune.prune.files import Loaded, PrunedInfo, load, load_pruned, read_pru
 from gpuprune.prune.importance import IMPORTANCES, Importance
 from gpuprune.prune.layers import LayerSpec
 from gpuprune.prune.masks import WeightMask, finalize, get_mask, masked_layers, set_mask
-from gpuprune.prune.methods import METHODS, PruneMethod, get_method
+from gpuprune.prune.methods import METHODS, PruneMethod, get_method, kernel_of
 from gpuprune.prune.result import LayerResult, PruneResult
 from gpuprune.prune.schedules import AGP, SCHEDULES, Iterative, OneShot, get_schedule
 from gpuprune.prune.ssl import ssl_penalty
@@ -76,6 +76,7 @@ __all__ = [
     "get_mask",
     "get_method",
     "get_schedule",
+    "kernel_of",
     "load",
     "load_pruned",
     "masked_layers",

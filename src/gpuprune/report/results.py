@@ -41,6 +41,10 @@ class Row:
     matched: bool = False  # pruned to the reference cell's latency (equal_latency)
     # latency / the dense model's on the backend's tile kernel (paired timing, variant-scaled)
     relative: dict[str, float] = field(default_factory=dict)
+    variant: str = ""  # the kernel variant the cell's method runs on (stored by the cell)
+    # this cell's model packed for every preset target (computed in the cell): rows of
+    # {target, variant, block, skippable, dense_ms, modelled_ms, modelled_speedup}
+    cross_target: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def ideal_speedup(self) -> float:
@@ -92,9 +96,7 @@ def _relative(dense: dict[str, Any], cell: dict[str, Any], backend: str,
     (``dense_ms``), which cancels a machine getting busier during the run; the dense record's
     variant times then put SIMD-kernel cells on the same scale as tile-kernel ones.
     """
-    from gpuprune.kernels.format import variant_for_method
-
-    variant = cell.get("variant") or variant_for_method(cell["method"])
+    variant = cell["variant"]  # the kernel the cell ran, as it recorded it
     times = dense.get("latency", {}).get(backend, {})
     own, tile = times.get(variant, {}).get("median_ms"), times.get("tile", {}).get("median_ms")
     scale = own / tile if own and tile else 1.0
@@ -143,6 +145,8 @@ def load_results(run_dir: str | Path) -> RunResults:
             row.achieved = cell["achieved_sparsity"]
             row.flops_kept = _model_flops_kept(cell, dense.get("flops", {}))
             row.layers = cell.get("layers", [])
+            row.variant = cell.get("variant", "")
+            row.cross_target = cell.get("cross_target", [])
             for backend, lat in cell.get("latency", {}).items():
                 row.latency_ms[backend] = lat["median_ms"]
                 base = lat.get("dense_ms", res.dense_latency(backend))
