@@ -11,16 +11,22 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+import torch
 from torch import nn
 
 from gpuprune.arch import get_target, list_targets
-from gpuprune.gemm import gemm_view
-from gpuprune.kernels import pack
+from gpuprune.gemm import block_grid, block_reduce, gemm_view
 from gpuprune.kernels.format import block_for
 from gpuprune.latency.analytical import analytical_ms
 from gpuprune.latency.geometry import model_geometries
 
 VARIANTS = ("tile", "simd")
+
+
+def _skippable(weight: torch.Tensor, block: tuple[int, int]) -> float:
+    """Share of ``block``-shaped blocks of ``weight`` that are all zero (what pack() would skip)."""
+    kept = block_reduce(weight != 0, block, "any")
+    return 1.0 - float(kept.sum()) / max(kept.numel(), 1)
 
 
 def cross_target(
@@ -55,15 +61,14 @@ def cross_target(
             pruned_area = total_area = 0.0
             dense_ms = ms = 0.0
             for layer, geom in geoms.items():
-                packed = pack(weights[layer], block)
-                gm, gk = packed.grid
+                gm, gk = block_grid(tuple(weights[layer].shape), block)
                 area = gm * gk * block[0] * block[1]
-                skip = packed.skippable_fraction()
+                skip = _skippable(weights[layer], block)
                 pruned_area += skip * area
                 total_area += area
                 slabs = None
                 if variant == "simd":  # input slabs: those any SIMD row-group of a tile keeps
-                    slabs = 1.0 - pack(weights[layer], target.tile_block()).skippable_fraction()
+                    slabs = 1.0 - _skippable(weights[layer], target.tile_block())
                 dense_ms += analytical_ms(geom, target, variant, 1.0)
                 ms += analytical_ms(geom, target, variant, 1.0 - skip, kept_slabs=slabs)
             rows.append(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from torch import nn
@@ -37,7 +38,7 @@ class LayerGeometry:
                 "pass positive sizes",
             )
 
-    @property
+    @functools.cached_property
     def conv(self) -> ConvGeometry | None:
         """The convolution's geometry (None for linear)."""
         if self.kind == "linear":
