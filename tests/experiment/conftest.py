@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-import torch
 
 
 @pytest.fixture
@@ -22,12 +21,3 @@ def tiny_config() -> dict[str, Any]:
         "latency": {"backends": ["reference"], "batch_size": 2, "repeats": 3, "warmup": 1,
                     "budget_s": 0.1},
     }  # fmt: skip
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models: one intra-op thread is faster and immune to a busy machine's oversubscription.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from gpuprune.arch import get_target
 from gpuprune.errors import UserError
 from gpuprune.gemm import expand_blocks
+from gpuprune.geometry import ConvGeometry
 from gpuprune.kernels import get_backend, pack_for
 from gpuprune.kernels.cpu import build
 
@@ -81,8 +82,8 @@ def test_conv_matches_masked_dense(cpu, target, case, variant):
     bias = torch.randn(cout)
     packed = pack_for(weight, target, variant)
     layer = cpu.conv2d(
-        packed, bias, target, variant=variant, in_channels=cin, kernel_size=ks,
-        stride=stride, padding=pad, dilation=dil, relu=True,
+        packed, bias, target, variant=variant,
+        geometry=ConvGeometry(cin, ks, stride, pad, dil), relu=True,
     )  # fmt: skip
     x = torch.randn(b, cin, h, w)
     ref = F.conv2d(x, weight.reshape(cout, cin, *ks), bias, stride, pad, dil).relu()
@@ -110,9 +111,8 @@ def test_conv_random_shapes(b, cin, cout, h, w, kh, kw, stride, pad, dil, densit
     block = POCL.simd_block() if simd else POCL.tile_block()
     weight = block_masked(cout, cin * kh * kw, block, density, seed=b + 7 * cin + 31 * cout)
     layer = get_backend("cpu").conv2d(
-        pack_for(weight, POCL, variant), None, POCL, variant=variant, in_channels=cin,
-        kernel_size=(kh, kw), stride=(stride, stride), padding=(pad, pad),
-        dilation=(dil, dil), relu=relu,
+        pack_for(weight, POCL, variant), None, POCL, variant=variant,
+        geometry=ConvGeometry(cin, (kh, kw), (stride, stride), (pad, pad), (dil, dil)), relu=relu,
     )  # fmt: skip
     x = torch.randn(b, cin, h, w)
     ref = F.conv2d(x, weight.reshape(cout, cin, kh, kw), None, stride, pad, dil)
@@ -145,8 +145,8 @@ def test_pruned_for_one_target_runs_on_another(cpu):
         packed = pack_for(weight, target, variant)
         assert packed.skippable_fraction() > 0.3
         layer = cpu.conv2d(
-            packed, None, target, variant=variant, in_channels=16, kernel_size=(3, 3),
-            stride=(1, 1), padding=(1, 1), dilation=(1, 1),
+            packed, None, target, variant=variant,
+            geometry=ConvGeometry(16, (3, 3), (1, 1), (1, 1), (1, 1)),
         )  # fmt: skip
         assert_matches(layer(x), ref)
 
@@ -156,8 +156,8 @@ def test_tile_walks_fewer_blocks_than_dense(cpu):
     packed = pack_for(weight, POCL, "tile")
     layers = {
         v: cpu.conv2d(
-            packed, None, POCL, variant=v, in_channels=32, kernel_size=(3, 3),
-            stride=(1, 1), padding=(1, 1), dilation=(1, 1),
+            packed, None, POCL, variant=v,
+            geometry=ConvGeometry(32, (3, 3), (1, 1), (1, 1), (1, 1)),
         )  # fmt: skip
         for v in ("tile", "dense")
     }
@@ -165,8 +165,12 @@ def test_tile_walks_fewer_blocks_than_dense(cpu):
     for layer in layers.values():
         layer.count_visits = True
         layer(x)
-    assert layers["dense"].visited_blocks == 3 * 9  # every block of the 3 x 9 grid, one panel
-    assert layers["tile"].visited_blocks == packed.nnzb < 27
+    # the kernel walks each block once per N-panel; the panel width follows the host's SIMD width
+    panels = layers["tile"].panels(8 * 8)
+    assert layers["dense"].panels(8 * 8) == panels
+    assert layers["dense"].visited_blocks == 3 * 9 * panels  # every block of the 3 x 9 grid
+    assert layers["tile"].visited_blocks == packed.nnzb * panels
+    assert packed.nnzb < 27
 
 
 @pytest.mark.parametrize("side", [5, 18])
@@ -176,8 +180,8 @@ def test_im2col_skips_k_blocks_no_row_keeps(cpu, side):
     weight = block_masked(70, 12 * 9, POCL.tile_block(), 0.7, seed=side)
     weight[:, 32:96] = 0  # K blocks 1 and 2 pruned in every row-block
     layer = cpu.conv2d(
-        pack_for(weight, POCL, "tile"), None, POCL, variant="tile", in_channels=12,
-        kernel_size=(3, 3), stride=(1, 1), padding=(1, 1), dilation=(1, 1),
+        pack_for(weight, POCL, "tile"), None, POCL, variant="tile",
+        geometry=ConvGeometry(12, (3, 3), (1, 1), (1, 1), (1, 1)),
     )  # fmt: skip
     assert layer.used.tolist()[1:3] == [0, 0] and layer.used.sum() >= 1
     for mode in (1, 2):
@@ -189,8 +193,8 @@ def test_im2col_skips_k_blocks_no_row_keeps(cpu, side):
 
 def test_empty_batch(cpu):
     packed = pack_for(torch.randn(4, 27), POCL, "tile")
-    conv = cpu.conv2d(packed, None, POCL, variant="tile", in_channels=3, kernel_size=(3, 3),
-                      stride=(1, 1), padding=(1, 1), dilation=(1, 1))  # fmt: skip
+    conv = cpu.conv2d(packed, None, POCL, variant="tile",
+                             geometry=ConvGeometry(3, (3, 3), (1, 1), (1, 1), (1, 1)))  # fmt: skip
     assert conv(torch.randn(0, 3, 5, 5)).shape == (0, 4, 5, 5)
     assert cpu.linear(packed, None, POCL, variant="tile")(torch.randn(0, 27)).shape == (0, 4)
 
@@ -209,8 +213,8 @@ def test_fully_pruned_layer_gives_bias(cpu):
 def test_fused_and_two_phase_schedules_agree(cpu, side):
     weight = block_masked(40, 7 * 9, POCL.tile_block(), 0.5, seed=side)
     layer = cpu.conv2d(
-        pack_for(weight, POCL, "tile"), torch.randn(40), POCL, variant="tile", in_channels=7,
-        kernel_size=(3, 3), stride=(1, 1), padding=(1, 1), dilation=(1, 1), relu=True,
+        pack_for(weight, POCL, "tile"), torch.randn(40), POCL, variant="tile",
+        geometry=ConvGeometry(7, (3, 3), (1, 1), (1, 1), (1, 1)), relu=True,
     )  # fmt: skip
     x = torch.randn(3, 7, side, side)
     outs = []
@@ -235,8 +239,8 @@ def test_portable_build_matches(monkeypatch, tmp_path):
             weight = block_masked(37, 5 * 9, POCL.simd_block() if variant == "simd" else
                                   POCL.tile_block(), 0.5, seed=4)  # fmt: skip
             layer = backend.conv2d(
-                pack_for(weight, POCL, variant), None, POCL, variant=variant, in_channels=5,
-                kernel_size=(3, 3), stride=(2, 1), padding=(1, 1), dilation=(1, 1),
+                pack_for(weight, POCL, variant), None, POCL, variant=variant,
+                geometry=ConvGeometry(5, (3, 3), (2, 1), (1, 1), (1, 1)),
             )  # fmt: skip
             x = torch.randn(2, 5, 11, 19)
             ref = F.conv2d(x, weight.reshape(37, 5, 3, 3), None, (2, 1), 1)
@@ -248,8 +252,8 @@ def test_portable_build_matches(monkeypatch, tmp_path):
 def test_thread_count_does_not_change_result(cpu):
     weight = block_masked(64, 144, POCL.tile_block(), 0.5, seed=1)
     layer = cpu.conv2d(
-        pack_for(weight, POCL, "tile"), None, POCL, variant="tile", in_channels=16,
-        kernel_size=(3, 3), stride=(1, 1), padding=(1, 1), dilation=(1, 1),
+        pack_for(weight, POCL, "tile"), None, POCL, variant="tile",
+        geometry=ConvGeometry(16, (3, 3), (1, 1), (1, 1), (1, 1)),
     )  # fmt: skip
     x = torch.randn(2, 16, 10, 10)
     threads = torch.get_num_threads()
@@ -266,8 +270,7 @@ def test_thread_count_does_not_change_result(cpu):
 def test_bad_input_is_user_error(cpu):
     weight = block_masked(8, 27, POCL.tile_block(), 1.0, seed=0)
     packed = pack_for(weight, POCL, "tile")
-    args = dict(kernel_size=(3, 3), stride=(1, 1), padding=(0, 0), dilation=(1, 1))
-    layer = cpu.conv2d(packed, None, POCL, variant="tile", in_channels=3, **args)
+    layer = cpu.conv2d(packed, None, POCL, variant="tile", geometry=ConvGeometry(3, (3, 3)))
     with pytest.raises(UserError, match="float32"):
         layer(torch.randn(1, 3, 5, 5, dtype=torch.float64))
     with pytest.raises(UserError, match="channels"):
@@ -277,7 +280,7 @@ def test_bad_input_is_user_error(cpu):
     with pytest.raises(UserError, match="smaller than"):
         layer(torch.randn(1, 3, 2, 2))
     with pytest.raises(UserError, match="K=27"):
-        cpu.conv2d(packed, None, POCL, variant="tile", in_channels=4, **args)
+        cpu.conv2d(packed, None, POCL, variant="tile", geometry=ConvGeometry(4, (3, 3)))
     with pytest.raises(UserError, match="pack_for"):
         cpu.linear(packed, None, POCL, variant="simd")
 

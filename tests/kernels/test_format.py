@@ -10,8 +10,9 @@ from hypothesis import strategies as st
 from gpuprune.arch import get_target
 from gpuprune.errors import UserError
 from gpuprune.gemm import block_grid
-from gpuprune.kernels import block_for, pack, pack_for, variant_for_method
+from gpuprune.kernels import block_for, pack, pack_for
 from gpuprune.kernels.testing import block_masked
+from gpuprune.prune import METHODS, PruneMethod, kernel_of
 
 
 @settings(max_examples=40, deadline=None)
@@ -70,8 +71,21 @@ def test_variant_mapping():
     t = get_target("nvidia")
     assert block_for(t, "tile") == (64, 32) == block_for(t, "dense")
     assert block_for(t, "simd") == t.simd_block()
-    assert variant_for_method("simd-balanced") == "simd"
-    assert variant_for_method("unstructured") == "tile"
+    assert kernel_of("simd-balanced") == "simd"
+    assert kernel_of("unstructured") == "tile"
+
+
+def test_every_method_declares_a_kernel_and_user_methods_can_too():
+    assert {kernel_of(name) for name in METHODS} <= {"tile", "simd"}
+
+    class RowPairs(PruneMethod):
+        name = "row-pairs-test"
+        kernel = "simd"
+
+        def unit(self, layer):
+            return (2, 1)
+
+    assert kernel_of(RowPairs) == "simd" == kernel_of(RowPairs())
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from gpuprune.arch import Target, get_target
 from gpuprune.errors import DeviceNotFoundError, UserError
+from gpuprune.geometry import ConvGeometry
 from gpuprune.kernels import block_for, get_backend, pack_for
 from gpuprune.kernels.testing import assert_close_rel, block_masked
 
@@ -43,8 +44,8 @@ def _conv_case(case, target, variant, seed, backend=None, density=0.5):
     x = torch.randn(batch, cin, *hw, generator=gen)
     relu = seed % 2 == 0
     layer = (backend or get_backend("opencl")).conv2d(
-        pack_for(w, target, variant), b, target, variant=variant, in_channels=cin,
-        kernel_size=ks, stride=stride, padding=pad, dilation=dil, relu=relu,
+        pack_for(w, target, variant), b, target, variant=variant,
+        geometry=ConvGeometry(cin, ks, stride, pad, dil), relu=relu,
     )
     ref = F.conv2d(x, w.reshape(cout, cin, *ks), b, stride, pad, dil)
     return layer, x, F.relu(ref) if relu else ref, w
@@ -134,8 +135,7 @@ def test_pruned_for_one_target_runs_on_another():
         packed = pack_for(w, POCL, variant)
         assert packed.skippable_fraction() >= pack_for(w, nvidia, "tile").skippable_fraction()
         layer_y = get_backend("opencl").conv2d(
-            packed, None, POCL, variant=variant, in_channels=cin,
-            kernel_size=ks, stride=stride, padding=pad, dilation=dil,
+            packed, None, POCL, variant=variant, geometry=ConvGeometry(cin, ks, stride, pad, dil),
         )
         # no bias/relu here: compare against the bias-free reference
         plain = F.conv2d(x, w.reshape(cout, cin, *ks), None, stride, pad, dil)

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from gpuprune.arch import get_target
 from gpuprune.errors import UserError
+from gpuprune.geometry import ConvGeometry
 from gpuprune.kernels import BACKENDS, backend_names, get_backend, pack_for
 from gpuprune.kernels.testing import assert_close_rel, block_masked
 
@@ -22,8 +23,8 @@ def test_conv_matches_masked_dense(variant):
     b = torch.randn(37, generator=gen)
     x = torch.randn(2, 5, 9, 8, generator=gen)
     conv = get_backend("reference").conv2d(
-        pack_for(w, TARGET, variant), b, TARGET, variant=variant, in_channels=5,
-        kernel_size=(3, 2), stride=(2, 1), padding=(1, 0), dilation=(1, 2), relu=True,
+        pack_for(w, TARGET, variant), b, TARGET, variant=variant,
+        geometry=ConvGeometry(5, (3, 2), (2, 1), (1, 0), (1, 2)), relu=True,
     )
     ref = F.relu(F.conv2d(x, w.reshape(37, 5, 3, 2), b, (2, 1), (1, 0), (1, 2)))
     assert_close_rel(conv(x), ref)
@@ -47,16 +48,16 @@ def test_bad_inputs_are_one_line_user_errors():
     ref = get_backend("reference")
     w = torch.randn(8, 27)
     conv = ref.conv2d(
-        pack_for(w, TARGET, "tile"), None, TARGET, variant="tile", in_channels=3,
-        kernel_size=(3, 3), stride=(1, 1), padding=(1, 1), dilation=(1, 1),
+        pack_for(w, TARGET, "tile"), None, TARGET, variant="tile",
+        geometry=ConvGeometry(3, (3, 3), (1, 1), (1, 1), (1, 1)),
     )
     cases = [
         (lambda: conv(torch.randn(1, 3, 5, 5, dtype=torch.float64)), "float32"),
         (lambda: conv(torch.randn(1, 4, 5, 5)), "4-d input with 3 channels"),
         (  # packed weight does not match the layer (K = 27 vs 4*3*3)
             lambda: ref.conv2d(
-                pack_for(w, TARGET, "tile"), None, TARGET, variant="tile", in_channels=4,
-                kernel_size=(3, 3), stride=(1, 1), padding=(0, 0), dilation=(1, 1),
+                pack_for(w, TARGET, "tile"), None, TARGET, variant="tile",
+                geometry=ConvGeometry(4, (3, 3), (1, 1), (0, 0), (1, 1)),
             ),
             "does not match the model",
         ),

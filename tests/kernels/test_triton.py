@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from gpuprune.arch import get_target
 from gpuprune.errors import UserError
 from gpuprune.gemm import block_reduce, expand_blocks
+from gpuprune.geometry import ConvGeometry
 from gpuprune.kernels import get_backend, pack_for
 
 pytest.importorskip("triton")
@@ -62,8 +63,8 @@ def test_conv_matches_masked_dense(interpret, target, case, variant):
     weight = block_masked(cout, k, block, 0.4, seed=cout + k)
     bias = torch.randn(cout)
     layer = interpret.conv2d(
-        pack_for(weight, target, variant), bias, target, variant=variant, in_channels=cin,
-        kernel_size=ks, stride=stride, padding=pad, dilation=dil, relu=True,
+        pack_for(weight, target, variant), bias, target, variant=variant,
+        geometry=ConvGeometry(cin, ks, stride, pad, dil), relu=True,
     )  # fmt: skip
     x = torch.randn(b, cin, h, w)
     ref = F.conv2d(x, weight.reshape(cout, cin, *ks), bias, stride, pad, dil).relu()
@@ -117,9 +118,8 @@ def test_without_gpu_is_user_error(monkeypatch):
 
 def test_bad_input_is_user_error(interpret):
     packed = pack_for(torch.randn(8, 27), POCL, "tile")
-    layer = interpret.conv2d(packed, None, POCL, variant="tile", in_channels=3,
-                             kernel_size=(3, 3), stride=(1, 1), padding=(0, 0),
-                             dilation=(1, 1))  # fmt: skip
+    layer = interpret.conv2d(packed, None, POCL, variant="tile",
+                             geometry=ConvGeometry(3, (3, 3), (1, 1), (0, 0), (1, 1)))  # fmt: skip
     with pytest.raises(UserError, match="float32"):
         layer(torch.randn(1, 3, 5, 5, dtype=torch.float64))
     with pytest.raises(UserError, match="pack_for"):
@@ -133,8 +133,8 @@ def test_conv_on_gpu(monkeypatch, variant):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     weight = block_masked(128, 64 * 9, NVIDIA.tile_block(), 0.25, seed=2)
     layer = get_backend("triton").conv2d(
-        pack_for(weight, NVIDIA, variant), None, NVIDIA, variant=variant, in_channels=64,
-        kernel_size=(3, 3), stride=(1, 1), padding=(1, 1), dilation=(1, 1),
+        pack_for(weight, NVIDIA, variant), None, NVIDIA, variant=variant,
+        geometry=ConvGeometry(64, (3, 3), (1, 1), (1, 1), (1, 1)),
     )  # fmt: skip
     x = torch.randn(4, 64, 16, 16)
     ref = F.conv2d(x, weight.reshape(128, 64, 3, 3), padding=1)

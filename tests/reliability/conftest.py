@@ -19,16 +19,6 @@ from gpuprune.cli.main import main
 HERE = Path(__file__).parent
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny tensors: one thread is faster and immune to a busy shared machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="session")
 def files(tmp_path_factory) -> dict[str, Path]:
     """A tiny-cnn checkpoint (.pt and .safetensors) and its tile-pruned file."""

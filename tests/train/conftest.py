@@ -21,12 +21,3 @@ def tiny():
         return create_model("tiny-cnn", num_classes=10, in_channels=1, width=1.0)
 
     return build
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models: one intra-op thread is faster and immune to a busy machine's oversubscription.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
