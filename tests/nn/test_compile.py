@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 
 import pytest
 import torch
@@ -54,7 +55,7 @@ def pruned() -> nn.Module:
     return net
 
 
-def test_reference_compile_equals_masked_model(pruned, capsys):
+def test_reference_compile_equals_masked_model(pruned, capsys, caplog):
     x = torch.randn(2, 3, 8, 8)
     out = compile(pruned, POCL, backend="reference")
     torch.testing.assert_close(out(x), pruned(x), rtol=1e-4, atol=1e-4)
@@ -66,7 +67,10 @@ def test_reference_compile_equals_masked_model(pruned, capsys):
     assert isinstance(out[7], SkipLinear) and isinstance(out[5], nn.Conv2d)
     assert all(0 < lay.skippable < 1 for lay in report.layers)
     assert report.backend == "reference" and not out.training
-    assert "skippable" in capsys.readouterr().out
+    assert capsys.readouterr().out == ""  # a library call does not print
+    with caplog.at_level(logging.INFO, logger="gpuprune.nn.compile"):
+        compile(pruned, POCL, backend="reference", verbose=True)
+    assert "skippable" in caplog.text and "skippable" in report.summary()
     assert isinstance(pruned[0], nn.Conv2d) and not isinstance(pruned[0], SkipConv2d)  # a copy
 
 
@@ -92,8 +96,12 @@ def test_parametrized_masks_from_the_pruner(capsys):
     )
     x = torch.randn(2, 3, 8, 8)
     want = net(x)
-    out = compile(net, POCL, backend="reference", methods=dict.fromkeys(result.plan(), "tile"))
+    out = compile(net, POCL, backend="reference", methods=dict.fromkeys(result.plan.names, "tile"))
     torch.testing.assert_close(out(x), want, rtol=1e-4, atol=1e-4)
+    planned = compile(net, backend="reference")  # no methods, no target: all from the plan
+    assert [lay.name for lay in planned.gpuprune_compile.layers] == result.plan.names
+    assert planned.gpuprune_compile.target == POCL.name
+    torch.testing.assert_close(planned(x), want, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(net(x), want)  # the user's parametrized model still works
 
 
@@ -105,7 +113,8 @@ def test_auto_falls_back_with_a_message(pruned, monkeypatch):
     out = compile(pruned, POCL, backend="auto", verbose=False)
     report = out.gpuprune_compile
     assert report.backend in ("cpu", "reference")
-    assert any("opencl unavailable" in note for note in report.notes)
+    auto = [note for note in report.notes if note.startswith("backend auto:")]
+    assert len(auto) == 1 and "no OpenCL platform" in auto[0]  # the choice, stated once
     with pytest.raises(UserError, match="make setup"):
         compile(pruned, POCL, backend="opencl")
 

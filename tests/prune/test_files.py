@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import struct
 
 import pytest
@@ -10,7 +9,7 @@ import torch
 from prune_helpers import SMALL
 
 from gpuprune.errors import UserError
-from gpuprune.models import create_model
+from gpuprune.models import ModelSpec, create_model
 from gpuprune.prune import Pruner, get_mask, load_pruned, masked_layers, read_pruned, save_pruned
 from gpuprune.prune.files import read_state_dict
 
@@ -20,7 +19,8 @@ def pruned(tmp_path):
     model = create_model("vgg16", width=0.25)
     result = Pruner(model, "tile", target=SMALL).apply(0.5)
     path = tmp_path / "vgg.safetensors"
-    save_pruned(path, model, result, model_name="vgg16", extra={"width": 0.25})
+    save_pruned(path, model, result, model_name=ModelSpec("vgg16", width=0.25),
+                extra={"accuracy": 0.5})  # fmt: skip
     return model, result, path
 
 
@@ -28,9 +28,10 @@ def test_round_trip_restores_weights_masks_and_plan(pruned):
     model, result, path = pruned
     fresh = create_model("vgg16", width=0.25)
     info = load_pruned(path, fresh, model_name="vgg16")
-    assert info.model == "vgg16" and info.method == "tile" and info.target == SMALL
-    assert info.plan == json.loads(json.dumps(result.plan()))
-    assert info.extra["width"] == 0.25
+    assert info.model == ModelSpec("vgg16", width=0.25)
+    assert info.method == "tile" and info.target == SMALL
+    assert info.plan == result.plan and fresh.gpuprune_plan == result.plan
+    assert info.extra == {"accuracy": 0.5}
     assert set(masked_layers(fresh)) == set(masked_layers(model))
     for name, mod in masked_layers(model).items():
         assert torch.equal(get_mask(fresh.get_submodule(name)), get_mask(mod))
