@@ -37,8 +37,10 @@ def test_prune_then_inspect_with_plot(checkpoint, tmp_path, capsys):
     assert code == 0, err
     assert "features.3" in text and "written to" in text
     header, tensors = read_pruned(out)
-    assert header["method"] == "simd" and header["target"]["name"] == "cpu-pocl"
-    assert header["model"] == "vgg16" and header["extra"]["width"] == 0.25
+    plan = header["plan"]
+    assert plan["method"] == "simd" and plan["target"]["name"] == "cpu-pocl"
+    assert header["model"]["name"] == "vgg16" and header["model"]["width"] == 0.25
+    assert {lay["kernel"] for lay in plan["layers"]} == {"simd"}
     code, text, err = run(capsys, "inspect", out, "--plot", tmp_path / "heat.png")
     assert code == 0, err
     assert "features.40" in text and "4x1" in text

@@ -53,7 +53,7 @@ def test_bit_flipped_pruned_file(files, tmp_path, cli, region):
     meta = json.loads(bytes(data[8:start]))
     if region == "header json":
         # a digit of the recorded plan: still valid JSON, so only a header checksum catches it
-        pos = bytes(data).index(b'blocks_kept\\": ') + len(b'blocks_kept\\": ')
+        pos = bytes(data).index(b'sparsity\\": 0.') + len(b'sparsity\\": 0.')
     else:
         name = next(k for k in meta if k != "__metadata__" and
                     k.startswith("mask:") == (region == "mask data"))  # fmt: skip
@@ -80,7 +80,7 @@ def test_pruned_file_into_another_architecture(files):
 
 def test_pruned_file_whose_header_names_another_model(files, tmp_path, cli):
     bad = tmp_path / "renamed.safetensors"
-    _rewrite(files["pruned"], bad, lambda h, t: h.update(model="vgg16"))
+    _rewrite(files["pruned"], bad, lambda h, t: h["model"].update(name="vgg16"))
     line = one_line_error(cli("compile", bad, "--backend", "reference"))
     assert "does not match the model" in line
 
@@ -97,7 +97,7 @@ def test_pruned_file_for_another_target_still_compiles_exactly(files, cli):
 
 def test_pruned_file_with_a_bad_target_record(files, tmp_path, cli):
     bad = tmp_path / "target.safetensors"
-    _rewrite(files["pruned"], bad, lambda h, t: h["target"].update(mwg=33))
+    _rewrite(files["pruned"], bad, lambda h, t: h["plan"]["target"].update(mwg=33))
     line = one_line_error(cli("inspect", bad))
     assert "mwg" in line
 
