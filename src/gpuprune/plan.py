@@ -18,7 +18,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gpuprune.arch import Target
+from gpuprune.arch import Target, get_target
 from gpuprune.errors import TargetError, UserError
 from gpuprune.geometry import ConvGeometry
 
@@ -78,7 +78,8 @@ class LayerPlan:
         tiling = None
         if data["tiling"] is not None:
             try:
-                tiling = Target.from_dict(data["tiling"], origin=f"{where} tiling")
+                tiling = get_target(_mapping(data["tiling"], f"{where} tiling"),
+                                    origin=f"{where} tiling")  # fmt: skip
             except TargetError as err:
                 raise UserError(err.problem, FIX) from None
         return cls(
@@ -156,7 +157,8 @@ class PrunePlan:
         target = None
         if data["target"] is not None:
             try:
-                target = Target.from_dict(data["target"], origin=f"{origin} target")
+                target = get_target(_mapping(data["target"], f"{origin} target"),
+                                    origin=f"{origin} target")  # fmt: skip
             except TargetError as err:
                 raise UserError(err.problem, FIX) from None
         layers, skipped = data["layers"], data["skipped"]
@@ -180,6 +182,12 @@ def _keys(data: Any, keys: tuple[str, ...], origin: str) -> None:
     if missing or unknown:
         what = f"lacks {missing[0]!r}" if missing else f"has an unknown key {unknown[0]!r}"
         raise UserError(f"{origin} {what}", FIX)
+
+
+def _mapping(value: Any, what: str) -> Mapping:
+    if not isinstance(value, Mapping):  # a string here would be looked up as a preset name
+        raise UserError(f"{what} is a {type(value).__name__}, not a mapping of target fields", FIX)
+    return value
 
 
 def _str(value: Any, what: str) -> str:

@@ -9,7 +9,9 @@ local-memory tiled XGEMM); SIMD widths and local-memory sizes from the vendors' 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from gpuprune.arch.target import Target
 from gpuprune.errors import TargetError
@@ -176,10 +178,15 @@ def list_targets() -> list[str]:
     return TARGETS.names()
 
 
-def get_target(spec: str | os.PathLike[str] | Target) -> Target:
-    """A Target from a preset name, a TOML/YAML file path, or a Target (returned as is)."""
+def get_target(
+    spec: str | os.PathLike[str] | Target | Mapping[str, Any], *, origin: str = "target"
+) -> Target:
+    """A Target from a preset name, a TOML/YAML file path, a Target (returned as is), or the
+    plain fields of one (``Target.to_dict()``, checked; ``origin`` names it in errors)."""
     if isinstance(spec, Target):
         return spec
+    if isinstance(spec, Mapping):  # the one place plain data becomes a Target
+        return Target.from_dict(dict(spec), origin=origin)
     text = os.fspath(spec)
     if text in TARGETS:
         return TARGETS.get(text)

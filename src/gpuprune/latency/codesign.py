@@ -234,5 +234,5 @@ def use_layer_targets(pruner: Any, targets: dict[str, dict[str, Any] | Target]) 
                 f"layer {name!r} is not pruned by this pruner",
                 f"use one of: {', '.join(list(pruner.specs)[:6])}",
             )
-        tgt = t if isinstance(t, Target) else Target.from_dict(t, origin=f"target of {name}")
+        tgt = get_target(t, origin=f"target of {name}")
         pruner.specs[name] = replace(pruner.specs[name], target=tgt)

@@ -197,11 +197,7 @@ def _layer_targets(
                 f"layer_targets names layer {name!r}, which is not a Conv2d/Linear of the model",
                 f"use layer names from model.named_modules(), e.g. {sorted(gemm)[:3]}",
             )
-        out[name] = (
-            Target.from_dict(dict(spec), origin=f"target of layer {name}")
-            if isinstance(spec, Mapping)
-            else get_target(spec)
-        )
+        out[name] = get_target(spec, origin=f"target of layer {name}")
     return out
 
 
