@@ -273,6 +273,7 @@ def compile(  # noqa: A001 - the public name the project documents (gpuprune.com
     chains = find_chains(out)
     modules = dict(out.named_modules())
     compiled, dense = [], []
+    quiet: set[int] = set()  # notes about layers the caller named explicitly
     for name, module in list(modules.items()):
         if not isinstance(module, nn.Conv2d | nn.Linear):
             continue
@@ -304,7 +305,8 @@ def compile(  # noqa: A001 - the public name the project documents (gpuprune.com
             bm, bk = packed.block
             how = plan[name].method if plan is not None and name in plan and not explicit else None
             what = f"pruned with {how}, " if how else ""
-            if explicit:
+            if explicit:  # asked for by name: noted in the report, not warned about
+                quiet.add(len(notes))
                 notes.append(f"layer {name}: {what}no all-zero {bm}x{bk} block for the {variant} "
                              "kernel to skip; compiled as asked, it runs as dense")  # fmt: skip
             else:
@@ -333,8 +335,9 @@ def compile(  # noqa: A001 - the public name the project documents (gpuprune.com
         why = "the plan leaves" if kernels is not None else "its weights have"
         notes.append(f"no layer compiled: {why} no block the kernels can skip, so the model "
                      "runs dense")  # fmt: skip
-    for note in notes[len(auto_note):]:
-        warnings.warn(note, stacklevel=2)
+    for i, note in enumerate(notes):
+        if i >= len(auto_note) and i not in quiet:
+            warnings.warn(note, stacklevel=2)
     report = CompileReport(runner.name, runner.device, tgt.name, tuple(compiled), tuple(dense),
                            tuple(notes))  # fmt: skip
     out.gpuprune_compile = report
