@@ -10,13 +10,14 @@ import torch
 from gpuprune.arch import Target, get_target
 from gpuprune.cli.main import main
 from gpuprune.errors import UserError
+from gpuprune.geometry import ConvGeometry
 from gpuprune.latency import candidates, codesign, tilings, use_layer_targets
 from gpuprune.latency.codesign import KERNEL_FIELDS, SPACE, codesign_layer
 from gpuprune.latency.geometry import LayerGeometry
 
 GEOMS = {
-    "a": LayerGeometry("a", "conv", 64, 144, 16, 1, (8, 8), (3, 3), (1, 1), (1, 1)),
-    "b": LayerGeometry("b", "linear", 32, 64, 64, 2),
+    "a": LayerGeometry("a", 64, 144, 1, (8, 8), ConvGeometry(16, (3, 3), (1, 1), (1, 1))),
+    "b": LayerGeometry("b", 32, 64, 2),
 }
 
 

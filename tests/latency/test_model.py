@@ -9,13 +9,14 @@ from torch import nn
 
 from gpuprune.arch import get_target
 from gpuprune.errors import UserError
+from gpuprune.geometry import ConvGeometry
 from gpuprune.kernels import get_backend
 from gpuprune.latency import LatencyCache, LatencyCurve, LatencyModel, analytical_ms, geometry_of
 from gpuprune.latency.cache import cache_dir, make_key
 from gpuprune.latency.geometry import LayerGeometry, model_geometries
 from gpuprune.latency.measure import build_layer, probe_weight
 
-CONV = LayerGeometry("c", "conv", 40, 9 * 8, 8, 2, (6, 5), (3, 3), (1, 1), (1, 1))
+CONV = LayerGeometry("c", 40, 9 * 8, 2, (6, 5), ConvGeometry(8, (3, 3), (1, 1), (1, 1)))
 
 
 class CountingTimer:
@@ -89,7 +90,7 @@ def test_analytical_model_and_fallback():
 
 def test_analytical_monotone_and_occupancy():
     t = get_target("nvidia")
-    big = LayerGeometry("b", "linear", 512, 512, 512, 4096)
+    big = LayerGeometry("b", 512, 512, 4096)
     values = [analytical_ms(big, t, "tile", k) for k in (0.1, 0.3, 0.6, 1.0)]
     assert values == sorted(values)
     assert analytical_ms(big, t, "simd", 0.5) >= analytical_ms(big, t, "tile", 0.5) - 1e-12

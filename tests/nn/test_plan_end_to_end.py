@@ -100,8 +100,8 @@ def test_prune_then_compile_through_the_cli(tmp_path, capsys):
     SMALL.save(target)
     for method in ("simd", "tile", "unstructured"):
         out = tmp_path / f"{method}.safetensors"
-        assert main(["prune", str(ckpt), "--model", "tiny-cnn", "--width", "4", "--num-classes", "16", "--method",
-                     method, "--sparsity", "0.6", "--target", str(target),
+        assert main(["prune", str(ckpt), "--model", "tiny-cnn", "--width", "4", "--num-classes",
+                     "16", "--method", method, "--sparsity", "0.6", "--target", str(target),
                      "--include-first-last", "-o", str(out), "--json"]) == 0  # fmt: skip
         capsys.readouterr()
         assert main(["compile", str(out), "--backend", "reference", "--image-size", "16",

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from gpuprune.arch import get_target
+from gpuprune.geometry import ConvGeometry
 from gpuprune.latency import codesign
 from gpuprune.latency.geometry import LayerGeometry
 from gpuprune.report import load_results, target_checks, write_report
@@ -16,9 +17,9 @@ from gpuprune.report.codesign import codesign_checks, codesign_section
 
 PRESET = get_target("cpu-pocl").name
 GEOMS = {
-    "conv2": LayerGeometry("conv2", "conv", 64, 144, 16, 1, (8, 8), (3, 3), (1, 1), (1, 1)),
-    "conv3": LayerGeometry("conv3", "conv", 32, 288, 32, 1, (4, 4), (3, 3), (1, 1), (1, 1)),
-    "fc": LayerGeometry("fc", "linear", 10, 64, 64, 1),
+    "conv2": LayerGeometry("conv2", 64, 144, 1, (8, 8), ConvGeometry(16, (3, 3), (1, 1), (1, 1))),
+    "conv3": LayerGeometry("conv3", 32, 288, 1, (4, 4), ConvGeometry(32, (3, 3), (1, 1), (1, 1))),
+    "fc": LayerGeometry("fc", 10, 64, 1),
 }
 
 

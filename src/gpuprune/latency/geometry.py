@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 from torch import nn
@@ -17,34 +16,31 @@ class LayerGeometry:
     """A Conv2d (groups=1) or Linear layer as ``Out[M, N] = W[M, K] x X[K, N]`` at a batch."""
 
     name: str  # layer name (not part of the cache key: equal shapes share measurements)
-    kind: str  # "conv" or "linear"
     m: int  # output channels / features
     k: int  # in_channels * kh * kw, or in_features
-    in_channels: int
     batch: int = 1
     in_hw: tuple[int, int] = (1, 1)  # input height and width (conv); (1, 1) for linear
-    kernel_size: tuple[int, int] = (1, 1)
-    stride: tuple[int, int] = (1, 1)
-    padding: tuple[int, int] = (0, 0)
-    dilation: tuple[int, int] = (1, 1)
+    conv: ConvGeometry | None = None  # the convolution; None for a linear layer
 
     def __post_init__(self) -> None:
-        if self.kind not in ("conv", "linear"):
-            raise UserError(f"layer kind {self.kind!r} is unknown", "use 'conv' or 'linear'")
-        if min(self.m, self.k, self.in_channels, self.batch, *self.in_hw) < 1:
+        if min(self.m, self.k, self.batch, *self.in_hw) < 1:
             raise UserError(
                 f"layer {self.name}: sizes must be >= 1 (m={self.m}, k={self.k}, "
                 f"batch={self.batch}, in_hw={self.in_hw})",
                 "pass positive sizes",
             )
+        if self.conv is not None and self.conv.k != self.k:
+            raise UserError(f"layer {self.name}: k={self.k} but the conv needs {self.conv.k}",
+                            "pass k = in_channels * kh * kw")  # fmt: skip
 
-    @functools.cached_property
-    def conv(self) -> ConvGeometry | None:
-        """The convolution's geometry (None for linear)."""
-        if self.kind == "linear":
-            return None
-        return ConvGeometry(self.in_channels, self.kernel_size, self.stride, self.padding,
-                            self.dilation)  # fmt: skip
+    @property
+    def kind(self) -> str:
+        """"conv" or "linear"."""
+        return "linear" if self.conv is None else "conv"
+
+    @property
+    def in_channels(self) -> int:
+        return self.k if self.conv is None else self.conv.in_channels
 
     @property
     def out_hw(self) -> tuple[int, int]:
@@ -65,13 +61,14 @@ class LayerGeometry:
     def key(self) -> str:
         """Everything that decides the layer's run time, as a short string (cache key part)."""
         parts = [self.kind, f"m{self.m}", f"k{self.k}", f"c{self.in_channels}", f"b{self.batch}"]
-        if self.kind == "conv":
+        if self.conv is not None:
+            c = self.conv
             parts += [
                 "hw{}x{}".format(*self.in_hw),
-                "ks{}x{}".format(*self.kernel_size),
-                "s{}x{}".format(*self.stride),
-                "p{}x{}".format(*self.padding),
-                "d{}x{}".format(*self.dilation),
+                "ks{}x{}".format(*c.kernel_size),
+                "s{}x{}".format(*c.stride),
+                "p{}x{}".format(*c.padding),
+                "d{}x{}".format(*c.dilation),
             ]
         return "-".join(parts)
 
@@ -92,7 +89,7 @@ def geometry_of(
     """
     if isinstance(module, nn.Linear):
         m, k = gemm_shape(module)
-        return LayerGeometry(name, "linear", m, k, k, batch)
+        return LayerGeometry(name, m, k, batch)
     if isinstance(module, nn.Conv2d) and module.groups == 1:
         if in_hw is None:
             raise UserError(
@@ -100,15 +97,11 @@ def geometry_of(
                 "pass in_hw=(H, W) or run the model once (layer_specs measures it)",
             )
         m, k = gemm_shape(module)
-        pad = module.padding
-        if isinstance(pad, str):
-            raise UserError(
-                f"layer {name}: padding={pad!r} is not supported", "use integer padding"
-            )
-        return LayerGeometry(
-            name, "conv", m, k, module.in_channels, batch, tuple(in_hw),
-            tuple(module.kernel_size), tuple(module.stride), tuple(pad), tuple(module.dilation),
-        )  # fmt: skip
+        try:
+            conv = ConvGeometry.of(module)
+        except UserError as err:
+            raise UserError(f"layer {name}: {err.problem}", err.fix) from None
+        return LayerGeometry(name, m, k, batch, tuple(in_hw), conv)
     raise UserError(
         f"layer {name} is a {type(module).__name__}, not a groups=1 Conv2d or a Linear",
         "measure only GEMM layers (gpuprune.gemm.is_gemm_layer)",
@@ -135,5 +128,8 @@ def model_geometries(
         hw = sizes.get(name, (1, None))[1]
         if isinstance(mod, nn.Conv2d) and hw is None:
             continue  # never reached by the forward pass: nothing to time
-        out[name] = geometry_of(name, mod, hw, batch)
+        try:
+            out[name] = geometry_of(name, mod, hw, batch)
+        except UserError:  # e.g. padding="same": no skip kernel runs it, nothing to time
+            continue
     return out
