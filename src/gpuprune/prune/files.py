@@ -218,7 +218,12 @@ def load_pruned(
         UserError: the file is unreadable or corrupt, its plan is malformed, or its layers/shapes
             (or ``model_name``, when given) do not match ``model``.
     """
-    header, tensors = read_pruned(path)
+    return _load_into(path, *read_pruned(path), model, model_name)
+
+
+def _load_into(path: str | os.PathLike[str], header: dict[str, Any],
+               tensors: dict[str, torch.Tensor], model: nn.Module, model_name: str | None = None
+               ) -> PrunedInfo:  # fmt: skip
     info = info_from_header(header, str(path))
     masks = {k[len(MASK_PREFIX) :]: v for k, v in tensors.items() if k.startswith(MASK_PREFIX)}
     weights = {k: v for k, v in tensors.items() if not k.startswith(MASK_PREFIX)}
@@ -301,8 +306,8 @@ def load(
         >>> model, plan, info = gpuprune.load("vgg16-simd.safetensors")  # doctest: +SKIP
         >>> fast = gpuprune.compile(model)  # each layer's kernel from the plan  # doctest: +SKIP
     """
+    header, tensors = read_pruned(path)
     if model is None:
-        header, _ = read_pruned(path)
         spec = info_from_header(header, str(path)).model
         if spec is None and factory is None:
             raise UserError(f"{path} does not record its model",
@@ -312,7 +317,7 @@ def load(
             model = create_model(factory, spec.num_classes, spec.in_channels, spec.width)
         else:
             model = spec.build(allow_import=False)
-    info = load_pruned(path, model)
+    info = _load_into(path, header, tensors, model)
     model.eval()
     return Loaded(model, info.plan, info)
 
