@@ -29,6 +29,7 @@ from gpuprune.arch import get_target
 from gpuprune.bench.environment import environment
 from gpuprune.fileio import atomic_write_text
 from gpuprune.gemm import expand_blocks
+from gpuprune.geometry import ConvGeometry
 from gpuprune.kernels import get_backend, pack_for
 
 # VGG16 on 32x32 inputs: (name, c_in, c_out, input side); all 3x3, stride 1, padding 1
@@ -77,8 +78,7 @@ def bench_layer(name, cin, cout, side, args, target, backend):
     weight = torch.randn(cout, cin * 9) * (2 / (cin * 9)) ** 0.5
     bias = torch.randn(cout) * 0.1
     x = torch.randn(args.batch, cin, side, side)
-    conv = dict(in_channels=cin, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1),
-                dilation=(1, 1))  # fmt: skip
+    conv = {"geometry": ConvGeometry(cin, (3, 3), padding=(1, 1))}
     w_tile = masked(weight, target.tile_block(), args.sparsity, seed=1)
     w_simd = masked(weight, target.simd_block(), args.sparsity, seed=2)
     layers = {
