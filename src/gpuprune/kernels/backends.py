@@ -23,7 +23,7 @@ from torch import Tensor
 from gpuprune.arch import Target
 from gpuprune.errors import UserError
 from gpuprune.geometry import ConvGeometry
-from gpuprune.kernels.format import VARIANTS, BlockSparseWeight, full_grid
+from gpuprune.kernels.format import BlockSparseWeight, block_for, full_grid
 from gpuprune.registry import Registry
 
 Forward = Callable[[Tensor], Tensor]
@@ -109,11 +109,7 @@ def get_backend(name: str) -> Backend:
 
 def check_variant(variant: str, packed: BlockSparseWeight, target: Target) -> None:
     """Raise a UserError when ``packed`` was not blocked the way ``variant`` on ``target`` skips."""
-    if variant not in VARIANTS:
-        raise UserError(
-            f"unknown kernel variant {variant!r}", f"choose one of: {', '.join(VARIANTS)}"
-        )
-    want = target.simd_block() if variant == "simd" else target.tile_block()
+    want = block_for(target, variant)  # raises for an unknown variant
     if variant != "dense" and tuple(packed.block) != tuple(want):
         raise UserError(
             f"weight packed with block {tuple(packed.block)} but the {variant!r} kernel for target "

@@ -19,8 +19,9 @@ from gpuprune.gemm import block_grid, block_reduce, gemm_view
 from gpuprune.kernels.format import block_for
 from gpuprune.latency.analytical import analytical_ms
 from gpuprune.latency.geometry import model_geometries
+from gpuprune.plan import SKIP_KERNELS
 
-VARIANTS = ("tile", "simd")
+VARIANTS = SKIP_KERNELS
 
 
 def _skippable(weight: torch.Tensor, block: tuple[int, int]) -> float:
