@@ -204,7 +204,7 @@ def prune_cmd(
 def inspect_cmd(file: str, plot: str | None, json_out: bool) -> None:
     """Show a pruned-model FILE: method, target and each layer's kept blocks and sparsity."""
     header, tensors = read_pruned(file)
-    info = info_from_header(header)
+    info = info_from_header(header, file)
     masks = {k.split(":", 1)[1]: v for k, v in tensors.items() if k.startswith("mask:")}
     planned = {lay.name: lay for lay in info.plan} if info.plan else {}
     order = [n for n in planned if n in masks] + sorted(n for n in masks if n not in planned)
