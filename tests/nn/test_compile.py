@@ -134,7 +134,10 @@ def test_bad_input(pruned):
     same = nn.Sequential(nn.Conv2d(3, 3, 3, padding="same"))
     with torch.no_grad():
         same[0].weight.zero_()  # all blocks pruned, yet the layer is left dense when not named
-    assert compile(same, POCL, backend="reference", verbose=False).gpuprune_compile.dense == ("0",)
+    with pytest.warns(UserWarning) as caught:  # named, never silently dense
+        report = compile(same, POCL, backend="reference").gpuprune_compile
+    assert report.dense == ("0",)
+    assert any("padding='same'" in str(w.message) for w in caught)
     with pytest.raises(UnsupportedLayerError, match="padding"):
         compile(same, POCL, backend="reference", methods="tile")
     out = compile(pruned, POCL, backend="reference", verbose=False)

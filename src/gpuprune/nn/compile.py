@@ -288,7 +288,7 @@ def compile(  # noqa: A001 - the public name the project documents (gpuprune.com
             if explicit:
                 raise UnsupportedLayerError(f"layer {name} is {err.problem}",
                                             "leave it out of methods") from None  # fmt: skip
-            if kernels is not None:
+            if kernels is not None or bool((module.weight == 0).any()):  # pruned, yet dense
                 notes.append(f"layer {name} left dense: it is {err.problem}, which the skip "
                              "kernels do not run")  # fmt: skip
             dense.append(name)
@@ -332,9 +332,8 @@ def compile(  # noqa: A001 - the public name the project documents (gpuprune.com
             packed.block, layer_tgt.name, skippable, chain.bn is not None, relu,
         ))  # fmt: skip
     if not compiled:
-        why = "the plan leaves" if kernels is not None else "its weights have"
-        notes.append(f"no layer compiled: {why} no block the kernels can skip, so the model "
-                     "runs dense")  # fmt: skip
+        notes.append("no layer compiled: no Conv2d/Linear the skip kernels run has a block "
+                     "they can skip, so the model runs dense")  # fmt: skip
     for i, note in enumerate(notes):
         if i >= len(auto_note) and i not in quiet:
             warnings.warn(note, stacklevel=2)
