@@ -20,7 +20,7 @@ from gpuprune.cli.output import console, print_json, print_table
     "--backend", default="opencl", show_default=True, help="Kernel backend that times layers."
 )
 @click.option(
-    "--batch", default=1, show_default=True, type=click.IntRange(min=1), help="Batch size."
+    "--batch", default=1, show_default=True, type=click.IntRange(1, 4096), help="Batch size."
 )
 @click.option(
     "--candidates",
@@ -82,6 +82,10 @@ def codesign_cmd(
     from gpuprune.latency.geometry import model_geometries
     from gpuprune.models import create_model
 
+    if output:
+        from gpuprune.fileio import check_output
+
+        check_output(output, flag="-o")
     model = create_model(model_name, in_channels=in_channels, width=width)
     names = [n.strip() for n in layers.split(",")] if layers else None
     geoms = model_geometries(model, batch, names=names)

@@ -34,6 +34,12 @@ def _parse_options(pairs: tuple[str, ...]) -> dict[str, object]:
     return out
 
 
+def _given(param: str) -> bool:
+    """Whether the user passed this option (not just its default): unused options are refused."""
+    ctx = click.get_current_context()
+    return ctx.get_parameter_source(param) not in (None, click.core.ParameterSource.DEFAULT)
+
+
 CODESIGN_FIX = "pass the JSON that `gpuprune codesign -o FILE` wrote"
 
 
@@ -136,8 +142,10 @@ def prune_cmd(
     json_out: bool,
 ) -> None:
     """Prune CHECKPOINT (a state dict or .safetensors) of --model and write a pruned-model file."""
+    from gpuprune.fileio import check_output
     from gpuprune.models import create_model
 
+    check_output(output, flag="-o", inputs=(checkpoint, layer_targets, allocation))
     check_sparsity(sparsity)
     METHODS.get(method)  # unknown names: one-line errors before any work
     alloc = _parse_allocation(allocation)
@@ -147,9 +155,17 @@ def prune_cmd(
         alloc_options = {"latency_backend": latency_backend}
         if latency_budget is not None:
             alloc_options["latency_budget"] = latency_budget
-    elif latency_budget is not None:
-        raise UserError("--latency-budget only applies to --allocation latency",
-                        "add --allocation latency")  # fmt: skip
+    else:
+        for flag, given in (("--latency-budget", latency_budget is not None),
+                            ("--latency-backend", _given("latency_backend"))):  # fmt: skip
+            if given:
+                raise UserError(f"{flag} only applies to --allocation latency",
+                                f"add --allocation latency or drop {flag}")  # fmt: skip
+    if not data_name:
+        for flag, name in (("--data-root", "data_root"), ("--batches", "batches"),
+                           ("--batch-size", "batch_size")):  # fmt: skip
+            if _given(name):
+                raise UserError(f"{flag} only applies with --data", f"add --data or drop {flag}")
     needs_data = IMPORTANCES.get(importance).needs_grad or alloc == "sensitivity"
     if needs_data and not data_name:
         raise UserError(
@@ -200,10 +216,17 @@ def prune_cmd(
 
 @click.command("inspect")
 @click.argument("file", type=click.Path(dir_okay=False))
-@click.option("--plot", type=click.Path(dir_okay=False), help="Write a PNG heatmap of kept blocks.")
+@click.option("--plot", type=click.Path(dir_okay=False),
+              help="Write a heatmap of kept blocks (.png, .svg or .pdf).")
 @click.option("--json", "json_out", is_flag=True, help="Print the per-layer facts as JSON.")
 def inspect_cmd(file: str, plot: str | None, json_out: bool) -> None:
     """Show a pruned-model FILE: method, target and each layer's kept blocks and sparsity."""
+    if plot:
+        from gpuprune.fileio import check_output
+        from gpuprune.prune.plot import plot_format
+
+        check_output(plot, flag="--plot", inputs=(file,))
+        plot_format(plot)
     header, tensors = read_pruned(file)
     info = info_from_header(header)
     masks = {k.split(":", 1)[1]: v for k, v in tensors.items() if k.startswith("mask:")}
