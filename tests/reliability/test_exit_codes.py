@@ -222,7 +222,7 @@ def test_bare_gpuprune_prints_help(cli):
     assert "error" not in res.err
 
 
-@pytest.mark.parametrize("value", ["0", "false", ""])
+@pytest.mark.parametrize("value", ["0", "false", "no"])
 def test_gpuprune_debug_off_values_show_no_traceback(files, cli, monkeypatch, value):
     import gpuprune.cli.prune as prune_cli
 

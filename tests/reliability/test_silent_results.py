@@ -160,10 +160,15 @@ def test_save_pruned_refuses_nan(tmp_path):
     assert not out.exists()
 
 
-def test_dense_result_and_cells_are_checksummed(finished_run):
+def test_edited_records_are_not_read(finished_run, tmp_path):
     from gpuprune.fileio import read_record
 
     cells = list(Path(finished_run, "cells").glob("*.json"))
     assert cells
     for path in [finished_run / "dense" / "result.json", *cells]:
-        assert read_record(path), path
+        rec = read_record(path)
+        assert rec, path
+        rec["accuracy"] = 0.99  # valid JSON, another number
+        edited = tmp_path / path.name
+        edited.write_text(json.dumps(rec))
+        assert read_record(edited) == {}, path

@@ -140,7 +140,8 @@ def load_results(run_dir: str | Path) -> RunResults:
     except (KeyError, TypeError, AttributeError, IndexError, ValueError) as exc:
         if isinstance(exc, UserError):
             raise
-        raise UserError(f"the results in {run} are malformed ({type(exc).__name__}: {exc})",
+        what = f"missing key {exc}" if isinstance(exc, KeyError) else "a value of the wrong type"
+        raise UserError(f"the results in {run} are malformed ({what})",
                         "rerun 'gpuprune run CONFIG -o RUN_DIR': it rebuilds them") from None
 
 
