@@ -24,10 +24,24 @@ def _prune(cli, files, out, *more):
 # --- -o PATH: never a device, a link, a folder or the input ----------------------------------
 
 
-def test_output_device_file_is_refused(files, cli):
-    line = one_line_error(_prune(cli, files, "/dev/null"))
-    assert "-o /dev/null" in line and "not a regular file" in line
-    assert Path("/dev/null").is_char_device()
+def test_output_device_file_is_refused(files, tmp_path, cli):
+    # a private copy of /dev/null's device node (as root), else a socket: never the real one,
+    # which a regression run as root would replace with a regular file
+    import socket
+    import stat
+
+    node = tmp_path / "null"
+    try:
+        os.mknod(node, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+        is_special = node.is_char_device
+    except PermissionError:
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(str(node))
+        sock.close()
+        is_special = node.is_socket
+    line = one_line_error(_prune(cli, files, node))
+    assert f"-o {node}" in line and "not a regular file" in line
+    assert is_special()
 
 
 def test_output_fifo_is_refused(files, tmp_path, cli):
