@@ -123,13 +123,22 @@ def _check_model(cfg: ExperimentConfig, data: ImageData) -> None:
             get_method(method, **options)
         except (UserError, TypeError, ValueError) as exc:
             raise UserError(f"prune.method_options.{method}: {exc}",
-                            "see the method's options in docs/methods.md") from None
+                            f"{method} takes {_option_names(method)}") from None
     for method in p.methods:
         try:
             schedule_for(cfg, method, 100)
         except (UserError, TypeError, ValueError) as exc:
             raise UserError(f"prune.schedule_options: {exc}",
                             f"see the options of schedule {p.schedule!r}") from None
+
+
+def _option_names(method: str) -> str:
+    import inspect
+
+    from gpuprune.prune import METHODS
+
+    names = [n for n in inspect.signature(METHODS.get(method)).parameters if n != "self"]
+    return "the options " + ", ".join(names) if names else "no options"
 
 
 def _check_ray(address: str) -> None:
