@@ -76,6 +76,20 @@ def test_changed_checkpoint_at_the_same_path_is_noticed(tiny_config, tmp_path):
     assert all(torch.equal(got[k], other[k]) for k in other)
 
 
+def test_allocation_file_works_and_its_content_is_keyed(tiny_config, tmp_path):
+    alloc = tmp_path / "alloc.json"
+    alloc.write_text('{"features.4": 0.5, "features.8": 0.5}')
+    tiny_config["prune"]["allocation"] = str(alloc)
+    tiny_config["finetune"]["epochs"] = 0
+    run = tmp_path / "run"
+    first = run_experiment(parse_config(tiny_config), run, progress=False)["cells"][0]
+    assert first["status"] == "ok", first.get("error")
+    alloc.write_text('{"features.4": 0.9, "features.8": 0.9}')  # same path, other plan
+    second = run_experiment(parse_config(tiny_config), run, progress=False)["cells"][0]
+    assert second["status"] == "ok" and second["key"] != first["key"]
+    assert second["achieved_sparsity"] > first["achieved_sparsity"]
+
+
 # --- train --resume keeps the run's settings ----------------------------------------------------
 
 TRAIN = ("train", "--model", "tiny-cnn", "--data", "synthetic", "--train-subset", "64",

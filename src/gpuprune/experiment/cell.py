@@ -91,21 +91,29 @@ def _file_digest(path: str, size: int, mtime_ns: int, inode: int) -> str:
     return file_sha256(path)
 
 
-def weights_digest(cfg: ExperimentConfig) -> dict[str, str]:
-    """``{"checkpoint_sha256": ...}`` of ``model.checkpoint`` ({} without one, or if missing).
-
-    Results depend on the file's content, not its path: a new file at the same path reruns
-    the dense phase and every cell.
-    """
-    path = cfg.model.checkpoint
+def _content_digest(name: str, path: str | None) -> dict[str, str]:
     if not path:
         return {}
     try:
         st = os.stat(path)
     except OSError:
         return {}
-    return {"checkpoint_sha256": _file_digest(os.path.abspath(path), st.st_size, st.st_mtime_ns,
-                                              st.st_ino)}  # fmt: skip
+    return {name: _file_digest(os.path.abspath(path), st.st_size, st.st_mtime_ns, st.st_ino)}
+
+
+def weights_digest(cfg: ExperimentConfig) -> dict[str, str]:
+    """``{"checkpoint_sha256": ...}`` of ``model.checkpoint`` ({} without one, or if missing).
+
+    Results depend on the file's content, not its path: a new file at the same path reruns
+    the dense phase and every cell.
+    """
+    return _content_digest("checkpoint_sha256", cfg.model.checkpoint)
+
+
+def _allocation_digest(cfg: ExperimentConfig) -> dict[str, str]:
+    """The sha256 of a ``prune.allocation`` JSON file: cells depend on its content."""
+    alloc = cfg.prune.allocation
+    return _content_digest("allocation_sha256", alloc if alloc.lower().endswith(".json") else None)
 
 
 def dense_state(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -131,7 +139,8 @@ def cell_key(cfg: ExperimentConfig, matched: bool = False) -> str:
     prune = cfg.prune.model_dump(exclude={"methods", "sparsities"})  # other cells don't matter
     extra = {"equal_latency": cfg.equal_latency.model_dump(exclude={"methods", "tolerance"})}
     return cfg.digest("data", "model", "dense", "finetune", "latency", "seed", prune=prune,
-                      **weights_digest(cfg), **(extra if matched else {}))  # fmt: skip
+                      **weights_digest(cfg), **_allocation_digest(cfg),
+                      **(extra if matched else {}))  # fmt: skip
 
 
 @dataclass(frozen=True)
