@@ -180,10 +180,22 @@ def test_eperm_is_exit_2(files, tmp_path, cli, monkeypatch):
 # --- sizes that would allocate gigabytes --------------------------------------------------------
 
 
-def test_huge_batch_is_refused(files, cli):
-    line = one_line_error(cli("compile", files["pruned"], "--backend", "reference", "--batch",
-                              "100000000"))  # fmt: skip
-    assert "--batch" in line
+@pytest.mark.parametrize(
+    ("command", "flag", "value"),
+    [("compile", "--batch", "100000000"), ("compile", "--image-size", "1000000"),
+     ("prune", "--width", "1e9"), ("prune", "--num-classes", "-1"),
+     ("codesign", "--width", "1e9"), ("codesign", "--candidates", "100000000")],
+)
+def test_allocation_sized_inputs_are_refused(files, tmp_path, cli, command, flag, value):
+    if command == "compile":
+        args = ["compile", files["pruned"], "--backend", "reference"]
+    elif command == "prune":
+        args = ["prune", files["pt"], "--model", "tiny-cnn", "--in-channels", "1", *PRUNE,
+                "-o", tmp_path / "o.safetensors"]  # fmt: skip
+    else:
+        args = ["codesign", "--model", "tiny-cnn", "--backend", "reference"]
+    line = one_line_error(cli(*args, flag, value))
+    assert flag in line
 
 
 def test_target_with_a_huge_tile_is_refused(tmp_path, cli):

@@ -107,14 +107,15 @@ def _batches(name: str, root: str | None, count: int, batch_size: int) -> list:
 @click.option("--include-first-last", is_flag=True, help="Also prune the first and last layers.")
 @click.option("--skip-small", is_flag=True, help="Leave layers smaller than one block dense.")
 @click.option("-O", "--option", "options", multiple=True, help="Method option KEY=VALUE, e.g. n=2.")
-@click.option("--num-classes", type=int, default=10, show_default=True)
-@click.option("--in-channels", type=int, default=3, show_default=True)
-@click.option("--width", type=float, default=1.0, show_default=True, help="Model width multiplier.")
+@click.option("--num-classes", type=click.IntRange(1, 100_000), default=10, show_default=True)
+@click.option("--in-channels", type=click.IntRange(1, 64), default=3, show_default=True)
+@click.option("--width", type=click.FloatRange(0, 64, min_open=True), default=1.0,
+              show_default=True, help="Model width multiplier.")  # fmt: skip
 @click.option("--data", "data_name", help="Data set for taylor/sensitivity, e.g. fashion-mnist.")
 @click.option("--data-root", type=click.Path(), help="Where the data set's files are.")
-@click.option("--batches", type=click.IntRange(min=1), default=4, show_default=True,
+@click.option("--batches", type=click.IntRange(1, 10_000), default=4, show_default=True,
               help="Batches of --data used.")  # fmt: skip
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, 65536), default=64, show_default=True)
 @click.option("--json", "json_out", is_flag=True, help="Print the result as JSON.")
 def prune_cmd(
     checkpoint: str,
