@@ -186,3 +186,18 @@ def test_edited_records_are_not_read(finished_run, tmp_path):
         edited = tmp_path / path.name
         edited.write_text(json.dumps(rec))
         assert read_record(edited) == {}, path
+
+
+def test_edited_cached_latency_curve_is_measured_again(tmp_path):
+    from gpuprune.latency.cache import LatencyCache
+    from gpuprune.latency.curve import LatencyCurve
+
+    cache = LatencyCache(tmp_path)
+    key = {"layer": "conv1", "backend": "cpu"}
+    cache.put(key, LatencyCurve((0.25, 0.5, 1.0), (1.0, 2.0, 4.0)))
+    assert cache.get(key) is not None
+    path = cache.path(key)
+    data = json.loads(path.read_text())
+    data["curve"]["ms"][0] = 0.01  # a flipped digit: a 100x "speedup"
+    path.write_text(json.dumps(data))
+    assert cache.get(key) is None
