@@ -35,6 +35,19 @@ def files(tmp_path_factory) -> dict[str, Path]:
             "pruned": root / "pruned.safetensors"}  # fmt: skip
 
 
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory) -> Path:
+    """A finished tiny run (with its report), copied by the tests that damage it."""
+    from gpuprune.experiment import parse_config, run_experiment
+    from gpuprune.report import write_report
+
+    torch.set_num_threads(1)
+    run = tmp_path_factory.mktemp("finished") / "run"
+    run_experiment(parse_config(TINY_CONFIG), run, progress=False)
+    write_report(run)
+    return run
+
+
 @pytest.fixture
 def tiny_config() -> dict:
     """An experiment config that runs in a few seconds: synthetic data, the tiny CNN."""

@@ -64,6 +64,23 @@ class Exploit:
         return (Path.touch, (self.marker,))
 
 
+def copy_run(run: Path, tmp_path: Path) -> Path:
+    """A copy of a run folder at ``tmp_path/run`` (without its lock file)."""
+    import shutil
+
+    dst = tmp_path / "run"
+    shutil.copytree(run, dst, ignore=shutil.ignore_patterns(".lock"))
+    return dst
+
+
+def write_config(tmp_path: Path, cfg: dict | str, name: str = "cfg.yaml") -> Path:
+    import yaml
+
+    path = tmp_path / name
+    path.write_text(cfg if isinstance(cfg, str) else yaml.safe_dump(cfg))
+    return path
+
+
 def tiny_model(num_classes: int = 10, in_channels: int = 1, width: float = 2.0) -> torch.nn.Module:
     from gpuprune.models import create_model
 

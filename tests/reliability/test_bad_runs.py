@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from reliability_helpers import TINY_CONFIG, Exploit, disk_full, one_line_error
+from reliability_helpers import Exploit, copy_run, disk_full, one_line_error
 
 from gpuprune.errors import UserError
 from gpuprune.experiment import load_config, parse_config, run_experiment
@@ -22,24 +22,8 @@ def _write(tmp_path: Path, cfg: dict | str, name: str = "cfg.yaml") -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def finished_run(tmp_path_factory) -> Path:
-    """A finished tiny run (with its report), copied by the tests that damage it."""
-    import torch
-
-    torch.set_num_threads(1)
-    run = tmp_path_factory.mktemp("finished") / "run"
-    run_experiment(parse_config(TINY_CONFIG), run, progress=False)
-    from gpuprune.report import write_report
-
-    write_report(run)
-    return run
-
-
 def _copy(run: Path, tmp_path: Path) -> Path:
-    dst = tmp_path / "run"
-    shutil.copytree(run, dst, ignore=shutil.ignore_patterns(".lock"))
-    return dst
+    return copy_run(run, tmp_path)
 
 
 # --- configs -------------------------------------------------------------------------------

@@ -244,6 +244,13 @@ def _fail(t: Target, fld: str, constraint: str, passing: str) -> TargetError:
     )
 
 
+# Upper bounds no real device reaches (several times today's largest): past them a value is a
+# typo, and a kernel built from it would allocate gigabytes.
+LIMITS = {"simd_width": 1024, "max_work_group_size": 65536, "local_mem_bytes": 1 << 26,
+          "compute_units": 1 << 16, "mwg": 1024, "nwg": 1024, "kwg": 1024, "mdimc": 1024,
+          "ndimc": 1024, "simd_k": 1024}  # fmt: skip
+
+
 def _validate(t: Target) -> None:
     if not isinstance(t.name, str) or not t.name.strip():
         raise TargetError("target name must be a non-empty string", 'set name = "my-gpu"')
@@ -258,6 +265,8 @@ def _validate(t: Target) -> None:
             )
         if v < 1:
             raise _fail(t, fld, f"{fld} >= 1", f"{fld}=1")
+        if fld in LIMITS and v > LIMITS[fld]:
+            raise _fail(t, fld, f"{fld} <= {LIMITS[fld]}", f"{fld}={LIMITS[fld]}")
     for fld in ("vwm", "vwn"):
         v = getattr(t, fld)
         if v not in VECTOR_WIDTHS:

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from gpuprune.cli.output import console
+from gpuprune.errors import UserError
 
 
 def _floats(text: str | None) -> tuple[float, ...] | None:
@@ -28,8 +29,8 @@ def _ints(text: str | None) -> tuple[int, ...] | None:
         vals = tuple(int(v) for v in text.split(","))
     except ValueError:
         raise click.BadParameter(f"{text!r} is not a comma-separated list of integers") from None
-    if any(v < 1 for v in vals):
-        raise click.BadParameter("batch sizes must be >= 1")
+    if any(not 1 <= v <= MAX_BATCH for v in vals):
+        raise click.BadParameter(f"batch sizes must be in 1..{MAX_BATCH}")
     return vals
 
 
@@ -37,6 +38,7 @@ def _names(text: str | None) -> tuple[str, ...] | None:
     return None if text is None else tuple(v.strip() for v in text.split(",") if v.strip())
 
 
+MAX_BATCH = 4096  # a batch beyond this is a typo that would allocate gigabytes
 README_SPARSITIES = (0.75, 0.9)  # the README shows these rows; the result folder keeps all
 
 
@@ -90,6 +92,17 @@ def bench(
         "e2e_width": e2e_width,
     }
     cfg = cfg.with_(**{k: v for k, v in changes.items() if v is not None})
+    from gpuprune.bench.workloads import VGG16_CONVS
+    from gpuprune.fileio import check_output
+
+    check_output(out, flag="-o", folder=True)
+    known = [f"conv{i + 1}" for i in range(len(VGG16_CONVS))]
+    unknown = [name for name in cfg.layers or () if name not in known]
+    if unknown:
+        raise UserError(f"--layers: unknown layer {unknown[0]!r}",
+                        f"choose from {known[0]}..{known[-1]}")  # fmt: skip
+    if readme:
+        _check_readme(readme)
     from gpuprune.arch import get_target
     from gpuprune.prune.methods import METHODS
 
@@ -122,6 +135,21 @@ def bench(
         readme, results.markdown_table(meta, records, sparsities=README_SPARSITIES)
     ):
         console.print(f"{readme} has no {results.README_START} marker; table not inserted")
+
+
+def _check_readme(readme: str) -> None:
+    """The README to update exists and has the table markers: checked before measuring."""
+    from gpuprune.bench import results
+
+    try:
+        text = Path(readme).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"--readme {readme} cannot be read ({type(exc).__name__})",
+                        "pass an existing README file") from None  # fmt: skip
+    if results.README_START not in text or results.README_END not in text:
+        raise UserError(f"--readme {readme} has no {results.README_START} ... "
+                        f"{results.README_END} markers",
+                        "add them where the table goes")  # fmt: skip
 
 
 def _run(cfg, no_e2e: bool, partial) -> list[dict]:

@@ -11,8 +11,10 @@ from gpuprune.cli.output import console, print_json, print_table
 
 @click.command("codesign")
 @click.option("--model", "model_name", default="vgg16", show_default=True, help="Model name.")
-@click.option("--width", default=1.0, show_default=True, help="Channel width multiplier.")
-@click.option("--in-channels", default=3, show_default=True, help="Input image channels.")
+@click.option("--width", type=click.FloatRange(0, 64, min_open=True), default=1.0,
+              show_default=True, help="Channel width multiplier.")  # fmt: skip
+@click.option("--in-channels", type=click.IntRange(1, 64), default=3, show_default=True,
+              help="Input image channels.")  # fmt: skip
 @click.option(
     "--target", default="cpu-pocl", show_default=True, help="Target whose space is searched."
 )
@@ -20,14 +22,14 @@ from gpuprune.cli.output import console, print_json, print_table
     "--backend", default="opencl", show_default=True, help="Kernel backend that times layers."
 )
 @click.option(
-    "--batch", default=1, show_default=True, type=click.IntRange(min=1), help="Batch size."
+    "--batch", default=1, show_default=True, type=click.IntRange(1, 4096), help="Batch size."
 )
 @click.option(
     "--candidates",
     "count",
     default=8,
     show_default=True,
-    type=click.IntRange(min=0),
+    type=click.IntRange(0, 10_000),
     help="Tilings sampled besides the preset.",
 )
 @click.option("--seed", default=0, show_default=True, help="Seed of the tiling sample.")
@@ -82,6 +84,10 @@ def codesign_cmd(
     from gpuprune.latency.geometry import model_geometries
     from gpuprune.models import create_model
 
+    if output:
+        from gpuprune.fileio import check_output
+
+        check_output(output, flag="-o")
     model = create_model(model_name, in_channels=in_channels, width=width)
     names = [n.strip() for n in layers.split(",")] if layers else None
     geoms = model_geometries(model, batch, names=names)

@@ -64,8 +64,9 @@ def _layer_inputs(model: nn.Module, x: Tensor) -> dict[str, Tensor]:
 @click.option("--target", help="Target to compile for (preset or file); default: the file's.")
 @click.option("--model", "factory",
               help="Build the model with this package.module:factory (files never name code).")
-@click.option("--batch", type=int, default=2, show_default=True, help="Random batch size.")
-@click.option("--image-size", type=click.IntRange(min=1),
+@click.option("--batch", type=click.IntRange(1, 4096), default=2, show_default=True,
+              help="Random batch size.")
+@click.option("--image-size", type=click.IntRange(1, 4096),
               help="Input side; default 28 for 1 channel, else 32.")  # fmt: skip
 @click.option("--repeats", type=int, default=5, show_default=True, help="Timed runs per layer.")
 @click.option("--seed", type=int, default=0, show_default=True)

@@ -15,8 +15,21 @@ import click
 from gpuprune import __version__
 from gpuprune.errors import UserError
 
-# OSErrors of the environment the user can fix (disk full, quota, read-only or forbidden folder).
-_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES}
+# OSErrors of the environment the user can fix, each with its fix.
+_SPACE = "free some space or choose another folder"
+_PERMS = "fix the folder's permissions or choose another folder"
+_ENVIRONMENT_ERRNOS = {
+    errno.ENOSPC: _SPACE, errno.EDQUOT: _SPACE, errno.EROFS: _PERMS, errno.EACCES: _PERMS,
+    errno.EPERM: _PERMS, errno.ENAMETOOLONG: "choose a shorter file name",
+    errno.ENOTDIR: "choose a path whose parent is a folder",
+    errno.EISDIR: "pass a file name, not a folder",
+}  # fmt: skip
+INTERRUPTED = "interrupted; finished results are kept, rerun to resume"
+
+
+def _debug_env() -> bool:
+    """GPUPRUNE_DEBUG=1 (or true/yes/on) shows tracebacks; 0, false, no, off or empty do not."""
+    return os.environ.get("GPUPRUNE_DEBUG", "").strip().lower() in ("1", "true", "yes", "on")
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
@@ -63,7 +76,10 @@ _register()
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns (and, from the console script, exits with) the exit code."""
     args = sys.argv[1:] if argv is None else argv
-    debug = "--debug" in args or bool(os.environ.get("GPUPRUNE_DEBUG"))
+    debug = "--debug" in args or _debug_env()
+    if not [a for a in args if a != "--debug"]:  # bare `gpuprune`: the help, not an error line
+        click.echo(cli.get_help(click.Context(cli, info_name="gpuprune")))
+        return _exit(0, argv)
     try:
         code = cli.main(args=args, prog_name="gpuprune", standalone_mode=False) or 0
     except click.exceptions.Exit as exc:
@@ -75,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         msg = " ".join(exc.format_message().split())
         click.echo(f"error: {msg.rstrip('.')}; see '{where} --help'", err=True)
         code = 2
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
+    except click.exceptions.Abort:  # click's name for Ctrl-C (KeyboardInterrupt)
+        click.echo(INTERRUPTED, err=True)
         code = 130
     except UserError as exc:
         if debug:
@@ -84,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         click.echo(f"error: {exc}", err=True)
         code = 2
     except KeyboardInterrupt:
-        click.echo("interrupted; finished results are kept, rerun to resume", err=True)
+        click.echo(INTERRUPTED, err=True)
         code = 130
     except Exception as exc:
         if debug:
@@ -93,8 +109,8 @@ def main(argv: list[str] | None = None) -> int:
             # the machine, not gpuprune: a full disk or a forbidden folder is the user's to fix
             where = f" ({exc.filename})" if exc.filename else ""
             click.echo(
-                f"error: {os.strerror(exc.errno)}{where}; free some space or fix the folder's "
-                "permissions (or choose another), then rerun: finished results are kept",
+                f"error: {os.strerror(exc.errno)}{where}; {_ENVIRONMENT_ERRNOS[exc.errno]}, "
+                "then rerun: finished results are kept",
                 err=True,
             )
             return _exit(2, argv)

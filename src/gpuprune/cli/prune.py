@@ -34,6 +34,12 @@ def _parse_options(pairs: tuple[str, ...]) -> dict[str, object]:
     return out
 
 
+def _given(param: str) -> bool:
+    """Whether the user passed this option (not just its default): unused options are refused."""
+    ctx = click.get_current_context()
+    return ctx.get_parameter_source(param) not in (None, click.core.ParameterSource.DEFAULT)
+
+
 CODESIGN_FIX = "pass the JSON that `gpuprune codesign -o FILE` wrote"
 
 
@@ -101,14 +107,15 @@ def _batches(name: str, root: str | None, count: int, batch_size: int) -> list:
 @click.option("--include-first-last", is_flag=True, help="Also prune the first and last layers.")
 @click.option("--skip-small", is_flag=True, help="Leave layers smaller than one block dense.")
 @click.option("-O", "--option", "options", multiple=True, help="Method option KEY=VALUE, e.g. n=2.")
-@click.option("--num-classes", type=int, default=10, show_default=True)
-@click.option("--in-channels", type=int, default=3, show_default=True)
-@click.option("--width", type=float, default=1.0, show_default=True, help="Model width multiplier.")
+@click.option("--num-classes", type=click.IntRange(1, 100_000), default=10, show_default=True)
+@click.option("--in-channels", type=click.IntRange(1, 64), default=3, show_default=True)
+@click.option("--width", type=click.FloatRange(0, 64, min_open=True), default=1.0,
+              show_default=True, help="Model width multiplier.")  # fmt: skip
 @click.option("--data", "data_name", help="Data set for taylor/sensitivity, e.g. fashion-mnist.")
 @click.option("--data-root", type=click.Path(), help="Where the data set's files are.")
-@click.option("--batches", type=click.IntRange(min=1), default=4, show_default=True,
+@click.option("--batches", type=click.IntRange(1, 10_000), default=4, show_default=True,
               help="Batches of --data used.")  # fmt: skip
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, 65536), default=64, show_default=True)
 @click.option("--json", "json_out", is_flag=True, help="Print the result as JSON.")
 def prune_cmd(
     checkpoint: str,
@@ -136,8 +143,10 @@ def prune_cmd(
     json_out: bool,
 ) -> None:
     """Prune CHECKPOINT (a state dict or .safetensors) of --model and write a pruned-model file."""
+    from gpuprune.fileio import check_output
     from gpuprune.models import ModelSpec
 
+    check_output(output, flag="-o", inputs=(checkpoint, layer_targets, allocation))
     check_sparsity(sparsity)
     METHODS.get(method)  # unknown names: one-line errors before any work
     alloc = _parse_allocation(allocation)
@@ -147,9 +156,17 @@ def prune_cmd(
         alloc_options = {"latency_backend": latency_backend}
         if latency_budget is not None:
             alloc_options["latency_budget"] = latency_budget
-    elif latency_budget is not None:
-        raise UserError("--latency-budget only applies to --allocation latency",
-                        "add --allocation latency")  # fmt: skip
+    else:
+        for flag, given in (("--latency-budget", latency_budget is not None),
+                            ("--latency-backend", _given("latency_backend"))):  # fmt: skip
+            if given:
+                raise UserError(f"{flag} only applies to --allocation latency",
+                                f"add --allocation latency or drop {flag}")  # fmt: skip
+    if not data_name:
+        for flag, name in (("--data-root", "data_root"), ("--batches", "batches"),
+                           ("--batch-size", "batch_size")):  # fmt: skip
+            if _given(name):
+                raise UserError(f"{flag} only applies with --data", f"add --data or drop {flag}")
     needs_data = IMPORTANCES.get(importance).needs_grad or alloc == "sensitivity"
     if needs_data and not data_name:
         raise UserError(
@@ -199,10 +216,17 @@ def prune_cmd(
 
 @click.command("inspect")
 @click.argument("file", type=click.Path(dir_okay=False))
-@click.option("--plot", type=click.Path(dir_okay=False), help="Write a PNG heatmap of kept blocks.")
+@click.option("--plot", type=click.Path(dir_okay=False),
+              help="Write a heatmap of kept blocks (.png, .svg or .pdf).")
 @click.option("--json", "json_out", is_flag=True, help="Print the per-layer facts as JSON.")
 def inspect_cmd(file: str, plot: str | None, json_out: bool) -> None:
     """Show a pruned-model FILE: method, target and each layer's kept blocks and sparsity."""
+    if plot:
+        from gpuprune.fileio import check_output
+        from gpuprune.prune.plot import plot_format
+
+        check_output(plot, flag="--plot", inputs=(file,))
+        plot_format(plot)
     header, tensors = read_pruned(file)
     info = info_from_header(header, file)
     masks = {k.split(":", 1)[1]: v for k, v in tensors.items() if k.startswith("mask:")}

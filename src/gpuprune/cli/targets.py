@@ -6,6 +6,7 @@ import click
 
 from gpuprune.arch import Target, get_target, list_targets
 from gpuprune.cli.output import console, print_json, print_table
+from gpuprune.errors import UserError
 
 COLUMNS = [
     "name",
@@ -66,6 +67,15 @@ def targets(
     """Print the preset targets with their pruning block shapes (or --detect this machine's)."""
     if ctx.invoked_subcommand is not None:
         return
+    if not detect:  # options that only --detect reads are refused, not ignored
+        for flag, param in (("--save", "save"), ("--backend", "backend")):
+            if ctx.get_parameter_source(param) not in (None, click.core.ParameterSource.DEFAULT):
+                raise UserError(f"{flag} only applies with --detect",
+                                f"add --detect or drop {flag}")  # fmt: skip
+    if save:
+        from gpuprune.fileio import check_output
+
+        check_output(save, flag="--save")
     if detect:
         t = Target.detect(backend)
         if save:

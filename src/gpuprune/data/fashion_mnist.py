@@ -92,6 +92,15 @@ def load_fashion_mnist(root: str | Path | None = None, download: bool = True) ->
     """
     paths, source = _locate(Path(root) if root is not None else None, download)
     arrays = {stem: read_idx(p) for stem, p in paths.items()}
+    for stem, array in arrays.items():  # a valid IDX file may still hold the wrong thing
+        want = "(N, 28, 28)" if "images" in stem else "(N,)"
+        ok = array.shape[1:] == (28, 28) if "images" in stem else array.ndim == 1
+        if not ok:
+            raise UserError(f"{paths[stem]} holds an array of shape {array.shape}, not {want}",
+                            "replace it with the original Fashion-MNIST file")  # fmt: skip
+        if "labels" in stem and array.size and int(array.max()) > 9:
+            raise UserError(f"{paths[stem]} holds label {int(array.max())} (Fashion-MNIST has "
+                            "0..9)", "replace it with the original Fashion-MNIST file")
     tx = torch.from_numpy(arrays["train-images-idx3-ubyte"].copy()).unsqueeze(1)
     vx = torch.from_numpy(arrays["t10k-images-idx3-ubyte"].copy()).unsqueeze(1)
     ty = torch.from_numpy(arrays["train-labels-idx1-ubyte"].astype(np.int64))

@@ -2,9 +2,29 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from gpuprune.data.base import ImageData, channel_stats
+from gpuprune.errors import UserError
+
+# (lowest, highest) of each option: past these a typo would allocate gigabytes
+LIMITS = {"train": (1, 1_000_000), "test": (1, 1_000_000), "num_classes": (2, 1000),
+          "channels": (1, 64), "size": (4, 1024)}  # fmt: skip
+
+
+def _check(options: dict[str, object]) -> None:
+    for name, (lo, hi) in LIMITS.items():
+        v = options[name]
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            raise UserError(f"data.options.{name}: must be an integer in {lo}..{hi} (got {v!r})",
+                            f"fix data.options.{name} (synthetic data)")  # fmt: skip
+    noise = options["noise"]
+    if isinstance(noise, bool) or not isinstance(noise, int | float) or not (
+            math.isfinite(noise) and 0 <= noise <= 10):  # fmt: skip
+        raise UserError(f"data.options.noise: must be a number in 0..10 (got {noise!r})",
+                        "fix data.options.noise (synthetic data)")
 
 
 def make_synthetic(
@@ -27,6 +47,8 @@ def make_synthetic(
         noise: noise std relative to the pattern's range; higher makes the task harder.
         seed: generator seed (same seed, same data).
     """
+    _check({"train": train, "test": test, "num_classes": num_classes, "channels": channels,
+            "size": size, "noise": noise})  # fmt: skip
     gen = torch.Generator().manual_seed(seed)
     coarse = torch.rand(num_classes, channels, 4, 4, generator=gen)
     protos = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bilinear")

@@ -7,8 +7,9 @@ separate processes or on Ray workers.
 
 from __future__ import annotations
 
+import functools
 import json
-import shutil
+import os
 import time
 import traceback
 from dataclasses import dataclass
@@ -24,7 +25,14 @@ from gpuprune.errors import UserError
 from gpuprune.experiment.config import ExperimentConfig
 from gpuprune.experiment.equal_latency import MATCHED, plan_matched
 from gpuprune.experiment.latency import backend_device, compile_for, skippable, time_models
-from gpuprune.fileio import atomic_write_text
+from gpuprune.fileio import (
+    MARKER,
+    atomic_write_text,
+    file_sha256,
+    read_record,
+    set_aside,
+    write_record,
+)
 from gpuprune.latency.solver import BudgetError
 from gpuprune.models import ModelSpec
 from gpuprune.train import NonFiniteLossError, PrunerHook, fit
@@ -32,6 +40,7 @@ from gpuprune.train import distributed as ddp
 
 DENSE_DIR = "dense"
 CELLS_DIR = "cells"
+STALE_DIR = "stale"  # results of earlier settings, moved here instead of deleted
 
 
 def cell_id(method: str, sparsity: float, matched: bool = False) -> str:
@@ -52,14 +61,72 @@ class Unreachable(UserError):
     """A matched cell's method cannot reach the reference latency (stored, not a failure)."""
 
 
+def stale_root(work: Path) -> Path:
+    """``<run>/stale``: where results of earlier settings go (``work`` is in dense/ or cells/)."""
+    return work.parent.parent / STALE_DIR if work.parent.name == CELLS_DIR else (
+        work.parent / STALE_DIR)  # fmt: skip
+
+
 def fresh_workdir(work: Path, key: str) -> None:
-    """Keep a half-done folder only if it was made by the same settings (then it resumes)."""
+    """Keep a half-done folder only if it was made by the same settings (then it resumes).
+
+    One made by other settings is moved to ``<run>/stale/`` (never deleted); a folder that
+    gpuprune did not create is refused (see :func:`gpuprune.fileio.set_aside`).
+    """
     stamp = work / "key.txt"
-    if work.exists() and (not stamp.exists() or stamp.read_text().strip() != key):
-        shutil.rmtree(work)
+    if work.exists() or work.is_symlink():
+        same = work.is_dir() and stamp.is_file() and stamp.read_text().strip() == key
+        if not same:
+            set_aside(work, stale_root(work))
     work.mkdir(parents=True, exist_ok=True)
+    if not (work / MARKER).exists():
+        atomic_write_text(work / MARKER, "made by gpuprune: it may move or replace files here\n")
     if not stamp.exists():
         atomic_write_text(stamp, key)
+
+
+@functools.lru_cache(maxsize=8)
+def _file_digest(path: str, size: int, mtime_ns: int, inode: int) -> str:
+    return file_sha256(path)
+
+
+def _content_digest(name: str, path: str | None) -> dict[str, str]:
+    if not path:
+        return {}
+    try:
+        st = os.stat(path)
+    except OSError:
+        return {}
+    return {name: _file_digest(os.path.abspath(path), st.st_size, st.st_mtime_ns, st.st_ino)}
+
+
+def weights_digest(cfg: ExperimentConfig) -> dict[str, str]:
+    """``{"checkpoint_sha256": ...}`` of ``model.checkpoint`` ({} without one, or if missing).
+
+    Results depend on the file's content, not its path: a new file at the same path reruns
+    the dense phase and every cell.
+    """
+    return _content_digest("checkpoint_sha256", cfg.model.checkpoint)
+
+
+def _allocation_digest(cfg: ExperimentConfig) -> dict[str, str]:
+    """The sha256 of a ``prune.allocation`` JSON file: cells depend on its content."""
+    alloc = cfg.prune.allocation
+    return _content_digest("allocation_sha256", alloc if alloc.lower().endswith(".json") else None)
+
+
+def dense_state(run_dir: Path) -> dict[str, torch.Tensor]:
+    """The dense weights, checked against the sha256 stored in ``dense/result.json``.
+
+    Raises:
+        UserError: the file is missing or damaged (a rerun retrains or reloads it).
+    """
+    path = run_dir / DENSE_DIR / "model.safetensors"
+    want = read_record(run_dir / DENSE_DIR / "result.json").get("model_sha256")
+    if want is None or not path.is_file() or file_sha256(path) != want:
+        raise UserError(f"{path} is missing or damaged (its checksum does not match)",
+                        "rerun 'gpuprune run': it rebuilds the dense model")  # fmt: skip
+    return load_file(str(path))
 
 
 def cell_key(cfg: ExperimentConfig, matched: bool = False) -> str:
@@ -71,6 +138,7 @@ def cell_key(cfg: ExperimentConfig, matched: bool = False) -> str:
     prune = cfg.prune.model_dump(exclude={"methods", "sparsities"})  # other cells don't matter
     extra = {"equal_latency": cfg.equal_latency.model_dump(exclude={"methods", "tolerance"})}
     return cfg.digest("data", "model", "dense", "finetune", "latency", "seed", prune=prune,
+                      **weights_digest(cfg), **_allocation_digest(cfg),
                       **(extra if matched else {}))  # fmt: skip
 
 
@@ -114,7 +182,7 @@ def prunable_layers(cfg: ExperimentConfig, model: nn.Module) -> list[str]:
     return list(select_layers(model, cfg.prune.exclude, cfg.prune.exclude_first_last))
 
 
-def _schedule(cfg: ExperimentConfig, method: str, total: int) -> Any:
+def schedule_for(cfg: ExperimentConfig, method: str, total: int) -> Any:
     import gpuprune.prune as gp
 
     p = cfg.prune
@@ -124,6 +192,41 @@ def _schedule(cfg: ExperimentConfig, method: str, total: int) -> Any:
         options = {"end_step": max(1, int(p.ramp * total)), **p.schedule_options}
         return gp.get_schedule("agp", **options)
     return gp.get_schedule(p.schedule, **p.schedule_options)
+
+
+IMPORTANCE_BATCHES = 4  # training batches behind each taylor score or sensitivity estimate
+
+
+def _importance_data(cfg: ExperimentConfig, pruner: Any, data: ImageData) -> Any:
+    """A few fixed training batches for taylor importance or sensitivity allocation (or None)."""
+    if not (pruner.importance.needs_grad or pruner.allocation == "sensitivity"):
+        return None
+    loader = train_loader(data, cfg.finetune.batch_size, cfg.seed, augment=False)
+    batches = [b for _, b in zip(range(IMPORTANCE_BATCHES), loader, strict=False)]
+    return lambda: batches
+
+
+def allocation_of(cfg: ExperimentConfig) -> str | dict[str, float]:
+    """``prune.allocation``: a registered name, or a ``{layer: sparsity}`` JSON file read here.
+
+    Raises:
+        UserError: naming ``prune.allocation`` when the file is missing or malformed.
+    """
+    value = cfg.prune.allocation
+    if not value.lower().endswith(".json"):
+        return value
+    try:
+        data = json.loads(Path(value).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"prune.allocation: cannot read {value} ({type(exc).__name__})",
+                        "fix the path, or name an allocation such as uniform") from None
+    ok = isinstance(data, dict) and all(
+        isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool)
+        and 0 <= v < 1 for k, v in data.items())  # fmt: skip
+    if not ok or not data:
+        raise UserError(f"prune.allocation: {value} is not a {{layer: sparsity in [0, 1)}} mapping",
+                        'write e.g. {"features.3": 0.5}')
+    return data
 
 
 def _finetune_steps(cfg: ExperimentConfig, data: ImageData) -> int:
@@ -146,6 +249,10 @@ def run_cell(cfg: ExperimentConfig, run_dir: Path, method: str, sparsity: float,
     stored as ``status: failed`` with the message, so the other cells still run.
     """
     started = time.perf_counter()
+    path = cell_path(run_dir, method, sparsity, matched)
+    if ddp.info().is_main and path.exists() and read_record(path).get("key") != cell_key(
+            cfg, matched):  # made by other settings (or damaged): kept aside, not overwritten
+        set_aside(path, run_dir / STALE_DIR)
     record: dict[str, Any] = {"method": method, "sparsity": sparsity,
                               "key": cell_key(cfg, matched),
                               "equal_latency": matched,
@@ -166,7 +273,7 @@ def run_cell(cfg: ExperimentConfig, run_dir: Path, method: str, sparsity: float,
     record["seconds"] = time.perf_counter() - started
     if ddp.info().is_main:
         path = cell_path(run_dir, method, sparsity, matched)
-        atomic_write_text(path, json.dumps(record, indent=1))
+        record = write_record(path, record)  # checksummed: a changed digit is redone, not reused
     ddp.barrier()
     return record
 
@@ -179,11 +286,12 @@ def _run(cfg: ExperimentConfig, run_dir: Path, method: str, sparsity: float,
     data = data if data is not None else load_data(cfg)
     ft_data = data.subset(train=cfg.finetune.train_subset, seed=cfg.seed + 1)
     model = build_model(cfg, data)
-    model.load_state_dict(load_file(str(run_dir / DENSE_DIR / "model.safetensors")))
+    dense_weights = dense_state(run_dir)
+    model.load_state_dict(dense_weights)
     p = cfg.prune
     pruner = gp.Pruner(
         model, method, target=p.target, importance=p.importance,
-        allocation="plan" if matched else p.allocation, exclude=p.exclude,
+        allocation="plan" if matched else allocation_of(cfg), exclude=p.exclude,
         exclude_first_last=p.exclude_first_last, skip_small=p.skip_small,
         input_size=input_shape(data), method_options=p.method_options.get(method),
     )  # fmt: skip
@@ -201,14 +309,14 @@ def _run(cfg: ExperimentConfig, run_dir: Path, method: str, sparsity: float,
     strength = p.ssl_strength if method == "ssl" else 0.0
     rank = ddp.info()  # under torchrun every rank fine-tunes a shard; rank 0 writes and times
     sync = (lambda: ddp.broadcast_module(model)) if rank.enabled else None
-    hook = PrunerHook(pruner, _schedule(cfg, method, total), sparsity, ssl_strength=strength,
-                      sync=sync)  # fmt: skip
+    hook = PrunerHook(pruner, schedule_for(cfg, method, total), sparsity, ssl_strength=strength,
+                      sync=sync, data=_importance_data(cfg, pruner, ft_data))  # fmt: skip
     work = run_dir / CELLS_DIR / cell_name(method, sparsity, matched)
     if rank.is_main:
         fresh_workdir(work, cell_key(cfg, matched))
     ddp.barrier()
     if total == 0:
-        pruner.apply(sparsity)
+        pruner.apply(sparsity, data=hook.data() if hook.data is not None else None)
     name = cell_id(method, sparsity, matched)
     result = fit(model, ft_data, cfg.finetune.train_config(cfg.seed), run_dir=work, resume=True,
                  hook=hook, progress=progress, desc=f"{name} fine-tune")  # fmt: skip
@@ -221,7 +329,7 @@ def _run(cfg: ExperimentConfig, run_dir: Path, method: str, sparsity: float,
 
     model.cpu()
     dense = build_model(cfg, data)
-    dense.load_state_dict(load_file(str(run_dir / DENSE_DIR / "model.safetensors")))
+    dense.load_state_dict(dense_weights)
     latency, skip = {}, {}
     for backend in cfg.latency.backends:
         # Paired timing: the dense weights through the same kernel, timed in alternation with

@@ -13,7 +13,6 @@ per-layer tiling changes each layer's block shape, and so every cell's accuracy.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,7 +22,7 @@ from rich.console import Console
 from gpuprune.data import ImageData
 from gpuprune.experiment.cell import build_model, input_shape, prunable_layers
 from gpuprune.experiment.config import ExperimentConfig
-from gpuprune.fileio import atomic_write_text, read_record
+from gpuprune.fileio import read_record, write_record
 from gpuprune.latency.geometry import LayerGeometry
 
 if TYPE_CHECKING:
@@ -130,7 +129,7 @@ def run_codesign(cfg: ExperimentConfig, run_dir: Path, data: ImageData,
         **result,
         "seconds": time.perf_counter() - started,
     }
-    atomic_write_text(path, json.dumps(record, indent=1))
+    record = write_record(path, record)  # checksummed: a flipped digit is redone, not reused
     if progress:
         console.print(f"co-design on {backend.name}: {record['faster_10pct']} of "
                       f"{record['total_layers']} layers have a tiling >= 10% faster than the "

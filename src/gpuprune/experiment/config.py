@@ -18,6 +18,11 @@ from gpuprune.errors import UserError
 from gpuprune.train import TrainConfig
 
 Sparsity = Annotated[float, Field(gt=0, lt=1)]
+# Upper bounds: a value past these is a typo that would allocate gigabytes or run for days.
+MAX_BATCH = 65536
+MAX_EPOCHS = 10_000
+MAX_IMAGES = 10_000_000
+MAX_SEED = 2**32 - 1
 
 
 class _Section(BaseModel):
@@ -28,23 +33,23 @@ class DataSection(_Section):
     name: str = "fashion-mnist"  # fashion-mnist, cifar10, synthetic
     root: str | None = None  # local file or folder instead of the default places
     download: bool = True  # allowed to download when nothing is local
-    train_subset: int | None = Field(None, ge=1)  # images kept for dense training
-    test_subset: int | None = Field(None, ge=1)  # images kept for every evaluation
+    train_subset: int | None = Field(None, ge=1, le=MAX_IMAGES)  # images kept for dense training
+    test_subset: int | None = Field(None, ge=1, le=MAX_IMAGES)  # images kept for evaluation
     options: dict[str, Any] = Field(default_factory=dict)  # loader options (synthetic: size...)
 
 
 class ModelSection(_Section):
     name: str = "vgg16"  # a registered model name (a config never names code to import)
-    width: float = Field(1.0, gt=0)  # channel multiplier
+    width: float = Field(1.0, gt=0, le=64)  # channel multiplier
     checkpoint: str | None = None  # dense weights (.safetensors) to load instead of training
 
 
 class RecipeSection(_Section):
     """Fields of :class:`gpuprune.train.TrainConfig`, plus a train subset for fine-tuning."""
 
-    epochs: int = Field(10, ge=0)
-    batch_size: int = Field(128, ge=1)
-    lr: float = Field(0.05, gt=0)
+    epochs: int = Field(10, ge=0, le=MAX_EPOCHS)
+    batch_size: int = Field(128, ge=1, le=MAX_BATCH)
+    lr: float = Field(0.05, gt=0, le=100)
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0)
     schedule: Literal["cosine", "onecycle", "constant"] = "cosine"
@@ -52,10 +57,10 @@ class RecipeSection(_Section):
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     augment: bool = True
     steps_per_epoch: int | None = Field(None, ge=1)
-    eval_batch_size: int = Field(512, ge=1)
+    eval_batch_size: int = Field(512, ge=1, le=MAX_BATCH)
     amp: bool | None = None
     channels_last: bool | None = None
-    train_subset: int | None = Field(None, ge=1)  # fine-tuning: train on this many images
+    train_subset: int | None = Field(None, ge=1, le=MAX_IMAGES)  # fine-tuning: train images
 
     def train_config(self, seed: int) -> TrainConfig:
         fields = self.model_dump(exclude={"train_subset"})
@@ -83,6 +88,12 @@ class PruneSection(_Section):
     def _sparsity_range(cls, values: list[float]) -> list[float]:
         if not values or len(set(values)) != len(values):
             raise ValueError("must be a non-empty list without duplicates")
+        names: dict[str, float] = {}
+        for v in values:  # cells are named method@0.5: two values must not share a name
+            if (name := f"{v:g}") in names:
+                raise ValueError(f"{names[name]!r} and {v!r} are the same cell ({name}); "
+                                 "keep one of them")  # fmt: skip
+            names[name] = v
         return values
 
     @field_validator("methods")
@@ -95,9 +106,9 @@ class PruneSection(_Section):
 
 class LatencySection(_Section):
     backends: list[str] = Field(default_factory=lambda: ["cpu"])
-    batch_size: int = Field(1, ge=1)  # images per timed forward
-    warmup: int = Field(2, ge=0)
-    repeats: int = Field(7, ge=1)
+    batch_size: int = Field(1, ge=1, le=4096)  # images per timed forward
+    warmup: int = Field(2, ge=0, le=10_000)
+    repeats: int = Field(7, ge=1, le=10_000)
     budget_s: float = Field(2.0, gt=0)  # stop repeating (after 3) past this many seconds
 
 
@@ -151,8 +162,8 @@ class CodesignSection(_Section):
     candidates: int = Field(8, ge=0)  # tilings sampled besides the preset
     sparsity: float = Field(0.75, ge=0, lt=1)  # share of each candidate's blocks pruned
     variant: Literal["tile", "simd", "dense"] = "tile"
-    batch_size: int | None = Field(None, ge=1)  # default: latency.batch_size
-    seed: int = 0
+    batch_size: int | None = Field(None, ge=1, le=4096)  # default: latency.batch_size
+    seed: int = Field(0, ge=0, le=MAX_SEED)
 
 
 class TargetsSection(_Section):
@@ -167,7 +178,7 @@ class TargetsSection(_Section):
 
 class ExperimentConfig(_Section):
     name: str = "experiment"
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     notes: list[str] = Field(default_factory=list)  # shown in the report (e.g. what was cut)
     data: DataSection = DataSection()
     model: ModelSection = ModelSection()

@@ -9,12 +9,15 @@ Layout of a run folder::
     summary.json         everything the report needs
 
 Re-running skips finished cells (same settings) and resumes a half-trained dense model or cell.
-A lock file keeps two runs out of one folder.
+A lock file keeps two runs out of one folder. Every stored result carries a sha256 and is redone
+when it does not match; results of other settings move to ``stale/`` and are never deleted, and
+gpuprune never touches a folder it did not create (each holds a ``.gpuprune`` marker).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import platform
@@ -25,28 +28,39 @@ from typing import Any
 
 import torch
 from rich.console import Console
-from safetensors.torch import load_file, save
+from safetensors.torch import save
 
 from gpuprune.data import ImageData
 from gpuprune.errors import UserError
 from gpuprune.experiment.cell import (
     CELLS_DIR,
     DENSE_DIR,
+    allocation_of,
     build_model,
     cell_id,
     cell_key,
     cell_path,
+    dense_state,
     fresh_workdir,
     input_shape,
     load_data,
     prunable_layers,
     run_cell,
+    weights_digest,
 )
 from gpuprune.experiment.codesign_step import run_codesign
 from gpuprune.experiment.config import ExperimentConfig, dump_config, parse_config
 from gpuprune.experiment.equal_latency import check_equal_latency, matched_methods
 from gpuprune.experiment.latency import backend_device, compile_for, time_model, time_models
-from gpuprune.fileio import atomic_write_bytes, atomic_write_text, dir_lock, read_record
+from gpuprune.fileio import (
+    atomic_write_bytes,
+    atomic_write_text,
+    dir_lock,
+    file_sha256,
+    own_folder,
+    read_record,
+    write_record,
+)
 from gpuprune.train import distributed as ddp
 from gpuprune.train import evaluate, fit
 
@@ -85,11 +99,81 @@ def _check_setup(cfg: ExperimentConfig) -> None:
     IMPORTANCES.get(cfg.prune.importance)
     if not cfg.prune.allocation.lower().endswith(".json"):
         ALLOCATIONS.get(cfg.prune.allocation)
+    allocation_of(cfg)  # a .json file: read and checked now
+    if cfg.model.checkpoint and not Path(cfg.model.checkpoint).is_file():
+        raise UserError(f"model.checkpoint {cfg.model.checkpoint} not found",
+                        "fix the path or remove the key")  # fmt: skip
+
+
+def _check_model(cfg: ExperimentConfig, data: ImageData) -> None:
+    """Checks that need the model: exclude patterns, allocation layers, method and schedule
+    options. Each error names its config key; all of them come before any training."""
+    from gpuprune.experiment.cell import schedule_for
+    from gpuprune.prune import get_method
+
+    p = cfg.prune
+    model = build_model(cfg, data)
+    try:
+        layers = prunable_layers(cfg, model)
+    except UserError as exc:
+        raise UserError(f"prune.exclude: {exc.problem}", exc.fix) from None
+    alloc = allocation_of(cfg)
+    if isinstance(alloc, dict) and (unknown := sorted(set(alloc) - set(layers))):
+        raise UserError(f"prune.allocation: {p.allocation} names {unknown[0]!r}, not a layer "
+                        "this config prunes", f"use names such as {', '.join(layers[:4])}")
+    methods = set(p.methods) | set(cfg.equal_latency.methods)
+    for method, options in p.method_options.items():
+        if method not in methods:
+            raise UserError(f"prune.method_options.{method}: not a method of this config",
+                            f"use one of: {', '.join(sorted(methods))}")  # fmt: skip
+        try:
+            get_method(method, **options)
+        except (UserError, TypeError, ValueError) as exc:
+            raise UserError(f"prune.method_options.{method}: {exc}",
+                            f"{method} takes {_option_names(method)}") from None
+    for method in p.methods:
+        try:
+            schedule_for(cfg, method, 100)
+        except (UserError, TypeError, ValueError) as exc:
+            raise UserError(f"prune.schedule_options: {exc}",
+                            f"see the options of schedule {p.schedule!r}") from None
+
+
+def _option_names(method: str) -> str:
+    import inspect
+
+    from gpuprune.prune import METHODS
+
+    names = [n for n in inspect.signature(METHODS.get(method)).parameters if n != "self"]
+    return "the options " + ", ".join(names) if names else "no options"
+
+
+def _check_ray(address: str) -> None:
+    """An unreachable Ray address fails in seconds with a message, not after a long hang."""
+    import socket
+
+    if address in ("local", "auto"):
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"--ray {address}: not an address", "pass HOST:PORT or 'local'")
+    try:
+        with socket.create_connection((host, int(port)), timeout=RAY_CONNECT_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        raise UserError(f"--ray {address}: cannot reach the cluster within "
+                        f"{RAY_CONNECT_TIMEOUT_S:g} s ({exc.strerror or exc})",
+                        "start it (ray start --head), fix the address, or use --ray local"
+                        ) from None
+
+
+RAY_CONNECT_TIMEOUT_S = 5.0
 
 
 def dense_key(cfg: ExperimentConfig) -> str:
-    """What the dense weights depend on."""
-    return cfg.digest("data", "model", "dense", "seed")
+    """What the dense weights depend on (with ``model.checkpoint``: its content, not its path)."""
+    return cfg.digest("data", "model", "dense", "seed", **weights_digest(cfg))
 
 
 def timing_key(cfg: ExperimentConfig) -> str:
@@ -115,14 +199,16 @@ def run_dense(cfg: ExperimentConfig, run_dir: Path, data: ImageData,
     work = run_dir / DENSE_DIR
     result_file = work / "result.json"
     key = dense_key(cfg)
-    done = read_record(result_file)
+    done = read_record(result_file)  # checksummed; a damaged weights file makes it not done
+    if done and not _weights_intact(work, done):
+        done = {}
     if done.get("key") == key and done.get("timing_key") == timing_key(cfg):
         return done
     main = ddp.info().is_main  # under torchrun all ranks train; rank 0 alone writes and times
     model = build_model(cfg, data)
     if done.get("key") == key:  # same weights, other timing settings: time again only
         if main:
-            model.load_state_dict(load_file(str(work / "model.safetensors")))
+            model.load_state_dict(dense_state(run_dir))
             record = {k: v for k, v in done.items() if k not in ("latency", "timing_key")}
             _time_dense(cfg, model, data, record, result_file)
         return _shared(result_file)
@@ -149,7 +235,8 @@ def run_dense(cfg: ExperimentConfig, run_dir: Path, data: ImageData,
     if main:
         model.cpu().eval()
         state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-        atomic_write_bytes(work / "model.safetensors", save(state))
+        blob = save(state)
+        atomic_write_bytes(work / "model.safetensors", blob)
         specs = layer_specs(model, gemm_layers(model), None, input_shape(data))
         record = {
             "key": key,
@@ -160,16 +247,25 @@ def run_dense(cfg: ExperimentConfig, run_dir: Path, data: ImageData,
             "history": history,
             "trained": not cfg.model.checkpoint,
             "seconds": time.perf_counter() - started,
+            "model_sha256": hashlib.sha256(blob).hexdigest(),
         }
+        # The hand-over: the weights are recorded before the checkpoint goes, so a kill while
+        # timing keeps the trained model (the rerun only times it).
+        record = write_record(result_file, record)
         (work / "checkpoint.pt").unlink(missing_ok=True)
         _time_dense(cfg, model, data, record, result_file)
     return _shared(result_file)
 
 
+def _weights_intact(work: Path, record: dict[str, Any]) -> bool:
+    path = work / "model.safetensors"
+    return path.is_file() and file_sha256(path) == record.get("model_sha256")
+
+
 def _shared(path: Path) -> dict[str, Any]:
     """Read what rank 0 wrote, once it has (every rank, after a barrier)."""
     ddp.barrier()
-    return json.loads(path.read_text())
+    return read_record(path)
 
 
 def _time_dense(cfg: ExperimentConfig, model: torch.nn.Module, data: ImageData,
@@ -188,8 +284,7 @@ def _time_dense(cfg: ExperimentConfig, model: torch.nn.Module, data: ImageData,
         times = time_models(compiled, shape, cfg.latency, cfg.seed, backend_device(backend))
         latency[backend] = dict(zip(variants, times, strict=True))
     record.update(timing_key=timing_key(cfg), prunable_layers=layers, latency=latency)
-    atomic_write_text(result_file, json.dumps(record, indent=1))
-    return record
+    return write_record(result_file, record)
 
 
 def _describe(rec: dict[str, Any], dense_acc: float) -> str:
@@ -308,11 +403,17 @@ def run_experiment(
     if ray_address and ddp.info().enabled:
         raise UserError("--ray and torchrun do not mix", "use one of them")
     say = console.print if main else (lambda *a, **k: None)
+    _check_setup(cfg)
+    if ray_address:
+        _check_ray(ray_address)
+    if main:
+        own_folder(run_dir, "run folder", "pass a new or empty folder, or one 'gpuprune run' made",
+                   legacy=(".lock",))  # fmt: skip
     with run_lock(run_dir) if main else contextlib.nullcontext():
-        if main:
-            atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
-        _check_setup(cfg)
         data = load_data(cfg)
+        _check_model(cfg, data)
+        if main:  # only a config that passed every check replaces the stored one
+            atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
         say(f"data: {data.name} from {data.source}: {len(data.train_y)} train, "
             f"{len(data.test_y)} test images")  # fmt: skip
         dense = run_dense(cfg, run_dir, data, progress)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from gpuprune.arch import Target
-from gpuprune.fileio import atomic_write_text
+from gpuprune.fileio import read_record, write_record
 from gpuprune.latency.curve import LatencyCurve
 
 ENV_CACHE = "GPUPRUNE_LATENCY_CACHE"
@@ -59,9 +59,10 @@ class LatencyCache:
         return self.root / f"{digest}.json"
 
     def get(self, key: dict[str, Any]) -> LatencyCurve | None:
-        """The cached curve for ``key``, or None (missing, unreadable, other key or format)."""
+        """The cached curve for ``key``, or None (missing, unreadable, edited, other key or
+        format): a cached curve is reused only when its checksum matches."""
         try:
-            data = json.loads(self.path(key).read_text(encoding="utf-8"))
+            data = read_record(self.path(key))
             if data.get("format") != FORMAT or data.get("key") != key:
                 return None
             curve = LatencyCurve.from_dict(data["curve"])
@@ -72,4 +73,4 @@ class LatencyCache:
     def put(self, key: dict[str, Any], curve: LatencyCurve) -> None:
         """Store ``curve`` under ``key`` (atomically)."""
         data = {"format": FORMAT, "key": key, "curve": curve.to_dict()}
-        atomic_write_text(self.path(key), json.dumps(data, indent=1))
+        write_record(self.path(key), data)

@@ -113,6 +113,30 @@ def check_finite(tensors: Mapping[str, torch.Tensor], origin: str) -> None:
             )
 
 
+MAX_ABS_WEIGHT = 1e15  # far beyond any trained weight; past it a forward pass overflows float32
+
+
+def check_weights(tensors: Mapping[str, torch.Tensor], origin: str,
+                  fix: str | None = None) -> None:  # fmt: skip
+    """Refuse weights no trained model has: NaN/Inf, complex values, magnitudes past
+    :data:`MAX_ABS_WEIGHT`, or a negative BatchNorm ``running_var``. One line naming the tensor.
+    """
+    check_finite(tensors, origin)
+    fix = fix or "use an intact checkpoint of a trained model"
+    for name, t in tensors.items():
+        if t.is_complex():
+            raise UserError(f"{origin}: {name} holds complex numbers ({t.dtype})", fix)
+        if not t.is_floating_point() or not t.numel():
+            continue
+        peak = float(t.detach().abs().max())
+        if peak > MAX_ABS_WEIGHT:
+            raise UserError(f"{origin}: {name} holds a value of magnitude {peak:.3g} "
+                            f"(beyond {MAX_ABS_WEIGHT:g})", fix)  # fmt: skip
+        if name.endswith("running_var") and float(t.min()) < 0:
+            raise UserError(f"{origin}: {name} holds a negative variance {float(t.min()):.3g}",
+                            fix)  # fmt: skip
+
+
 def save_pruned(
     path: str | os.PathLike[str],
     model: nn.Module,
@@ -135,6 +159,9 @@ def save_pruned(
         plan = getattr(model, "gpuprune_plan", None)
     spec = ModelSpec(model_name) if isinstance(model_name, str) else model_name
     tensors = {k: v.detach().cpu().contiguous() for k, v in plain_state_dict(model).items()}
+    # checked now: a file load_pruned would refuse must never be written
+    check_weights(tensors, f"the model to save as {path}",
+                  "fix the model first (e.g. lower the learning rate if training diverged)")
     for name, module in masked_layers(model).items():
         tensors[MASK_PREFIX + name] = get_mask(module).detach().cpu().contiguous()
     try:
@@ -190,7 +217,7 @@ def read_pruned(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str,
     unknown = sorted(set(header) - set(HEADER_KEYS))
     if unknown:
         raise UserError(f"{p} has an unknown header entry {unknown[0]!r}", RESAVE)
-    check_finite(tensors, str(p))
+    check_weights(tensors, str(p))
     return header, tensors
 
 
@@ -342,6 +369,13 @@ def check_matches(
                 f"the model expects {tuple(v.shape)}",
                 "use the model (and --width/--num-classes) the checkpoint was made for",
             )
+        if v.is_floating_point() and not found[k].is_floating_point():
+            # loading would silently cast (complex drops its imaginary part, ints lose nothing
+            # visible but are surely not trained weights)
+            raise UserError(
+                f"{origin}: {k} is {found[k].dtype}, the model expects {v.dtype}",
+                "save the checkpoint with the model's floating-point weights",
+            )
 
 
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
@@ -374,7 +408,7 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
             f"checkpoint {p} holds no state dict of tensors",
             "save it with torch.save(model.state_dict(), path)",
         )
-    check_finite(data, f"checkpoint {p}")
+    check_weights(data, f"checkpoint {p}")
     return data
 
 

@@ -12,6 +12,24 @@ from gpuprune.fileio import atomic_open
 from gpuprune.gemm import block_reduce, gemm_view
 
 MAX_CELLS = 256  # larger block grids are shown averaged (grey = fraction of blocks kept)
+PLOT_FORMATS = ("png", "svg", "pdf")  # chosen by the file's extension
+
+
+def plot_format(path: str | os.PathLike[str]) -> str:
+    """The image format of ``path`` by its extension (png, svg or pdf).
+
+    Raises:
+        UserError: another extension (the bytes would not match the name).
+    """
+    from pathlib import Path
+
+    from gpuprune.errors import UserError
+
+    fmt = Path(path).suffix.lower().lstrip(".")
+    if fmt not in PLOT_FORMATS:
+        raise UserError(f"cannot write a plot as {Path(path).name!r}",
+                        "name it .png, .svg or .pdf")  # fmt: skip
+    return fmt
 
 
 def plot_masks(
@@ -20,14 +38,15 @@ def plot_masks(
     path: str | os.PathLike[str],
     title: str = "",
 ) -> None:
-    """Write a PNG with one panel per layer: its [M, K] block grid, kept blocks dark.
+    """Write an image (PNG, SVG or PDF by ``path``'s suffix) with one panel per layer: its
+    [M, K] block grid, kept blocks dark.
 
     Grids wider than ``MAX_CELLS`` are averaged into cells, grey showing the fraction kept.
 
     Args:
         masks: weight-shaped (or [M, K]) boolean keep-masks by layer name.
         blocks: each layer's block (rows, k); a missing layer is drawn per weight.
-        path: the PNG to write (atomically).
+        path: the image to write (atomically).
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -60,4 +79,4 @@ def plot_masks(
     if title:
         fig.suptitle(title, fontsize=10)
     with atomic_open(path, "wb") as fh:
-        fig.savefig(fh, format="png", dpi=100)
+        fig.savefig(fh, format=plot_format(path), dpi=100)

@@ -114,17 +114,48 @@ def _read_json(path: Path) -> Any:
         ) from None
 
 
+def _read_config(path: Path) -> dict[str, Any]:
+    import yaml
+
+    if not path.exists():
+        return {}
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise UserError(f"{path} is damaged ({type(exc).__name__})",
+                        "rerun 'gpuprune run CONFIG -o RUN_DIR': it writes it again") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{path} is not a mapping of config keys",
+                        "rerun 'gpuprune run CONFIG -o RUN_DIR': it writes it again")
+    return config
+
+
 def load_results(run_dir: str | Path) -> RunResults:
-    """Read ``summary.json`` (or, for an unfinished run, ``dense/`` and ``cells/``)."""
+    """Read ``summary.json`` (or, for an unfinished run, ``dense/`` and ``cells/``).
+
+    Raises:
+        UserError: the files are missing, damaged or malformed (wrong keys or types).
+    """
     run = Path(run_dir)
+    try:
+        return _load_results(run)
+    except (KeyError, TypeError, AttributeError, IndexError, ValueError) as exc:
+        if isinstance(exc, UserError):
+            raise
+        what = f"missing key {exc}" if isinstance(exc, KeyError) else "a value of the wrong type"
+        raise UserError(f"the results in {run} are malformed ({what})",
+                        "rerun 'gpuprune run CONFIG -o RUN_DIR': it rebuilds them") from None
+
+
+def _load_results(run: Path) -> RunResults:
     path = run / "summary.json"
     if path.exists():
         summary = _read_json(path)
+        if not isinstance(summary, dict):
+            raise UserError(f"{path} is not a mapping",
+                            "rerun 'gpuprune run CONFIG -o RUN_DIR': it rebuilds it")
     elif (run / "dense" / "result.json").exists():
-        import yaml
-
-        config = yaml.safe_load((run / "config.yaml").read_text()) if (
-            run / "config.yaml").exists() else {}  # fmt: skip
+        config = _read_config(run / "config.yaml")
         cells = [_read_json(p) for p in sorted((run / "cells").glob("*.json"))]
         summary = {"name": config.get("name", run.name), "config": config, "cuts": [],
                    "notes": ["the run has not finished: partial results"], "cells": cells,

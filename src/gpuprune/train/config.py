@@ -29,23 +29,27 @@ class TrainConfig:
     seed: int = 0  # seeds init-independent randomness: data order, augmentation
 
     def __post_init__(self) -> None:
-        checks = {
-            "epochs": self.epochs >= 0,
-            "batch_size": self.batch_size >= 1,
-            "lr": self.lr > 0 and math.isfinite(self.lr),
-            "momentum": 0 <= self.momentum < 1,
-            "weight_decay": self.weight_decay >= 0,
-            "warmup": 0 <= self.warmup < 1,
-            "label_smoothing": 0 <= self.label_smoothing < 1,
-            "steps_per_epoch": self.steps_per_epoch is None or self.steps_per_epoch >= 1,
-            "eval_batch_size": self.eval_batch_size >= 1,
-            "schedule": self.schedule in ("cosine", "onecycle", "constant"),
-        }
-        for name, ok in checks.items():
+        checks = {  # name: (holds, the allowed values in words)
+            "epochs": (self.epochs >= 0, ">= 0"),
+            "batch_size": (self.batch_size >= 1, ">= 1"),
+            "lr": (self.lr > 0 and math.isfinite(self.lr), "a finite number > 0"),
+            "momentum": (0 <= self.momentum < 1, "in [0, 1)"),
+            "weight_decay": (self.weight_decay >= 0, ">= 0"),
+            "warmup": (0 <= self.warmup < 1, "in [0, 1)"),
+            "label_smoothing": (0 <= self.label_smoothing < 1, "in [0, 1)"),
+            "steps_per_epoch": (self.steps_per_epoch is None or self.steps_per_epoch >= 1,
+                                ">= 1 or unset"),
+            "eval_batch_size": (self.eval_batch_size >= 1, ">= 1"),
+            "schedule": (self.schedule in ("cosine", "onecycle", "constant"),
+                         "cosine, onecycle or constant"),
+        }  # fmt: skip
+        for name, (ok, allowed) in checks.items():
             if not ok:
+                flag = "--" + name.replace("_", "-")
                 raise UserError(
                     f"training setting {name}={getattr(self, name)!r} is out of range",
-                    "see TrainConfig for the allowed values",
+                    f"{name} must be {allowed} ({flag} of gpuprune train, or the {name} key of "
+                    "the config's dense/finetune section)",
                 )
 
 
