@@ -240,7 +240,7 @@ def test_gpuprune_debug_off_values_show_no_traceback(files, cli, monkeypatch, va
 
     monkeypatch.setenv("GPUPRUNE_DEBUG", value)
 
-    def broken(header):
+    def broken(*args: object) -> None:
         raise RuntimeError("unexpected state")
 
     monkeypatch.setattr(prune_cli, "info_from_header", broken)
