@@ -9,6 +9,7 @@ import pytest
 
 from gpuprune.errors import UserError
 from gpuprune.report import load_results, pareto_front, summary_table, target_checks, write_report
+from gpuprune.report.verdict import verdict
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -73,6 +74,29 @@ def test_target_checks_state_measured_numbers(run_dir: Path) -> None:
     assert any("tile at 0.75" in x and "+0.50 pt below unstructured" in x and ": met" in x
                for x in lines)  # fmt: skip
     assert any("vs filter" in x and ": above" in x for x in lines)
+
+
+def test_target_checks_say_within_noise(run_dir: Path) -> None:
+    summary = json.loads((run_dir / "summary.json").read_text())
+    summary["config"]["targets"]["noise_pt"] = 0.8  # dense passes by 1.0, tile by 0.5
+    summary["environment"] = {"machine": "x86_64", "cpu": "Some CPU", "cpu_isa": "AVX2",
+                              "cpus": 2, "torch": "2.x"}  # fmt: skip
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    lines = target_checks(load_results(run_dir))
+    assert lines[0] == "dense accuracy 92.00% (target >= 91%): met"  # margin 1.0 > spread 0.8
+    tile = next(x for x in lines if "tile at 0.75" in x and "unstructured" in x)
+    assert tile.endswith(": met, within noise (margin +0.50 pt, spread 0.80 pt)")
+    md = write_report(run_dir)["markdown"].read_text()
+    assert "machine: Some CPU (AVX2), x86_64, 2 CPUs" in md
+
+
+@pytest.mark.parametrize(("margin", "noise", "word"), [
+    (0.3, None, "met"), (-0.3, None, "NOT met"), (0.3, 0.5, "met, within noise"),
+    (-0.3, 0.5, "NOT met, within noise"), (-0.6, 0.5, "NOT met"), (0.0, 0.0, "met"),
+])  # fmt: skip
+def test_verdict(margin: float, noise: float | None, word: str) -> None:
+    got = verdict(margin, noise)
+    assert got == word or got.startswith(word + " (margin")
 
 
 def test_pareto_front() -> None:

@@ -30,6 +30,12 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_isa() -> str:
+    """The SIMD level PyTorch's CPU kernels run at (e.g. AVX2, AVX512): float reductions, and so
+    trained accuracies, differ between levels."""
+    return torch.backends.cpu.get_cpu_capability()
+
+
 def opencl_device_name() -> str | None:
     try:
         from gpuprune.kernels.opencl.context import get_device
@@ -57,6 +63,7 @@ def environment() -> dict:
     cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {
         "cpu": cpu_name(),
+        "cpu_isa": cpu_isa(),
         "cpu_threads": torch.get_num_threads(),
         "opencl_device": opencl_device_name(),
         "cuda_device": cuda,

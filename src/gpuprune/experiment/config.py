@@ -174,6 +174,8 @@ class TargetsSection(_Section):
     max_gap_pt: float = Field(1.0, ge=0)  # allowed points below unstructured at that sparsity
     latency_gain_pt: float | None = None  # latency-aware tile over uniform, at equal latency
     codesign_share: float | None = Field(None, ge=0, le=1)  # layers >= 10% faster than preset
+    # measured spread of accuracies across seeds and CPUs (pt): a smaller margin is "within noise"
+    noise_pt: float | None = Field(None, ge=0, le=100)
 
 
 class ExperimentConfig(_Section):

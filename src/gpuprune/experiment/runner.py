@@ -30,6 +30,7 @@ import torch
 from rich.console import Console
 from safetensors.torch import save
 
+from gpuprune.bench.environment import cpu_isa, cpu_name
 from gpuprune.data import ImageData
 from gpuprune.errors import UserError
 from gpuprune.experiment.cell import (
@@ -374,7 +375,8 @@ def collect(cfg: ExperimentConfig, run_dir: Path, dense: dict[str, Any], data: I
         "cells": cells,
         "codesign": codesign,
         "environment": {"python": platform.python_version(), "torch": torch.__version__,
-                        "machine": platform.machine(), "cpus": os.cpu_count(),
+                        "machine": platform.machine(), "cpu": cpu_name(), "cpu_isa": cpu_isa(),
+                        "cpus": os.cpu_count(),
                         "threads": torch.get_num_threads()},  # fmt: skip
         "seconds": seconds,
     }

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from gpuprune.experiment.config import parse_cell
 from gpuprune.report.results import Row, RunResults, Section
+from gpuprune.report.verdict import noise_pt, verdict
 
 COLUMNS = ["method", "cells", "latency (x dense)", "accuracy at reference latency",
            "vs reference (pt)", "how"]  # fmt: skip
@@ -139,12 +140,12 @@ def equal_latency_checks(res: RunResults) -> list[str]:
                              f"{r.base_method} cell to compare at that latency ({base.how})")
                 continue
             gain = (r.accuracy - base.accuracy) * 100
-            verdict = ""
+            check = ""
             if goal is not None and r.base_method == ref.method:
-                verdict = f" (target >= {goal:g}): {'met' if gain >= goal else 'NOT met'}"
+                check = f" (target >= {goal:g}): {verdict(gain - goal, noise_pt(res.summary))}"
             lines.append(
                 f"{r.method} on {backend}: {r.accuracy:.2%} at {lat:.3f}x dense vs uniform "
                 f"{r.base_method} {base.accuracy:.2%} at {base.latency:.3f}x ({base.how}): "
-                f"{gain:+.2f} pt{verdict}"
+                f"{gain:+.2f} pt{check}"
             )
     return lines

@@ -14,6 +14,7 @@ from gpuprune.report.crosstarget import cross_target_section
 from gpuprune.report.equal_latency import equal_latency_checks, equal_latency_sections
 from gpuprune.report.plots import make_plots
 from gpuprune.report.results import Row, RunResults, Section, load_results
+from gpuprune.report.verdict import noise_pt, verdict
 
 
 def _f(value: float, fmt: str) -> str:
@@ -62,11 +63,12 @@ def target_checks(res: RunResults) -> list[str]:
 def _accuracy_checks(res: RunResults) -> list[str]:
     targets = res.summary.get("config", {}).get("targets") or {}
     lines = []
+    noise = noise_pt(res.summary)
     dense = res.dense["accuracy"] * 100
     goal = targets.get("dense_accuracy")
     if goal is not None:
         lines.append(f"dense accuracy {dense:.2f}% (target >= {goal * 100:g}%): "
-                     f"{'met' if dense >= goal * 100 else 'NOT met'}")  # fmt: skip
+                     f"{verdict(dense - goal * 100, noise)}")  # fmt: skip
     at = targets.get("sparsity")
     if at is None:
         return lines
@@ -79,14 +81,13 @@ def _accuracy_checks(res: RunResults) -> list[str]:
             continue
         if un is not None:
             gap = (un.accuracy - r.accuracy) * 100
-            verdict = "met" if gap <= limit else "NOT met"
             lines.append(f"{m} at {at:g}: {r.accuracy:.2%}, {gap:+.2f} pt below unstructured "
-                         f"(target <= {limit:g}): {verdict}")  # fmt: skip
+                         f"(target <= {limit:g}): {verdict(limit - gap, noise)}")  # fmt: skip
         if flt is not None:
             lines.append(
                 f"{m} at {at:g} vs filter: {r.accuracy:.2%} (FLOPs kept {r.flops_kept:.3f}) vs "
                 f"{flt.accuracy:.2%} (FLOPs kept {flt.flops_kept:.3f}): "
-                f"{'above' if r.accuracy > flt.accuracy else 'NOT above'}"
+                f"{verdict((r.accuracy - flt.accuracy) * 100, noise, 'above', 'NOT above')}"
             )
     return lines
 
@@ -119,7 +120,8 @@ def _setup_lines(res: RunResults) -> list[str]:
                      "cell, / pruned")  # fmt: skip
     env = s.get("environment")
     if env:
-        lines.append(f"machine: {env.get('machine')}, {env.get('cpus')} CPUs, torch "
+        cpu = f"{env['cpu']} ({env.get('cpu_isa')}), " if env.get("cpu") else ""
+        lines.append(f"machine: {cpu}{env.get('machine')}, {env.get('cpus')} CPUs, torch "
                      f"{env.get('torch')}; run took {s.get('seconds', 0):.0f} s")  # fmt: skip
     return lines
 
