@@ -165,6 +165,24 @@ def _layer_targets(
     return out
 
 
+def _check_dtypes(model: nn.Module, runner: Backend) -> None:
+    """Refuse parameters in a dtype the backend's kernels do not compute in (never cast quietly).
+
+    The packed weights are kept in float32 whatever the model's dtype; a backend that takes
+    float16/bfloat16 (triton) converts them once per compute dtype on the device.
+    """
+    for name, p in model.named_parameters():
+        if p.dtype not in runner.dtypes:
+            names = ", ".join(str(d).removeprefix("torch.") for d in runner.dtypes)
+            fix = "call model.float() before compile()"
+            if p.dtype.is_floating_point and runner.name != "triton":
+                fix += ", or use backend='triton' on a CUDA/ROCm GPU for float16/bfloat16 models"
+            raise UserError(
+                f"parameter {name} is {p.dtype}; the {runner.name} backend's kernels run {names}",
+                fix,
+            )
+
+
 def _foldable(bn: nn.Module | None) -> bool:
     return isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats and bn.running_var is not None
 
@@ -186,7 +204,8 @@ def compile(  # noqa: A001 - the public name the project documents (gpuprune.com
     least one all-zero block of the variant's block shape on ``target``.
 
     Args:
-        model: a float32 model, pruned (masked parametrizations or zeros in the weights).
+        model: a pruned model (masked parametrizations or zeros in the weights), float32; or
+            float16/bfloat16 with backend="triton", whose layers also follow ``torch.autocast``.
         target: Target, preset name or file; ``None``/"detect" detects the OpenCL/CUDA device.
         backend: "opencl", "triton", "cpu", "reference", or "auto" (the first available of
             opencl, cpu, reference, saying so when it falls back).
@@ -205,12 +224,7 @@ def compile(  # noqa: A001 - the public name the project documents (gpuprune.com
     out = model if inplace else copy.deepcopy(model)
     out.eval()
     _bake_masks(out)
-    for name, p in out.named_parameters():
-        if p.dtype != torch.float32:
-            raise UserError(
-                f"parameter {name} is {p.dtype}; the skip kernels run float32",
-                "call model.float() before compile()",
-            )
+    _check_dtypes(out, runner)
     plan = _methods_for(out, methods)
     per_layer = _layer_targets(out, layer_targets)
     chains = find_chains(out)
