@@ -113,9 +113,9 @@ def test_conv_small_simd_rows(interpret, case, variant):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("variant", ["tile", "simd", "dense"])
 @pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: "x".join(map(str, c[:5])))
-@pytest.mark.parametrize("target", [POCL, NVIDIA], ids=lambda t: t.name)
-def test_conv_every_combination(interpret, target, case, variant, dtype, channels_last):
-    run_conv(interpret, target, case, variant, dtype, channels_last, seed=1)
+def test_conv_every_combination(interpret, case, variant, dtype, channels_last):
+    """Both layouts in every dtype and variant, on cpu-pocl's blocks (NVIDIA's run above)."""
+    run_conv(interpret, POCL, case, variant, dtype, channels_last, seed=1)
 
 
 def test_strided_input_view(interpret):
