@@ -183,6 +183,15 @@ class TritonGemm:
 
     def launch(self, x: Tensor, out: Tensor, n: int, geometry: dict, xs: tuple, os_: tuple):
         """Run the kernel over ``n`` GEMM columns; strides ``xs``/``os_`` are (b, c, h, w)."""
+        for t in (x, out):  # the kernel computes element offsets in 32-bit integers
+            reach = 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride(),
+                                                                        strict=True))
+            if reach >= 2**31:
+                raise UserError(
+                    f"tensor {tuple(t.shape)} spans {reach} elements, more than one launch "
+                    "addresses (2^31)",
+                    "split the batch into smaller ones",
+                )
         counter = torch.zeros(1, dtype=torch.int32, device=self.device)
         gm = self.gm
         m, k = self.shape
