@@ -275,3 +275,21 @@ def test_conv_on_gpu(monkeypatch, variant, dtype):
     y = layer(x.cuda().to(memory_format=torch.channels_last))
     assert y.is_cuda
     assert_matches(y, ref, dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA/ROCm GPU")
+def test_tf32_like_cudnn_on_gpu(monkeypatch):
+    """With PyTorch's default TF32 for convolutions, the kernel lands within TF32 error too."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    weight = block_masked(96, 32 * 9, NVIDIA.tile_block(), 0.5, seed=6)
+    layer = get_backend("triton").conv2d(
+        pack_for(weight, NVIDIA, "tile"), None, NVIDIA, variant="tile", in_channels=32,
+        kernel_size=(3, 3), stride=(2, 2), padding=(1, 1), dilation=(1, 1),
+    )  # fmt: skip
+    x = torch.randn(3, 32, 15, 13)
+    ref = F.conv2d(x.double(), weight.double().reshape(96, 32, 3, 3), stride=2, padding=1)
+    y = layer(x.cuda())
+    scale = float(ref.abs().max())
+    torch.testing.assert_close(y.cpu().double(), ref, rtol=1e-2, atol=1e-2 * scale)
