@@ -34,7 +34,7 @@ class Backend(abc.ABC):
 
     name: ClassVar[str]
     # parameter/activation dtypes the kernels compute in; compile() refuses models in others
-    dtypes: ClassVar[tuple[torch.dtype, ...]] = (torch.float32,)
+    dtypes: ClassVar[tuple[torch.dtype, ...]] = FLOAT32
 
     def check_available(self) -> None:  # noqa: B027 - optional hook, default: always available
         """Raise a :class:`UserError` naming the fix (setup step, other backend) if unusable."""

@@ -168,7 +168,7 @@ def _check_dtypes(model: nn.Module, runner: Backend) -> None:
     """Refuse parameters in a dtype the backend's kernels do not compute in (never cast quietly).
 
     The packed weights are kept in float32 whatever the model's dtype; a backend that takes
-    float16/bfloat16 (triton) converts them once per compute dtype on the device.
+    float16/bfloat16 (opencl, triton) converts them once per compute dtype on the device.
     """
     for name, p in model.named_parameters():
         if p.dtype not in runner.dtypes:
@@ -203,8 +203,9 @@ def compile(  # noqa: A001 - the public name the project documents (gpuprune.com
     least one all-zero block of the variant's block shape on ``target``.
 
     Args:
-        model: a pruned model (masked parametrizations or zeros in the weights), float32; or
-            float16/bfloat16 with backend="triton", whose layers also follow ``torch.autocast``.
+        model: a pruned model (masked parametrizations or zeros in the weights), float32; also
+            float16 with backend="opencl" or "triton", bfloat16 with "triton" (whose layers
+            also follow ``torch.autocast``). Other dtypes are refused (``Backend.dtypes``).
         target: Target, preset name or file; ``None``/"detect" detects the OpenCL/CUDA device.
         backend: "opencl", "triton", "cpu", "reference", or "auto" (the first available of
             opencl, cpu, reference, saying so when it falls back).
