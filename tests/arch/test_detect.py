@@ -98,3 +98,28 @@ def test_fit_reports_when_nothing_fits():
 )
 def test_vendor_names(vendor, cpu, want):
     assert det.vendor_of(vendor, cpu) == want
+
+
+@pytest.mark.parametrize(
+    ("capability", "preset"),
+    [((6, 1), "nvidia-sm70"), ((7, 0), "nvidia-sm70"), ((7, 5), "nvidia-sm70"),
+     ((8, 0), "nvidia-sm80"), ((8, 6), "nvidia"), ((8, 7), "nvidia"), ((8, 9), "nvidia-sm89"),
+     ((9, 0), "nvidia-sm89"), ((12, 0), "nvidia-sm89")],
+)  # fmt: skip
+def test_compute_capability_maps_to_the_nearest_older_preset(capability, preset):
+    assert det.nvidia_preset_for(capability) == preset
+
+
+def test_cuda_detection_says_which_preset_it_chose(monkeypatch):
+    import torch
+
+    props = types.SimpleNamespace(
+        name="NVIDIA H200", warp_size=32, max_threads_per_block=1024,
+        shared_memory_per_block=48 * 1024, multi_processor_count=132, major=9, minor=0,
+    )  # fmt: skip
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: props)
+    t = det.detect_cuda()
+    assert "compute capability 9.0 -> preset nvidia-sm89" in t.source
+    assert t.tile_block() == (128, 32) and t.compute_units == 132

@@ -189,3 +189,45 @@ def test_bad_layer_inputs():
     narrow, _, _, _ = _conv_case(CONV_CASES[2], POCL, "tile", seed=0)  # 3x2 kernel, no w padding
     with pytest.raises(UserError, match="smaller than"):
         narrow(torch.zeros(1, 5, 9, 1))
+
+
+def _half_ref(layer_ref_args, x, w, b, relu):
+    """float64 reference from the float16-rounded input and weight."""
+    stride, pad, dil, shape = layer_ref_args
+    ref = F.conv2d(x.half().double(), w.half().double().reshape(shape), b.double(), stride, pad,
+                   dil)  # fmt: skip
+    return F.relu(ref) if relu else ref
+
+
+@pytest.mark.parametrize("variant", ["dense", "tile", "simd"])
+@pytest.mark.parametrize("case", [1, 2])
+def test_half_storage_path(variant, case):
+    """float16 in and out (HALF=1 build), float32 accumulation: works without cl_khr_fp16."""
+    layer, x, _, w = _conv_case(CONV_CASES[case], POCL, variant, seed=case)
+    batch, cin, cout, hw, ks, stride, pad, dil = CONV_CASES[case]
+    y = layer(x.half())
+    assert y.dtype == torch.float16
+    b = torch.from_numpy(layer.bias)
+    ref = _half_ref((stride, pad, dil, (cout, cin, *ks)), x, w, b, layer.relu)
+    assert_close_rel(y.double(), ref, rel=2e-3)
+    assert_close_rel(layer(x).double(), ref, rel=2e-3)  # the float32 build still serves float32
+
+
+def test_half_linear_and_compile():
+    from torch import nn
+
+    from gpuprune import compile as gp_compile
+
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(70, 40), nn.ReLU(), nn.Linear(40, 5)).half()
+    with torch.no_grad():
+        model[0].weight[:32, :32] = 0
+    compiled = gp_compile(model, POCL, backend="opencl", methods="tile", verbose=False)
+    x = torch.randn(3, 70).half()
+    y = compiled(x)
+    assert y.dtype == torch.float16
+    with torch.no_grad():
+        ref = model.double()(x.double())
+    assert_close_rel(y.double(), ref, rel=2e-3)
+    with pytest.raises(UserError, match="opencl backend's kernels run float32, float16"):
+        gp_compile(nn.Linear(4, 4).bfloat16(), POCL, backend="opencl", verbose=False)

@@ -67,6 +67,24 @@ def base_preset(vendor: str, simd_width: int) -> Target:
     return TARGETS.get(name)
 
 
+# NVIDIA presets by the compute capability of the GPU their CLBlast tuning entry was measured on
+NVIDIA_BY_CC = {
+    (7, 0): "nvidia-sm70",
+    (8, 0): "nvidia-sm80",
+    (8, 6): "nvidia",
+    (8, 9): "nvidia-sm89",
+}
+
+
+def nvidia_preset_for(capability: tuple[int, int]) -> str:
+    """The NVIDIA preset nearest a compute capability: the newest one not newer than the device
+    (a newer GPU has at least the older one's resources; an older GPU than every preset gets
+    the oldest). E.g. (9, 0) H100/H200 -> "nvidia-sm89", (7, 5) Turing -> "nvidia-sm70"."""
+    known = sorted(NVIDIA_BY_CC)
+    fitting = [cc for cc in known if cc <= tuple(capability)]
+    return NVIDIA_BY_CC[fitting[-1] if fitting else known[0]]
+
+
 def fit_target(
     *,
     name: str,
@@ -76,9 +94,10 @@ def fit_target(
     local_mem_bytes: int,
     compute_units: int,
     source: str,
+    base: Target | None = None,
 ) -> Target:
-    """The first tiling (vendor preset, then smaller fallbacks) that is valid on this hardware."""
-    base = base_preset(vendor, simd_width)
+    """The first tiling (``base`` or the vendor preset, then smaller fallbacks) valid here."""
+    base = base or base_preset(vendor, simd_width)
     tilings = [{f: getattr(base, f) for f in _TILING_FIELDS}, *_FALLBACK_TILINGS]
     hw = {
         "name": name,
@@ -164,6 +183,11 @@ def detect_cuda() -> Target:
     props = torch.cuda.get_device_properties(torch.cuda.current_device())
     rocm = bool(getattr(torch.version, "hip", None))
     warp = int(getattr(props, "warp_size", 64 if rocm else 32))
+    base, chose = None, ""
+    if not rocm and hasattr(props, "major"):
+        capability = (int(props.major), int(props.minor))
+        base = TARGETS.get(nvidia_preset_for(capability))
+        chose = f", compute capability {capability[0]}.{capability[1]} -> preset {base.name}"
     return fit_target(
         name=_slug(props.name),
         vendor="amd" if rocm else "nvidia",
@@ -171,7 +195,8 @@ def detect_cuda() -> Target:
         max_work_group_size=int(getattr(props, "max_threads_per_block", 1024)),
         local_mem_bytes=int(getattr(props, "shared_memory_per_block", 48 * 1024)),
         compute_units=int(props.multi_processor_count),
-        source=f"detected via torch.cuda: {props.name}",
+        source=f"detected via torch.cuda: {props.name}{chose}",
+        base=base,
     )
 
 

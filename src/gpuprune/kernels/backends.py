@@ -27,12 +27,15 @@ from gpuprune.kernels.format import BlockSparseWeight, block_for, full_grid
 from gpuprune.registry import Registry
 
 Forward = Callable[[Tensor], Tensor]
+FLOAT32 = (torch.float32,)
 
 
 class Backend(abc.ABC):
     """One way of executing packed layers (OpenCL, Triton, CPU, plain PyTorch reference)."""
 
     name: ClassVar[str]
+    # parameter/activation dtypes the kernels compute in; compile() refuses models in others
+    dtypes: ClassVar[tuple[torch.dtype, ...]] = FLOAT32
 
     def check_available(self) -> None:  # noqa: B027 - optional hook, default: always available
         """Raise a :class:`UserError` naming the fix (setup step, other backend) if unusable."""
@@ -129,11 +132,17 @@ def check_conv_shape(packed: BlockSparseWeight, geometry: ConvGeometry) -> None:
         )
 
 
-def check_input(x: Tensor, dims: int, channels: int, what: str) -> None:
+def check_input(
+    x: Tensor, dims: int, channels: int, what: str, dtypes: tuple[torch.dtype, ...] = FLOAT32
+) -> None:
     """Raise a UserError for an input a compiled layer cannot take (dtype, rank, channels)."""
-    if x.dtype != torch.float32:
+    if x.dtype not in dtypes:
+        names = " or ".join(str(d).removeprefix("torch.") for d in dtypes)
         raise UserError(
-            f"compiled {what} takes float32 input, got {x.dtype}", "call x.float() before the layer"
+            f"compiled {what} takes {names} input, got {x.dtype}",
+            "call x.float() before the layer"
+            if dtypes == FLOAT32
+            else f"convert the input to one of {names}",
         )
     if x.dim() != dims or x.shape[1] != channels:
         raise UserError(

@@ -201,6 +201,24 @@ def _layer_targets(
     return out
 
 
+def _check_dtypes(model: nn.Module, runner: Backend) -> None:
+    """Refuse parameters in a dtype the backend's kernels do not compute in (never cast quietly).
+
+    The packed weights are kept in float32 whatever the model's dtype; a backend that takes
+    float16/bfloat16 (opencl, triton) converts them once per compute dtype on the device.
+    """
+    for name, p in model.named_parameters():
+        if p.dtype not in runner.dtypes:
+            names = ", ".join(str(d).removeprefix("torch.") for d in runner.dtypes)
+            fix = "call model.float() before compile()"
+            if p.dtype.is_floating_point and runner.name != "triton":
+                fix += ", or use backend='triton' on a CUDA/ROCm GPU for float16/bfloat16 models"
+            raise UserError(
+                f"parameter {name} is {p.dtype}; the {runner.name} backend's kernels run {names}",
+                fix,
+            )
+
+
 def _foldable(bn: nn.Module | None) -> bool:
     return isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats and bn.running_var is not None
 
@@ -228,7 +246,9 @@ def compile(  # noqa: A001 - the public name the project documents (gpuprune.com
     Without a plan, layers with at least one all-zero tile are compiled with the tile kernel.
 
     Args:
-        model: a float32 model, pruned (masked parametrizations or zeros in the weights).
+        model: a pruned model (masked parametrizations or zeros in the weights), float32; also
+            float16 with backend="opencl" or "triton", bfloat16 with "triton" (whose layers
+            also follow ``torch.autocast``). Other dtypes are refused (``Backend.dtypes``).
         target: Target, preset name or file; default the plan's target, else (or "detect")
             the detected OpenCL/CUDA device.
         backend: "opencl", "triton", "cpu", "reference", or "auto" (triton on a CUDA/ROCm GPU,
@@ -255,12 +275,7 @@ def compile(  # noqa: A001 - the public name the project documents (gpuprune.com
     out = model if inplace else copy.deepcopy(model)
     out.eval()
     _bake_masks(out)
-    for name, p in out.named_parameters():
-        if p.dtype != torch.float32:
-            raise UserError(
-                f"parameter {name} is {p.dtype}; the skip kernels run float32",
-                "call model.float() before compile()",
-            )
+    _check_dtypes(out, runner)
     chosen = _explicit_kernels(out, methods, kernels)
     explicit = chosen is not None
     if chosen is None and plan is not None:

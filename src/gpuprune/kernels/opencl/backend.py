@@ -30,6 +30,8 @@ from gpuprune.kernels.opencl.context import ClDevice, get_device, import_pyopenc
 from gpuprune.kernels.opencl.programs import build_program
 
 VARIANT_IDS = {"dense": 0, "tile": 1, "simd": 2}
+DTYPES = (torch.float32, torch.float16)  # float16: half storage, float32 accumulation (HALF=1)
+NUMPY = {torch.float32: np.float32, torch.float16: np.float16}
 
 
 @dataclass(frozen=True)
@@ -131,24 +133,13 @@ class ClLayer:
     bias: np.ndarray
     instrument: bool = False
     counts: Tensor | None = None  # after a call with instrument: blocks visited [rows, n_tiles]
-    _kernel: Any = None
+    _kernels: dict[torch.dtype, Any] = field(default_factory=dict)
     _buffers: dict[str, Any] = field(default_factory=dict)
     _ktabs: dict[tuple[int, int], Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         cl = import_pyopencl()
-        defines = dict(self.target.defines())
-        defines["VARIANT"] = VARIANT_IDS[self.variant]
-        defines["COUNT"] = int(self.instrument)
-        try:
-            self._kernel = cl.Kernel(build_program(self.dev, defines), "skip_gemm")
-        except cl.Error as err:  # a driver that rejects valid OpenCL 1.2 for these tile sizes
-            first = (str(err).strip().splitlines() or ["build failed"])[0][:120]
-            raise UserError(
-                f"the OpenCL driver of {self.dev.name} could not build the kernel for target "
-                f"{self.target.name!r} ({first})",
-                "try another target (gpuprune targets) or backend='cpu'",
-            ) from None
+        self._kernel(torch.float32)  # build now: a driver that fails says so at compile time
         flags = cl.mem_flags.READ_ONLY | cl.mem_flags.COPY_HOST_PTR
         for name in ("values", "row_ptr", "col_idx", "slab_ptr", "slab_idx"):
             host = getattr(self.arrays, name)
@@ -156,6 +147,37 @@ class ClLayer:
                 host = np.zeros(1, dtype=host.dtype)
             self._buffers[name] = cl.Buffer(self.dev.context, flags, hostbuf=host)
         self._buffers["bias"] = cl.Buffer(self.dev.context, flags, hostbuf=self.bias)
+
+    def _kernel(self, dtype: torch.dtype) -> Any:
+        """The kernel for inputs of ``dtype`` (float16: the HALF=1 build), built once."""
+        if dtype not in self._kernels:
+            cl = import_pyopencl()
+            defines = dict(self.target.defines())
+            defines["VARIANT"] = VARIANT_IDS[self.variant]
+            defines["COUNT"] = int(self.instrument)
+            defines["HALF"] = int(dtype == torch.float16)
+            try:
+                self._kernels[dtype] = cl.Kernel(build_program(self.dev, defines), "skip_gemm")
+            except cl.Error as err:  # a driver that rejects valid OpenCL 1.2 for these tiles
+                first = (str(err).strip().splitlines() or ["build failed"])[0][:120]
+                raise UserError(
+                    f"the OpenCL driver of {self.dev.name} could not build the kernel for "
+                    f"target {self.target.name!r} ({first})",
+                    "try another target (gpuprune targets) or backend='cpu'",
+                ) from None
+        return self._kernels[dtype]
+
+    def _values(self, dtype: torch.dtype) -> Any:
+        """The packed weights on the device in ``dtype`` (float16 copy made on first use)."""
+        name = "values" if dtype == torch.float32 else f"values_{dtype}"
+        if name not in self._buffers:
+            cl = import_pyopencl()
+            host = self.arrays.values.astype(NUMPY[dtype])
+            if host.size == 0:
+                host = np.zeros(1, dtype=host.dtype)
+            flags = cl.mem_flags.READ_ONLY | cl.mem_flags.COPY_HOST_PTR
+            self._buffers[name] = cl.Buffer(self.dev.context, flags, hostbuf=host)
+        return self._buffers[name]
 
     def _ktab(self, h: int, w: int) -> Any:
         if (h, w) not in self._ktabs:
@@ -168,10 +190,10 @@ class ClLayer:
     def __call__(self, x: Tensor) -> Tensor:
         cl = import_pyopencl()
         if self.linear:
-            check_input(x, 2, self.k, "Linear")
+            check_input(x, 2, self.k, "Linear", DTYPES)
             batch, h, w, ho, wo = x.shape[0], 1, 1, 1, 1
         else:
-            check_input(x, 4, self.in_channels, "Conv2d")
+            check_input(x, 4, self.in_channels, "Conv2d", DTYPES)
             batch, _, h, w = x.shape
             ho, wo = ConvGeometry(self.in_channels, self.kernel_size, self.stride, self.padding,
                                   self.dilation).check_input(h, w)  # fmt: skip
@@ -185,11 +207,12 @@ class ClLayer:
             )
         t = self.target
         n_tiles, m_tiles = -(-n // t.nwg), -(-self.m // t.mwg)
-        host_x = np.ascontiguousarray(x.detach().to("cpu").numpy(), dtype=np.float32)
+        store = NUMPY[x.dtype]
+        host_x = np.ascontiguousarray(x.detach().to("cpu").numpy(), dtype=store)
         ctx, queue = self.dev.context, self.dev.queue
         mf = cl.mem_flags
         x_buf = cl.Buffer(ctx, mf.READ_ONLY | mf.COPY_HOST_PTR, hostbuf=host_x)
-        out = np.empty(batch * self.m * ho * wo, dtype=np.float32)
+        out = np.empty(batch * self.m * ho * wo, dtype=store)
         out_buf = cl.Buffer(ctx, mf.WRITE_ONLY, size=out.nbytes)
         if self.instrument:
             counter = np.zeros(max(self.arrays.rows * n_tiles, 1), dtype=np.int32)
@@ -199,14 +222,14 @@ class ClLayer:
         i32 = np.int32
         s, p = self.stride, self.padding  # (1, 1) and (0, 0) for Linear
         b = self._buffers
-        self._kernel(
+        self._kernel(x.dtype)(
             queue,
             (n_tiles * t.ndimc, m_tiles * t.mdimc),
             (t.ndimc, t.mdimc),
             i32(self.m), i32(n), i32(self.k),
             i32(self.in_channels), i32(h), i32(w), i32(wo), i32(ho * wo),
             i32(s[0]), i32(s[1]), i32(p[0]), i32(p[1]), i32(self.relu),
-            x_buf, self._ktab(h, w), b["values"], b["row_ptr"], b["col_idx"],
+            x_buf, self._ktab(h, w), self._values(x.dtype), b["row_ptr"], b["col_idx"],
             b["slab_ptr"], b["slab_idx"], b["bias"], out_buf, cnt_buf,
         )
         cl.enqueue_copy(queue, out, out_buf)
@@ -229,6 +252,7 @@ class OpenCLBackend(Backend):
     """
 
     name = "opencl"
+    dtypes = DTYPES
 
     def __init__(self, instrument: bool = False) -> None:
         self.instrument = instrument

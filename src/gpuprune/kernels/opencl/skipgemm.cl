@@ -32,6 +32,11 @@
 // then buffers: x (NCHW), ktab, values, row_ptr, col_idx, slab_ptr, slab_idx (simd only), bias
 // (M floats, zeros when the layer has none), out (NCHW), counter (COUNT only).
 //
+// HALF: x, values and out are float16 in memory (half the traffic), read with vload_half and
+// written with vstore_half_rte; staging and accumulation stay float32, like a float16 dense GEMM
+// with float32 accumulation. These are core OpenCL 1.2 built-ins, so no cl_khr_fp16 is needed
+// (that extension would only add half arithmetic, which the kernel deliberately avoids).
+//
 // COUNT (instrumentation): counter[row_block * n_tiles + n_tile] counts the blocks a work-group
 // (tile) or a SIMD row-group (simd) visited, written by a single work-item.
 
@@ -61,6 +66,18 @@
 #endif
 #ifndef COUNT
 #define COUNT 0
+#endif
+#ifndef HALF
+#define HALF 0
+#endif
+#if HALF
+typedef half store_t;
+#define LOAD1(p, i) vload_half((i), (p))
+#define STORE1(v, p, i) vstore_half_rte((v), (i), (p))
+#else
+typedef float store_t;
+#define LOAD1(p, i) ((p)[i])
+#define STORE1(v, p, i) ((p)[i] = (v))
 #endif
 
 #ifndef MWI
@@ -104,7 +121,7 @@ typedef float floatv;
 #define ROW_GROUPS (MWG / SIMD_ROWS)
 
 // Stage the KWG x NWG input slab starting at k0 into Bls (zeros outside K and the image).
-inline void load_slab(__local float* Bls, __global const float* restrict x,
+inline void load_slab(__local float* Bls, __global const store_t* restrict x,
                       __global const int4* restrict ktab, __local const int* col_base,
                       __local const int* col_ih, __local const int* col_iw,
                       const int k0, const int K, const int H, const int W, const int lid) {
@@ -118,7 +135,7 @@ inline void load_slab(__local float* Bls, __global const float* restrict x,
             const int ih = col_ih[nn] + t.y;
             const int iw = col_iw[nn] + t.z;
             if ((uint)ih < (uint)H && (uint)iw < (uint)W) {
-                v = x[col_base[nn] + t.x];
+                v = LOAD1(x, col_base[nn] + t.x);
             }
         }
         Bls[i] = v;
@@ -129,15 +146,15 @@ __kernel __attribute__((reqd_work_group_size(NDIMC, MDIMC, 1)))
 void skip_gemm(const int M, const int N, const int K,
                const int C, const int H, const int W, const int Wo, const int HoWo,
                const int SH, const int SW, const int PH, const int PW, const int relu,
-               __global const float* restrict x,
+               __global const store_t* restrict x,
                __global const int4* restrict ktab,
-               __global const float* restrict values,
+               __global const store_t* restrict values,
                __global const int* restrict row_ptr,
                __global const int* restrict col_idx,
                __global const int* restrict slab_ptr,
                __global const int* restrict slab_idx,
                __global const float* restrict bias,
-               __global float* restrict out,
+               __global store_t* restrict out,
                __global int* restrict counter) {
     const int n_thread = get_local_id(0);
     const int m_thread = get_local_id(1);
@@ -193,9 +210,9 @@ void skip_gemm(const int M, const int N, const int K,
 #else
         const int kb = col_idx[e];
 #endif
-        __global const float* blk = values + (size_t)e * (MWG * KWG);
+        __global const store_t* blk = values + (size_t)e * (MWG * KWG);
         for (int i = lid; i < MWG * KWG; i += WGS) {
-            Als[i] = blk[i];
+            Als[i] = LOAD1(blk, i);
         }
         load_slab(Bls, x, ktab, col_base, col_ih, col_iw, kb * KWG, K, H, W, lid);
         barrier(CLK_LOCAL_MEM_FENCE);
@@ -230,14 +247,14 @@ void skip_gemm(const int M, const int N, const int K,
         // The group's kept k-vectors inside this slab: its list is ascending in k.
         while (e < stop && col_idx[e] * SIMD_K < k0 + KWG) {
             const int kk0 = col_idx[e] * SIMD_K - k0;
-            __global const float* blk = values + (size_t)e * (SIMD_ROWS * SIMD_K);
+            __global const store_t* blk = values + (size_t)e * (SIMD_ROWS * SIMD_K);
             for (int t = 0; t < SIMD_K; t++) {
                 floatv b[NV];
                 for (int v = 0; v < NV; v++) {
                     b[v] = LOADV(Bls + (kk0 + t) * NWG + n_thread * NWI + v * VN);
                 }
                 for (int i = 0; i < MWI; i++) {
-                    const float a = blk[(roff + i) * SIMD_K + t];
+                    const float a = LOAD1(blk, (roff + i) * SIMD_K + t);
                     for (int v = 0; v < NV; v++) {
                         acc[i][v] = fma((floatv)(a), b[v], acc[i][v]);
                     }
@@ -271,7 +288,7 @@ void skip_gemm(const int M, const int N, const int K,
         for (int j = 0; j < NWI; j++) {
             const int o = col_out[n_thread * NWI + j];
             if (o >= 0) {
-                out[o + m * HoWo] = vs[j];
+                STORE1(vs[j], out, o + m * HoWo);
             }
         }
     }
