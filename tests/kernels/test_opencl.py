@@ -172,7 +172,7 @@ def test_unknown_device_choice():
 def test_target_too_big_for_the_device():
     huge = Target(
         name="huge", vendor="x", simd_width=8, max_work_group_size=4096,
-        local_mem_bytes=64 << 20, compute_units=1, mwg=128, nwg=128, kwg=4096,
+        local_mem_bytes=64 << 20, compute_units=1, mwg=1024, nwg=1024, kwg=1024,
         mdimc=16, ndimc=16,
     )
     w = torch.randn(8, 27)
