@@ -52,6 +52,15 @@ README_SPARSITIES = (0.75, 0.9)  # the README shows these rows; the result folde
 @click.option("--no-e2e", is_flag=True, help="Skip the end-to-end VGG16 measurements.")
 @click.option("--e2e-width", type=click.FloatRange(0, 1, min_open=True), default=None,
               help="VGG16 channel multiplier of the end-to-end runs.")  # fmt: skip
+@click.option("--e2e-models", help="Comma-separated end-to-end models (vgg16, resnet50).")
+@click.option("--e2e-batches", help="Comma-separated end-to-end batch sizes, e.g. 1,16.")
+@click.option("--e2e-backends",
+              help="Comma-separated backends run end to end ('torch' = eager), e.g. torch,cpu.")
+@click.option("--e2e-runtimes",
+              help="Comma-separated dense runtimes (openvino, onnxruntime, torch-compile); "
+              "'none' for none.")
+@click.option("--repeats", type=click.IntRange(3, None), default=None,
+              help="Timed repeats per measurement (medians are quoted).")
 @click.option("--readme", type=click.Path(dir_okay=False), help="Update this README's table.")
 @click.option("--list", "list_runners", is_flag=True, help="List the GEMM runners and exit.")
 def bench(
@@ -65,6 +74,11 @@ def bench(
     target: str | None,
     no_e2e: bool,
     e2e_width: float | None,
+    e2e_models: str | None,
+    e2e_batches: str | None,
+    e2e_backends: str | None,
+    e2e_runtimes: str | None,
+    repeats: int | None,
     readme: str | None,
     list_runners: bool,
 ) -> None:
@@ -88,6 +102,11 @@ def bench(
         "runners": _names(backends),
         "target": target,
         "e2e_width": e2e_width,
+        "e2e_models": _names(e2e_models),
+        "e2e_batches": _ints(e2e_batches),
+        "e2e_backends": _names(e2e_backends),
+        "e2e_runtimes": () if e2e_runtimes == "none" else _names(e2e_runtimes),
+        "repeats": repeats,
     }
     cfg = cfg.with_(**{k: v for k, v in changes.items() if v is not None})
     from gpuprune.arch import get_target
@@ -98,6 +117,7 @@ def bench(
         METHODS.get(m)
     for r in cfg.runners or ():
         RUNNERS.get(r)
+    _check_e2e(cfg)
 
     env = environment()
     stem = device_slug(env) + ("-quick" if quick else "")
@@ -122,6 +142,33 @@ def bench(
         readme, results.markdown_table(meta, records, sparsities=README_SPARSITIES)
     ):
         console.print(f"{readme} has no {results.README_START} marker; table not inserted")
+
+
+def _check_e2e(cfg) -> None:
+    """Refuse unknown end-to-end models, backends and runtimes before anything runs."""
+    from gpuprune.bench.dense_runtimes import DENSE_RUNTIMES
+    from gpuprune.bench.e2e_bench import E2E_MODELS
+    from gpuprune.errors import UserError
+    from gpuprune.kernels.backends import BACKENDS, get_backend
+
+    for m in cfg.e2e_models:
+        if m not in E2E_MODELS:
+            raise UserError(
+                f"unknown end-to-end model {m!r}", f"choose from {', '.join(E2E_MODELS)}"
+            )
+    for r in cfg.e2e_runtimes:
+        DENSE_RUNTIMES.get(r)
+    for b in cfg.e2e_backends:
+        if b != "torch":
+            try:
+                get_backend(b)
+            except ImportError:  # known but its dependency is missing: reported as skipped
+                pass
+            except UserError:
+                raise UserError(
+                    f"unknown end-to-end backend {b!r}",
+                    f"choose from torch, {', '.join(BACKENDS.names())}",
+                ) from None
 
 
 def _run(cfg, no_e2e: bool, partial) -> list[dict]:
