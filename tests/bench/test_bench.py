@@ -186,8 +186,10 @@ def test_end_to_end_records_against_dense_and_torch():
 
 
 def _rec(backend, ms, method="dense", model="m", batch=1):
-    return {"kind": "e2e", "model": model, "batch": batch, "method": method, "sparsity": 0.0,
-            "backend": backend, "baseline": backend, "median_ms": ms, "ideal_speedup": 1.0}  # fmt: skip
+    return {
+        "kind": "e2e", "model": model, "batch": batch, "method": method, "sparsity": 0.0,
+        "backend": backend, "baseline": backend, "median_ms": ms, "ideal_speedup": 1.0,
+    }  # fmt: skip
 
 
 def test_best_dense_is_the_fastest_unpruned_runtime_per_model_and_batch():
@@ -230,16 +232,22 @@ def test_quick_bench_times_the_deployed_runtimes():
     assert "torch" in QUICK.e2e_backends and "cpu" in QUICK.e2e_backends
 
 
+@pytest.mark.slow
 def test_cli_bench_records_runtime_baselines(tmp_path, capsys):
     """What `bench --quick` does end to end, on a tiny VGG16: runtime rows and the best dense."""
+    threads = torch.get_num_threads()
     pytest.importorskip("openvino")
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
     args = ["bench", "--batches", "1", "--sparsities", "0.75", "--methods", "tile", "--layers",
             "conv4", "--backends", "torch-dense", "--e2e-models", "vgg16", "--e2e-batches", "1",
             "--e2e-width", "0.25", "--e2e-backends", "torch,cpu", "--e2e-runtimes",
-            "openvino,onnxruntime", "--repeats", "3", "-o", str(tmp_path)]  # fmt: skip
-    code = main(args)
+            "openvino,onnxruntime", "--repeats", "3", "--threads", "1",
+            "-o", str(tmp_path)]  # fmt: skip
+    try:
+        code = main(args)
+    finally:
+        torch.set_num_threads(threads)
     out = capsys.readouterr().out
     assert code == 0, out
     _, recs = results.load(next(tmp_path.glob("*.json")))

@@ -61,6 +61,8 @@ README_SPARSITIES = (0.75, 0.9)  # the README shows these rows; the result folde
               "'none' for none.")
 @click.option("--repeats", type=click.IntRange(3, None), default=None,
               help="Timed repeats per measurement (medians are quoted).")
+@click.option("--threads", type=click.IntRange(1, None), default=None,
+              help="Threads for every path (torch, the CPU kernel, the runtimes); default torch's.")
 @click.option("--readme", type=click.Path(dir_okay=False), help="Update this README's table.")
 @click.option("--list", "list_runners", is_flag=True, help="List the GEMM runners and exit.")
 def bench(
@@ -79,6 +81,7 @@ def bench(
     e2e_backends: str | None,
     e2e_runtimes: str | None,
     repeats: int | None,
+    threads: int | None,
     readme: str | None,
     list_runners: bool,
 ) -> None:
@@ -119,6 +122,10 @@ def bench(
         RUNNERS.get(r)
     _check_e2e(cfg)
 
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     env = environment()
     stem = device_slug(env) + ("-quick" if quick else "")
     out_dir = Path(out)
