@@ -19,6 +19,7 @@ from gpuprune.kernels.backends import (
     LayerClassBackend,
     check_input,
 )
+from gpuprune.kernels.cpu import ops
 from gpuprune.kernels.cpu.build import load_library
 from gpuprune.kernels.format import BlockSparseWeight
 
@@ -35,8 +36,7 @@ def _on_cpu(x: Tensor) -> Tensor:
     return x.contiguous()
 
 
-def _out_size(size: int, k: int, s: int, p: int, d: int) -> int:
-    return (size + 2 * p - d * (k - 1) - 1) // s + 1
+_out_size = ops.out_size
 
 
 class CpuGemm:
@@ -99,6 +99,11 @@ class CpuLinear(CpuGemm):
     def __call__(self, x: Tensor) -> Tensor:
         check_input(x, 2, self.shape[1], "Linear")
         x = _on_cpu(x)
+        if not self.count_visits:  # the custom op: traceable by torch.compile and torch.export
+            return torch.ops.gpuprune.cpu_linear(
+                x, self.wt, self.row_ptr, self.col_idx, self.bias, self.shape[0], self.block[0],
+                self.block[1], self.relu,
+            )  # fmt: skip
         n = x.shape[0]
         out = torch.empty(n, self.shape[0], dtype=torch.float32)
         if n == 0:
@@ -154,6 +159,12 @@ class CpuConv2d(CpuGemm):
                 f"({kh}x{kw}, dilation {self.dilation}, padding {self.padding})",
                 "feed the input size the model was built for",
             )
+        if not self.count_visits:  # the custom op: traceable by torch.compile and torch.export
+            return torch.ops.gpuprune.cpu_conv2d(
+                x, self.wt, self.row_ptr, self.col_idx, self.bias, self.used,
+                [kh, kw, sh, sw, ph, pw, dh, dw], self.shape[0], self.block[0], self.block[1],
+                self.relu, self.mode,
+            )  # fmt: skip
         out = torch.empty(b, self.shape[0], oh, ow, dtype=torch.float32)
         # the kernel addresses the input with int32 offsets: split batches above 2**31 floats
         step = max(1, (2**31 - 1) // max(1, c * h * w))
