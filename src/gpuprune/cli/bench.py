@@ -49,10 +49,13 @@ README_SPARSITIES = (0.75, 0.9)  # the README shows these rows; the result folde
 @click.option("--layers", help="Comma-separated VGG16 layers (conv1..conv13).")
 @click.option("--backends", help="Comma-separated GEMM runners (see --list).")
 @click.option("--target", default=None, help="Target whose blocks are pruned and skipped.")
-@click.option("--no-e2e", is_flag=True, help="Skip the end-to-end VGG16 measurements.")
+@click.option("--no-e2e", is_flag=True, help="Skip the end-to-end measurements.")
+@click.option("--no-gemm", is_flag=True, help="Skip the per-layer GEMM measurements.")
 @click.option("--e2e-width", type=click.FloatRange(0, 1, min_open=True), default=None,
               help="VGG16 channel multiplier of the end-to-end runs.")  # fmt: skip
 @click.option("--e2e-models", help="Comma-separated end-to-end models (vgg16, resnet50).")
+@click.option("--e2e-methods", help="Comma-separated pruning methods run end to end.")
+@click.option("--e2e-sparsities", help="Comma-separated sparsities run end to end.")
 @click.option("--e2e-batches", help="Comma-separated end-to-end batch sizes, e.g. 1,16.")
 @click.option("--e2e-backends",
               help="Comma-separated backends run end to end ('torch' = eager), e.g. torch,cpu.")
@@ -75,8 +78,11 @@ def bench(
     backends: str | None,
     target: str | None,
     no_e2e: bool,
+    no_gemm: bool,
     e2e_width: float | None,
     e2e_models: str | None,
+    e2e_methods: str | None,
+    e2e_sparsities: str | None,
     e2e_batches: str | None,
     e2e_backends: str | None,
     e2e_runtimes: str | None,
@@ -106,6 +112,8 @@ def bench(
         "target": target,
         "e2e_width": e2e_width,
         "e2e_models": _names(e2e_models),
+        "e2e_methods": _names(e2e_methods),
+        "e2e_sparsities": _floats(e2e_sparsities),
         "e2e_batches": _ints(e2e_batches),
         "e2e_backends": _names(e2e_backends),
         "e2e_runtimes": () if e2e_runtimes == "none" else _names(e2e_runtimes),
@@ -116,7 +124,7 @@ def bench(
     from gpuprune.prune.methods import METHODS
 
     get_target(cfg.target)  # fail early on a bad target
-    for m in cfg.methods:
+    for m in (*cfg.methods, *cfg.e2e_methods):
         METHODS.get(m)
     for r in cfg.runners or ():
         RUNNERS.get(r)
@@ -135,7 +143,7 @@ def bench(
         "layers_desc": f"{len(cfg.layers) if cfg.layers else 13} VGG16 layers",
     }
     records = _run(
-        cfg, no_e2e, partial=lambda recs: results.save(out_dir / f"{stem}.json", meta, recs)
+        cfg, no_e2e, no_gemm, lambda recs: results.save(out_dir / f"{stem}.json", meta, recs)
     )
     results.save(out_dir / f"{stem}.json", meta, records)
     table = results.markdown_table(meta, records)
@@ -178,7 +186,7 @@ def _check_e2e(cfg) -> None:
                 ) from None
 
 
-def _run(cfg, no_e2e: bool, partial) -> list[dict]:
+def _run(cfg, no_e2e: bool, no_gemm: bool, partial) -> list[dict]:
     """Run the grid; ``partial(records)`` saves what is measured so far (GEMM before e2e)."""
     from gpuprune.bench.gemm_bench import plan, run_gemm
     from gpuprune.progress import progress_bar
@@ -191,12 +199,13 @@ def _run(cfg, no_e2e: bool, partial) -> list[dict]:
                 prog.advance(task)
             prog.update(task, description=desc)
 
-        records = run_gemm(cfg, progress)
+        records = [] if no_gemm else run_gemm(cfg, progress)
         prog.update(task, completed=prog.tasks[task].total, description="GEMM done")
         partial(records)
         if not no_e2e:
             from gpuprune.bench.e2e_bench import e2e_cells, run_e2e
 
-            t2 = prog.add_task("end to end", total=len(e2e_cells(cfg)))
+            groups = len(cfg.e2e_models) * len(cfg.e2e_batches)  # + one timing step each
+            t2 = prog.add_task("end to end", total=len(e2e_cells(cfg)) + groups)
             records += run_e2e(cfg, lambda d: (prog.update(t2, description=d), prog.advance(t2)))
     return records
