@@ -82,15 +82,12 @@ class CpuGemm:
             _ptr(self.row_ptr), _ptr(self.col_idx), _ptr(self.wt), _ptr(self.bias), int(self.relu),
         )  # fmt: skip
 
-    def _call(self, fn, *args) -> None:
-        counter = torch.zeros(1, dtype=torch.int64) if self.count_visits else None
-        if fn(*args, torch.get_num_threads(), *self._tail(), _ptr(counter)) != 0:
-            raise MemoryError("the cpu kernel could not allocate its im2col buffer")
+    def _counter(self) -> Tensor | None:
+        return torch.zeros(1, dtype=torch.int64) if self.count_visits else None
+
+    def _count(self, counter: Tensor | None) -> None:
         if counter is not None:
             self.visited_blocks += int(counter.item())
-
-    def _tail(self) -> tuple:
-        return ()
 
 
 class CpuLinear(CpuGemm):
@@ -99,18 +96,13 @@ class CpuLinear(CpuGemm):
     def __call__(self, x: Tensor) -> Tensor:
         check_input(x, 2, self.shape[1], "Linear")
         x = _on_cpu(x)
-        if not self.count_visits:  # the custom op: traceable by torch.compile and torch.export
-            return torch.ops.gpuprune.cpu_linear(
-                x, self.wt, self.row_ptr, self.col_idx, self.bias, self.shape[0], self.block[0],
-                self.block[1], self.relu,
-            )  # fmt: skip
-        n = x.shape[0]
-        out = torch.empty(n, self.shape[0], dtype=torch.float32)
-        if n == 0:
-            return out
-        m, gm, bm, bk, k_pad, *rest = self._weight_args()
-        self._call(self.lib.gp_linear, _ptr(x), n, self.shape[1], m, gm, bm, bk, k_pad, *rest,
-                   _ptr(out))  # fmt: skip
+        args = (x, self.wt, self.row_ptr, self.col_idx, self.bias, self.shape[0], *self.block,
+                self.relu)  # fmt: skip
+        if ops.tracing(x):  # the custom op: traceable by torch.compile and torch.export
+            return torch.ops.gpuprune.cpu_linear(*args)
+        counter = self._counter()
+        out = ops.linear(*args, visits=counter)
+        self._count(counter)
         return out
 
 
@@ -143,9 +135,6 @@ class CpuConv2d(CpuGemm):
         self.dilation = tuple(dilation)
         self.mode = 0
 
-    def _tail(self) -> tuple:
-        return (self.mode,)
-
     def __call__(self, x: Tensor) -> Tensor:
         check_input(x, 4, self.in_channels, "Conv2d")
         x = _on_cpu(x)
@@ -159,20 +148,14 @@ class CpuConv2d(CpuGemm):
                 f"({kh}x{kw}, dilation {self.dilation}, padding {self.padding})",
                 "feed the input size the model was built for",
             )
-        if not self.count_visits:  # the custom op: traceable by torch.compile and torch.export
-            return torch.ops.gpuprune.cpu_conv2d(
-                x, self.wt, self.row_ptr, self.col_idx, self.bias, self.used,
-                [kh, kw, sh, sw, ph, pw, dh, dw], self.shape[0], self.block[0], self.block[1],
-                self.relu, self.mode,
-            )  # fmt: skip
-        out = torch.empty(b, self.shape[0], oh, ow, dtype=torch.float32)
-        # the kernel addresses the input with int32 offsets: split batches above 2**31 floats
-        step = max(1, (2**31 - 1) // max(1, c * h * w))
-        for start in range(0, b, step):
-            xs, ys = x[start : start + step], out[start : start + step]
-            self._call(self.lib.gp_conv2d, _ptr(xs), xs.shape[0], c, h, w, kh, kw, sh, sw, ph,
-                       pw, dh, dw, oh, ow, *self._weight_args(), _ptr(ys),
-                       _ptr(self.used))  # fmt: skip
+        args = (x, self.wt, self.row_ptr, self.col_idx, self.bias, self.used,
+                [kh, kw, sh, sw, ph, pw, dh, dw], self.shape[0], *self.block, self.relu,
+                self.mode)  # fmt: skip
+        if ops.tracing(x):  # the custom op: traceable by torch.compile and torch.export
+            return torch.ops.gpuprune.cpu_conv2d(*args)
+        counter = self._counter()
+        out = ops.conv2d(*args, visits=counter)
+        self._count(counter)
         return out
 
 

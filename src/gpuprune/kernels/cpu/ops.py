@@ -29,6 +29,74 @@ def _check(status: int) -> None:
         raise MemoryError("the cpu kernel could not allocate its im2col buffer")
 
 
+def tracing(x: Tensor) -> bool:
+    """Whether ``x`` is being traced (torch.compile, torch.export, fake tensors): then layers call
+    the custom ops; in eager mode they call the kernel directly, because the dispatcher's
+    Python custom-op path costs more than a small layer's whole kernel call."""
+    return torch.compiler.is_compiling() or type(x) is not Tensor
+
+
+def conv2d(
+    x: Tensor,
+    wt: Tensor,
+    row_ptr: Tensor,
+    col_idx: Tensor,
+    bias: Tensor | None,
+    used: Tensor,
+    geometry: list[int],
+    m: int,
+    bm: int,
+    bk: int,
+    relu: bool,
+    mode: int,
+    visits: Tensor | None = None,
+) -> Tensor:
+    """The kernel call behind ``gpuprune::cpu_conv2d``; ``visits`` (int64 [1]) counts blocks."""
+    x = x.contiguous()
+    b, c, h, w = x.shape
+    kh, kw, sh, sw, ph, pw, dh, dw = geometry
+    oh, ow = out_size(h, kh, sh, ph, dh), out_size(w, kw, sw, pw, dw)
+    out = torch.empty(b, m, oh, ow, dtype=torch.float32)
+    gm, k_pad = row_ptr.numel() - 1, used.numel() * bk
+    lib = load_library()
+    # the kernel addresses the input with int32 offsets: split batches above 2**31 floats
+    step = max(1, (2**31 - 1) // max(1, c * h * w))
+    for start in range(0, b, step):
+        xs, ys = x[start : start + step], out[start : start + step]
+        _check(lib.gp_conv2d(
+            _ptr(xs), xs.shape[0], c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow,
+            m, gm, bm, bk, k_pad, _ptr(row_ptr), _ptr(col_idx), _ptr(wt), _ptr(bias), int(relu),
+            _ptr(ys), _ptr(used), torch.get_num_threads(), mode, _ptr(visits),
+        ))  # fmt: skip
+    return out
+
+
+def linear(
+    x: Tensor,
+    wt: Tensor,
+    row_ptr: Tensor,
+    col_idx: Tensor,
+    bias: Tensor | None,
+    m: int,
+    bm: int,
+    bk: int,
+    relu: bool,
+    visits: Tensor | None = None,
+) -> Tensor:
+    """The kernel call behind ``gpuprune::cpu_linear``."""
+    x = x.contiguous()
+    n, k = x.shape
+    out = torch.empty(n, m, dtype=torch.float32)
+    if n == 0:
+        return out
+    k_pad = -(-k // bk) * bk
+    _check(load_library().gp_linear(
+        _ptr(x), n, k, m, row_ptr.numel() - 1, bm, bk, k_pad, _ptr(row_ptr), _ptr(col_idx),
+        _ptr(wt), _ptr(bias), int(relu), _ptr(out), torch.get_num_threads(), _ptr(visits),
+    ))  # fmt: skip
+    return out
+
+
 @torch.library.custom_op("gpuprune::cpu_conv2d", mutates_args=(), device_types="cpu")
 def cpu_conv2d(
     x: Tensor,
@@ -49,23 +117,7 @@ def cpu_conv2d(
     ``geometry`` is (kh, kw, sh, sw, ph, pw, dh, dw); ``used`` flags the K blocks some
     row-block keeps (one byte per K block); ``mode`` the schedule (0 automatic).
     """
-    x = x.contiguous()
-    b, c, h, w = x.shape
-    kh, kw, sh, sw, ph, pw, dh, dw = geometry
-    oh, ow = out_size(h, kh, sh, ph, dh), out_size(w, kw, sw, pw, dw)
-    out = torch.empty(b, m, oh, ow, dtype=torch.float32)
-    gm, k_pad = row_ptr.numel() - 1, used.numel() * bk
-    lib = load_library()
-    # the kernel addresses the input with int32 offsets: split batches above 2**31 floats
-    step = max(1, (2**31 - 1) // max(1, c * h * w))
-    for start in range(0, b, step):
-        xs, ys = x[start : start + step], out[start : start + step]
-        _check(lib.gp_conv2d(
-            _ptr(xs), xs.shape[0], c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow,
-            m, gm, bm, bk, k_pad, _ptr(row_ptr), _ptr(col_idx), _ptr(wt), _ptr(bias), int(relu),
-            _ptr(ys), _ptr(used), torch.get_num_threads(), mode, None,
-        ))  # fmt: skip
-    return out
+    return conv2d(x, wt, row_ptr, col_idx, bias, used, geometry, m, bm, bk, relu, mode)
 
 
 @cpu_conv2d.register_fake
@@ -89,17 +141,7 @@ def cpu_linear(
     relu: bool,
 ) -> Tensor:
     """``act(x @ W.T + bias)`` for x [B, K] over the kept blocks of W."""
-    x = x.contiguous()
-    n, k = x.shape
-    out = torch.empty(n, m, dtype=torch.float32)
-    if n == 0:
-        return out
-    k_pad = -(-k // bk) * bk
-    _check(load_library().gp_linear(
-        _ptr(x), n, k, m, row_ptr.numel() - 1, bm, bk, k_pad, _ptr(row_ptr), _ptr(col_idx),
-        _ptr(wt), _ptr(bias), int(relu), _ptr(out), torch.get_num_threads(), None,
-    ))  # fmt: skip
-    return out
+    return linear(x, wt, row_ptr, col_idx, bias, m, bm, bk, relu)
 
 
 @cpu_linear.register_fake
