@@ -150,6 +150,43 @@ def conv_ops(model: nn.Module, x: torch.Tensor, repeats: int) -> dict:
     return out
 
 
+def openvino_layers(model: nn.Module, x: torch.Tensor, repeats: int) -> tuple[dict, float]:
+    """OpenVINO's own per-node times (its profiling counters) for the dense model, by module name
+    (a Convolution node carries the conv's name; bias and ReLU are fused into it), and the
+    median whole inference. Empty when OpenVINO is not installed."""
+    try:
+        import openvino as ov
+
+        from gpuprune.bench.dense_runtimes import _onnx_bytes
+    except ImportError:
+        return {}, float("nan")
+    import io
+
+    compiled = ov.Core().compile_model(
+        ov.convert_model(io.BytesIO(_onnx_bytes(model, x))),
+        "CPU",
+        {"INFERENCE_NUM_THREADS": torch.get_num_threads(), "PERF_COUNT": True,
+         "PERFORMANCE_HINT": "LATENCY"},
+    )  # fmt: skip
+    request = compiled.create_infer_request()
+    request.infer([x.numpy()])
+    names = {n for n, _ in model.named_modules() if n}
+    per_node: dict[str, list[float]] = defaultdict(list)
+    totals = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        request.infer([x.numpy()])
+        totals.append((time.perf_counter() - t0) * 1e3)
+        for info in request.get_profiling_info():
+            if info.node_type in ("Convolution", "MaxPool", "FullyConnected", "MatMul"):
+                # "/features/features.3/Conv/WithoutBiases" -> "features.3": the last scope
+                # that names a module
+                parts = info.node_name.strip("/").split("/")
+                name = next((p for p in reversed(parts) if p in names), info.node_name)
+                per_node[name].append(info.real_time.total_seconds() * 1e3)
+    return {k: statistics.median(v) for k, v in per_node.items()}, statistics.median(totals)
+
+
 def kind(mod: nn.Module) -> str:
     if isinstance(mod, SkipConv2d):
         return "skip conv (im2col+GEMM+bias/ReLU)"
@@ -177,9 +214,13 @@ def main() -> None:
     pruned = _build_model(args.model, cfg, args.method, args.sparsity)
     compiled = compile_model(pruned, backend="cpu", target=cfg.target, methods=args.method,
                              verbose=False)  # fmt: skip
+    dense_compiled = compile_model(dense, backend="cpu", target=cfg.target, methods="tile",
+                                   verbose=False)  # fmt: skip  (every block walked)
     eager_mod, eager_total = per_module_ms(dense, x, args.repeats)
     skip_mod, skip_total = per_module_ms(compiled, x, args.repeats)
     ops = conv_ops(compiled, x, args.repeats)
+    dense_ops = conv_ops(dense_compiled, x, args.repeats)
+    ov_layers, ov_total = openvino_layers(dense, x, args.repeats)
     leaves = dict(_leaves(compiled))
     by_kind: dict[str, float] = defaultdict(float)
     for name, ms in skip_mod.items():
@@ -196,22 +237,30 @@ def main() -> None:
     split["between layers (adds, flatten, hooks)"] = skip_total - sum(skip_mod.values())
     result = {
         "meta": {"environment": environment(), "args": vars(args) | {"out": str(args.out)}},
-        "forward_ms": {"gpuprune_cpu": skip_total, "eager_dense": eager_total},
+        "forward_ms": {"gpuprune_cpu": skip_total, "eager_dense": eager_total,
+                       "openvino_dense": ov_total},  # fmt: skip
         "split_ms": split,
         "conv_layers": ops,
+        "conv_layers_dense_kernel": dense_ops,
+        "openvino_dense_layers_ms": ov_layers,
         "modules_ms": {"gpuprune_cpu": skip_mod, "eager_dense": eager_mod},
     }
     label = f"{args.model} b{args.batch} {args.method}@{args.sparsity:g}, {args.threads} threads"
-    print(f"{label}: forward {skip_total:.2f} ms (eager dense {eager_total:.2f} ms)")
+    print(f"{label}: forward {skip_total:.2f} ms (eager dense {eager_total:.2f} ms, OpenVINO "
+          f"dense {ov_total:.2f} ms)")  # fmt: skip
     print("| part | ms | share |\n|---|---|---|")
     for k, v in sorted(split.items(), key=lambda kv: -kv[1]):
         print(f"| {k} | {v:.3f} | {100 * v / skip_total:.0f}% |")
-    print("\n| layer | M x K | N | kernel ms | im2col | GEMM | store | Python | eager dense ms |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n| layer | M x K | N | OpenVINO dense | eager dense | our dense kernel | our "
+          f"{args.method} kernel | im2col | GEMM | store | Python |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    nan = float("nan")
     for name, o in ops.items():
-        print(f"| {name} | {o['gemm_mk'][0]}x{o['gemm_mk'][1]} | {o['n']} | {o['kernel_ms']:.3f} "
+        print(f"| {name} | {o['gemm_mk'][0]}x{o['gemm_mk'][1]} | {o['n']} "
+              f"| {ov_layers.get(name, nan):.3f} | {eager_mod.get(name, nan):.3f} "
+              f"| {dense_ops.get(name, {}).get('kernel_ms', nan):.3f} | {o['kernel_ms']:.3f} "
               f"| {o['im2col_ms']:.3f} | {o['gemm_ms']:.3f} | {o['store_ms']:.3f} "
-              f"| {o['python_ms']:.3f} | {eager_mod.get(name, float('nan')):.3f} |")  # fmt: skip
+              f"| {o['python_ms']:.3f} |")  # fmt: skip
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(args.out, json.dumps(result, indent=1) + "\n")
