@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -145,6 +146,8 @@ def bench(
     records = _run(
         cfg, no_e2e, no_gemm, lambda recs: results.save(out_dir / f"{stem}.json", meta, recs)
     )
+    if hasattr(os, "getloadavg"):  # the load can change over a long run: record both ends
+        meta["environment"]["load_avg_1m_end"] = os.getloadavg()[0]
     results.save(out_dir / f"{stem}.json", meta, records)
     table = results.markdown_table(meta, records)
     from gpuprune.fileio import atomic_write_text
