@@ -14,7 +14,10 @@ split into:
 * "between layers": the whole forward minus the sum of the leaf modules (residual adds,
   flatten, the hooks' own cost).
 
-Every figure is a median over ``--repeats`` interleaved rounds. Writes JSON and prints tables.
+Every figure is a median over ``--repeats`` interleaved rounds, or with ``--stat min`` the
+fastest round: on a host shared with other jobs the minimum estimates what each part costs
+without preemption, which a per-op split needs (medians then mix in other processes' time
+slices). Writes JSON and prints tables.
 
     python benchmarks/profile_cpu.py --model vgg16 --width 0.5 --batch 16 --threads 2 \\
         -o benchmarks/results/profile/vgg16-b16.json
@@ -45,6 +48,9 @@ def _leaves(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in model.named_modules() if n and not list(m.children())]
 
 
+STAT = statistics.median  # --stat picks median or min
+
+
 def per_module_ms(model: nn.Module, x: torch.Tensor, repeats: int) -> tuple[dict, float]:
     """Median ms per leaf module inside the forward, and the median whole forward."""
     times: dict[str, list[float]] = defaultdict(list)
@@ -70,7 +76,7 @@ def per_module_ms(model: nn.Module, x: torch.Tensor, repeats: int) -> tuple[dict
             totals.append((time.perf_counter() - t0) * 1e3)
     for h in handles:
         h.remove()
-    return {n: statistics.median(t[1:]) for n, t in times.items()}, statistics.median(totals)
+    return {n: STAT(t[1:]) for n, t in times.items()}, STAT(totals)
 
 
 def _raw_call(layer: SkipConv2d, x: torch.Tensor, *, blocks: bool, used: str):
@@ -109,7 +115,7 @@ def interleaved(fns: dict, repeats: int) -> dict:
             t0 = time.perf_counter()
             fn()
             times[k].append((time.perf_counter() - t0) * 1e3)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return {k: STAT(v) for k, v in times.items()}
 
 
 def conv_ops(model: nn.Module, x: torch.Tensor, repeats: int) -> dict:
@@ -184,7 +190,7 @@ def openvino_layers(model: nn.Module, x: torch.Tensor, repeats: int) -> tuple[di
                 parts = info.node_name.strip("/").split("/")
                 name = next((p for p in reversed(parts) if p in names), info.node_name)
                 per_node[name].append(info.real_time.total_seconds() * 1e3)
-    return {k: statistics.median(v) for k, v in per_node.items()}, statistics.median(totals)
+    return {k: STAT(v) for k, v in per_node.items()}, STAT(totals)
 
 
 def kind(mod: nn.Module) -> str:
@@ -204,8 +210,11 @@ def main() -> None:
     ap.add_argument("--sparsity", type=float, default=0.75)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=11)
+    ap.add_argument("--stat", choices=("median", "min"), default="median")
     ap.add_argument("-o", "--out", type=Path)
     args = ap.parse_args()
+    global STAT
+    STAT = min if args.stat == "min" else statistics.median
     torch.set_num_threads(args.threads)
     cfg = FULL.with_(e2e_width=args.width)
     spec = E2E_MODELS[args.model]
@@ -245,7 +254,8 @@ def main() -> None:
         "openvino_dense_layers_ms": ov_layers,
         "modules_ms": {"gpuprune_cpu": skip_mod, "eager_dense": eager_mod},
     }
-    label = f"{args.model} b{args.batch} {args.method}@{args.sparsity:g}, {args.threads} threads"
+    label = (f"{args.model} b{args.batch} {args.method}@{args.sparsity:g}, {args.threads} "
+             f"threads, {args.stat} of {args.repeats} rounds")  # fmt: skip
     print(f"{label}: forward {skip_total:.2f} ms (eager dense {eager_total:.2f} ms, OpenVINO "
           f"dense {ov_total:.2f} ms)")  # fmt: skip
     print("| part | ms | share |\n|---|---|---|")
