@@ -187,8 +187,13 @@ def openvino_layers(model: nn.Module, x: torch.Tensor, repeats: int) -> tuple[di
             if info.node_type in ("Convolution", "MaxPool", "FullyConnected", "MatMul"):
                 # "/features/features.3/Conv/WithoutBiases" -> "features.3": the last scope
                 # that names a module
-                parts = info.node_name.strip("/").split("/")
-                name = next((p for p in reversed(parts) if p in names), info.node_name)
+                # (ResNet: "/layers/layers.0/conv1/Conv" -> "layers.0.conv1": scopes nest)
+                parts, path, found = info.node_name.strip("/").split("/"), "", info.node_name
+                for part in parts:
+                    path = part if part.startswith(path) or not path else f"{path}.{part}"
+                    if path in names:
+                        found = path
+                name = found
                 per_node[name].append(info.real_time.total_seconds() * 1e3)
     return {k: STAT(v) for k, v in per_node.items()}, STAT(totals)
 
