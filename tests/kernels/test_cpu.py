@@ -313,8 +313,8 @@ def test_repeated_calls_take_the_fast_path_and_stay_exact(cpu):
     weight = block_masked(40, 5 * 9, POCL.tile_block(), 0.5, seed=11)
     bias = torch.randn(40)
     layer = cpu.conv2d(
-        pack_for(weight, POCL, "tile"), bias, POCL, variant="tile", in_channels=5,
-        kernel_size=(3, 3), stride=(2, 1), padding=(1, 1), dilation=(1, 1), relu=True,
+        pack_for(weight, POCL, "tile"), bias, POCL, variant="tile",
+        geometry=ConvGeometry(5, (3, 3), (2, 1), (1, 1), (1, 1)), relu=True,
     )  # fmt: skip
 
     def want(x):

@@ -8,6 +8,7 @@ from torch import nn
 
 from gpuprune.arch import get_target
 from gpuprune.errors import UserError
+from gpuprune.geometry import ConvGeometry
 from gpuprune.kernels import get_backend, pack_for
 from gpuprune.kernels.cpu import build
 
@@ -32,8 +33,8 @@ def test_conv_op_passes_opcheck_on_an_awkward_shape():
     # 37 filters (ragged row-block), 5 channels x 3x3 = 45 (ragged K block), stride 2, 11x7 input
     weight = _masked(37, 45, seed=0)
     layer = get_backend("cpu").conv2d(
-        pack_for(weight, POCL, "tile"), torch.randn(37), POCL, variant="tile", in_channels=5,
-        kernel_size=(3, 3), stride=(2, 1), padding=(1, 0), dilation=(1, 1), relu=True,
+        pack_for(weight, POCL, "tile"), torch.randn(37), POCL, variant="tile",
+        geometry=ConvGeometry(5, (3, 3), (2, 1), (1, 0), (1, 1)), relu=True,
     )  # fmt: skip
     x = torch.randn(3, 5, 11, 7)
     args = (x, layer.wt, layer.row_ptr, layer.col_idx, layer.bias, layer.used,
