@@ -29,7 +29,9 @@ CASES = {  # name: (layer, input shape)
         nn.Conv2d(64, 64, 3, padding="same", groups=2, padding_mode="reflect"), (1, 64, 5, 6)
     ),
     "conv1d": (nn.Conv1d(16, 64, 5, padding=2, stride=2), (2, 16, 21)),
-    "conv1d-same-reflect": (nn.Conv1d(16, 64, 4, padding="same", padding_mode="reflect"), (2, 16, 13)),
+    "conv1d-same-reflect": (
+        nn.Conv1d(16, 64, 4, padding="same", padding_mode="reflect"), (2, 16, 13)
+    ),
     "conv1d-grouped": (nn.Conv1d(64, 64, 3, padding=1, groups=2), (2, 64, 11)),
 }
 
