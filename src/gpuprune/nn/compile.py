@@ -395,7 +395,13 @@ def compile(  # noqa: A001 - the public name the project documents (gpuprune.com
 
 
 def _weight_read_by_parent(modules: Mapping[str, nn.Module], name: str) -> str | None:
-    """Why layer ``name``'s forward never runs (its parent reads its weight itself), or None."""
+    """Why layer ``name`` cannot become a skip layer (its parent reads its weight itself, or its
+    class runs its own forward, e.g. timm's Conv2dSame or StdConv2d), or None."""
+    module = modules[name]
+    base = next(b for b in (nn.Conv1d, nn.Conv2d, nn.Linear) if isinstance(module, b))
+    if type(module).forward is not base.forward:
+        return (f"{type(module).__name__} has its own forward (its weight or input may be "
+                "transformed there), which a skip kernel would not run; left dense")  # fmt: skip
     parent, _, child = name.rpartition(".")
     if isinstance(modules.get(parent), nn.MultiheadAttention) and child == "out_proj":
         return (
