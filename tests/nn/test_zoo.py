@@ -10,11 +10,11 @@ import warnings
 import pytest
 import torch
 from torch import nn
-from zoo_helpers import zoo
 
 import gpuprune.prune as gp
 from gpuprune.arch import get_target
 from gpuprune.nn import compile
+from zoo_helpers import zoo
 
 POCL = get_target("cpu-pocl")  # tile block 32x32, SIMD block 4x1
 
@@ -38,7 +38,9 @@ MODELS = {
     "torchvision:densenet121": (lambda tv: tv.models.densenet121(num_classes=10), 32, True),
     "torchvision:vgg11_bn": (lambda tv: tv.models.vgg11_bn(num_classes=10), 32, True),
     "torchvision:convnext_tiny": (lambda tv: tv.models.convnext_tiny(num_classes=10), 32, True),
-    "torchvision:vit_b_16": (lambda tv: tv.models.vit_b_16(image_size=32, num_classes=10), 32, True),
+    "torchvision:vit_b_16": (
+        lambda tv: tv.models.vit_b_16(image_size=32, num_classes=10), 32, True
+    ),
     "timm:resnet18d": (lambda t: t.create_model("resnet18d", num_classes=10), 32, True),
     "timm:regnety_002": (lambda t: t.create_model("regnety_002", num_classes=10), 32, False),
     "timm:mobilevitv2_050": (lambda t: t.create_model("mobilevitv2_050", num_classes=10), 64, True),
