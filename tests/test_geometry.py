@@ -20,9 +20,9 @@ def _lowered(geometry: ConvGeometry, weight: torch.Tensor, x: torch.Tensor) -> t
         x = F.pad(x, geometry.pre_pad, mode=mode)
     k = geometry.kernel()
     ws, xs = weight.chunk(geometry.groups), x.chunk(geometry.groups, dim=1)
-    return torch.cat([
-        F.conv2d(xi, wi, None, k.stride, k.padding, k.dilation) for wi, xi in zip(ws, xs, strict=True)
-    ], dim=1)  # fmt: skip
+    parts = [F.conv2d(xi, wi, None, k.stride, k.padding, k.dilation)
+             for wi, xi in zip(ws, xs, strict=True)]  # fmt: skip
+    return torch.cat(parts, dim=1)
 
 
 @settings(max_examples=40, deadline=None)
