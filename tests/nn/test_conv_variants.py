@@ -49,6 +49,17 @@ def _available(backend: str) -> None:
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("case", list(CASES))
 def test_conv_variant_prunes_compiles_and_matches(case, backend):
+    _check_case(case, backend)
+
+
+@pytest.mark.parametrize("backend", ["opencl", "triton"])
+@pytest.mark.parametrize("case", ["same-even-dilated", "circular", "grouped-same-reflect",
+                                  "conv1d-grouped"])  # fmt: skip
+def test_conv_variant_on_device_backends(case, backend):
+    _check_case(case, backend)
+
+
+def _check_case(case: str, backend: str) -> None:
     _available(backend)
     torch.manual_seed(0)
     layer, shape = CASES[case]

@@ -161,7 +161,7 @@ class SkipGroupedConv2d(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = _as_2d(x, self.geometry, self.conv1d)
         xs = x.chunk(len(self.groups), dim=1)
-        y = torch.cat([p(xi) for p, xi in zip(self.groups, xs, strict=True)], dim=1)
+        y = torch.cat([p(xi.contiguous()) for p, xi in zip(self.groups, xs, strict=True)], dim=1)
         return y.squeeze(2) if self.conv1d else y
 
     def extra_repr(self) -> str:
