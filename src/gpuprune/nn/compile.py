@@ -378,7 +378,7 @@ def compile(  # noqa: A001 - the public name the project documents (gpuprune.com
                      "only: nn.TransformerEncoderLayer in eval without grad takes their dense "
                      ".weight instead")  # fmt: skip
     if not compiled:
-        notes.append("no layer compiled: no Conv2d/Linear the skip kernels run has a block "
+        notes.append("no layer compiled: no Conv/Linear layer the skip kernels run has a block "
                      "they can skip, so the model runs dense")  # fmt: skip
     for i, note in enumerate(notes):
         if i >= len(auto_note) and i not in quiet:
