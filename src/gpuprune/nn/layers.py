@@ -47,7 +47,8 @@ class _SkipLayer(nn.Module):
 
     @property
     def weight(self) -> Tensor:
-        """The masked dense weight in the replaced layer's shape (a copy: edits do nothing)."""
+        """The masked dense weight in the replaced layer's shape (a copy: edits do nothing);
+        with a BatchNorm folded in when compile folded one."""
         dense = self._dense
         if dense is None or dense.device != self.values.device:
             packed = dataclasses.replace(self.packed, values=self.values.cpu(),
