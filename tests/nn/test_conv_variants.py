@@ -140,3 +140,15 @@ def test_plan_version_1_skipped_names_still_load():
             del lay["geometry"][key]
     old = PrunePlan.from_dict(data)
     assert old.layers == plan.layers and old.skipped[0].name == "x"
+
+
+def test_latency_probe_times_the_kernel_on_the_pre_padded_input():
+    from gpuprune.gemm import gemm_view
+    from gpuprune.kernels import get_backend
+    from gpuprune.latency.geometry import geometry_of
+    from gpuprune.latency.measure import build_layer
+
+    conv = nn.Conv2d(16, 64, 4, padding="same", padding_mode="reflect")
+    geom = geometry_of("c", conv, (8, 7), 2)
+    run = build_layer(get_backend("reference"), geom, POCL, "tile", gemm_view(conv.weight).detach())
+    assert tuple(run().shape) == (2, 64, *geom.out_hw) == (2, 64, 8, 7)
