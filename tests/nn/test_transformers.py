@@ -81,3 +81,15 @@ def test_vit_prunes_compiles_and_matches_the_masked_model(backend):
         torch.testing.assert_close(out(x), want, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(out(x), want, rtol=1e-4, atol=1e-4)  # the Python path: kernels
     assert "in_proj_weight" in gp.sparsity_report(model)
+
+
+def test_kernels_for_all_layers_name_attention_out_proj_dense():
+    torch.manual_seed(0)
+    model = TinyViT().eval()
+    with pytest.warns(UserWarning) as caught:
+        out = compile(model, POCL, backend="reference", kernels="tile")
+    assert any("out_proj" in str(w.message) for w in caught)
+    dense = {d.name for d in out.gpuprune_compile.dense}
+    assert {"block.attn.out_proj", "block.attn.in_proj_weight"} <= dense
+    x = torch.randn(1, 3, 16, 16)
+    torch.testing.assert_close(out(x), model(x), rtol=1e-4, atol=1e-4)

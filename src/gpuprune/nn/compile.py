@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from gpuprune.arch import Target, get_target
-from gpuprune.errors import UnsupportedLayerError, UserError
+from gpuprune.errors import UserError
 from gpuprune.gemm import GEMM_LAYERS, gemm_view
 from gpuprune.geometry import ConvGeometry
 from gpuprune.kernels.backends import Backend, get_backend
@@ -305,9 +305,7 @@ def compile(  # noqa: A001 - the public name the project documents (gpuprune.com
         layer_tgt = per_layer.get(name, tgt)
         reads = _weight_read_by_parent(modules, name)
         if reads is not None:
-            if explicit:
-                raise UnsupportedLayerError(f"layer {name}: {reads}", "leave it out of methods")
-            if kernels is not None:  # pruned, yet dense: said aloud
+            if kernels is not None:  # pruned or asked for, yet dense: said aloud
                 notes.append(f"layer {name} left dense: {reads}")
             dense[name] = reads
             continue
