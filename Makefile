@@ -23,6 +23,11 @@ $(STAMP): pyproject.toml Makefile scripts/install-system-packages.sh
 	@# optional: the CLBlast baseline builds from source against libclblast-dev
 	@$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[bench]" \
 		|| echo "gpuprune setup: pyclblast not installed (needs libclblast-dev); bench skips CLBlast"
+	@# optional: the torchvision/timm model zoos for tests/nn/test_zoo.py. --no-deps keeps torch
+	@# at $(TORCH_VERSION) (their wheels pin another); tests/zoo_helpers.py explains the import shim
+	@$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps \
+		"torchvision==0.29.1" "timm==1.0.31" \
+		|| echo "gpuprune setup: torchvision/timm not installed; the zoo tests skip"
 	@touch $(STAMP)
 
 demo: setup
