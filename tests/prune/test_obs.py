@@ -115,6 +115,23 @@ def test_matches_brute_force(method, shape, sparsity, options):
         assert abs(got - sparsity) <= largest / 2 + 1e-6
 
 
+@pytest.mark.parametrize(("method", "shape"), [("nm", (6, 22)), ("unstructured", (6, 20))])
+def test_several_units_per_round_keep_counts_and_exact_weights(method, shape):
+    m, kk = shape
+    x = _inputs(kk, 3 * kk)
+    w = torch.randn(m, kk)
+    pattern = pattern_for(get_method(method), spec(m, kk, SMALL), 0.5)
+    keep, new = obs_layer(w, x @ x.T, pattern, 0.5, per_round=3)
+    xa = _augmented(x)
+    ref = torch.stack([_fit(w[i : i + 1].double(), xa, keep[i])[0][0] for i in range(m)])
+    assert torch.allclose(new.double(), ref, atol=1e-4, rtol=0)
+    if method == "nm":  # 2 of every 4, and both of the ragged last pair
+        banks = keep[:, :20].reshape(m, 5, 4).sum(-1)
+        assert bool((banks == 2).all()) and bool(keep[:, 20:].all())
+    else:
+        assert int((~keep).sum()) == m * kk // 2
+
+
 def test_reconstruction_beats_magnitude_on_the_layer_error():
     m, kk = 32, 64
     x = _inputs(kk, 4 * kk).float()

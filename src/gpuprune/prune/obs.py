@@ -132,14 +132,42 @@ def _pad(weight: torch.Tensor, hinv: torch.Tensor, rows: int, k: int):
     return w.view(g, rows, u * k), hi
 
 
-def greedy_trace(weight: torch.Tensor, h: torch.Tensor, pattern: Pattern, rounds: int,
-                 eligible: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    """Greedy OBS removal of ``rounds`` units per group: (order [G, rounds], cost [G, rounds]).
+ROUNDS = 48  # removal rounds per layer: each group removes ceil(units / ROUNDS) units a round
 
-    Cost is the increase of the group's output error, divided by the unit's real element count
-    when choosing (so a ragged edge unit competes per weight). ``eligible(removed, order_so_far)``
-    may restrict the candidates ([G, U] bool).
+
+def _unit_costs(hi: torch.Tensor, w: torch.Tensor, units: int, k: int) -> torch.Tensor:
+    """[G, U] error increase of removing each unit alone: sum over rows of w_S^T Hinv_SS^-1 w_S."""
+    g, rows, _ = w.shape
+    if k == 1:
+        return w.square().sum(1) / hi.diagonal(dim1=1, dim2=2)
+    diag = hi.view(g, units, k, units, k).diagonal(dim1=1, dim2=3).permute(0, 3, 1, 2)
+    ws = w.view(g, rows, units, k)
+    return torch.einsum("grua,guab,grub->gu", ws, torch.linalg.inv(diag), ws)
+
+
+def _allowed_in_banks(score: torch.Tensor, order: torch.Tensor, pattern: Pattern) -> torch.Tensor:
+    """Candidates within their bank's quota: the cheapest ``quota - done`` units of each bank."""
+    g, units = score.shape
+    b, quota = pattern.bank, torch.tensor(pattern.bank_prune)
+    banks = len(quota)
+    bank_of = torch.arange(units) // b
+    done = torch.zeros(g, banks, dtype=torch.long)
+    done.scatter_add_(1, bank_of[order], torch.ones_like(order))
+    padded = torch.full((g, banks * b), math.inf, dtype=score.dtype)
+    padded[:, :units] = score
+    rank = padded.view(g, banks, b).argsort(dim=-1, stable=True).argsort(dim=-1)
+    rank = rank.view(g, -1)[:, :units]
+    return rank < (quota - done)[:, bank_of]
+
+
+def greedy_trace(weight: torch.Tensor, h: torch.Tensor, pattern: Pattern, removals: int,
+                 per_round: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Greedy OBS removal of ``removals`` units per group: (order [G, n], cost [G, n]).
+
+    Each round every group removes its ``per_round`` cheapest units (default
+    ``ceil(units / ROUNDS)``; 1 is exact OBC greedy) by cost per real element, so a ragged edge
+    unit competes per weight; the removal is jointly optimal for the set, and ``Hinv`` is
+    downdated to the columns still kept. ``cost`` is each unit's error increase when chosen.
     """
     rows, k = pattern.rows, pattern.k
     m, kk = weight.shape
@@ -147,11 +175,11 @@ def greedy_trace(weight: torch.Tensor, h: torch.Tensor, pattern: Pattern, rounds
     wp, hi_full = _pad(weight.double(), hinv, rows, k)
     g_all, _, kp = wp.shape
     units = kp // k
+    step = per_round or -(-units // ROUNDS)
     sizes = real_sizes((m, kk), (rows, k))  # [G, U]
-    order = torch.zeros(g_all, rounds, dtype=torch.long)
-    cost = torch.zeros(g_all, rounds, dtype=torch.float64)
+    order = torch.zeros(g_all, removals, dtype=torch.long)
+    cost = torch.zeros(g_all, removals, dtype=torch.float64)
     per = max(1, MEMORY_BYTES // (8 * kp * kp))
-    eye = torch.eye(k, dtype=torch.float64)
     span = torch.arange(k)
     for g0 in range(0, g_all, per):
         w = wp[g0 : g0 + per].clone()
@@ -159,54 +187,43 @@ def greedy_trace(weight: torch.Tensor, h: torch.Tensor, pattern: Pattern, rounds
         hi = hi_full.expand(gc, kp, kp).clone()
         removed = torch.zeros(gc, units, dtype=torch.bool)
         gi = torch.arange(gc)[:, None]
-        for r in range(rounds):
-            diag = hi.view(gc, units, k, units, k).diagonal(dim1=1, dim2=3)  # [G, k, k, U]
-            diag = diag.permute(0, 3, 1, 2)  # [G, U, k, k]
-            if k == 1:
-                dinv = 1.0 / diag
-            else:
-                dinv = torch.linalg.inv(diag)
-            ws = w.view(gc, rows, units, k)
-            err = torch.einsum("grua,guab,grub->gu", ws, dinv, ws)
-            score = err / sizes[g0 : g0 + gc]
-            ok = ~removed if eligible is None else eligible(removed, order[g0 : g0 + gc, :r])
-            score = score.masked_fill(~ok, math.inf)
-            pick = torch.argmin(score, dim=1)  # ties: the lowest index
-            order[g0 : g0 + gc, r], cost[g0 : g0 + gc, r] = pick, err[gi[:, 0], pick]
-            cols = pick[:, None] * k + span  # [G, k]
-            hs = hi[gi, :, cols].transpose(1, 2)  # [G, Kp, k]
-            dsel = dinv[gi[:, 0], pick]  # [G, k, k]
-            wsel = w.gather(2, cols[:, None, :].expand(gc, rows, k))  # [G, rows, k]
-            w -= torch.einsum("gka,gab,grb->grk", hs, dsel, wsel)
-            hi -= torch.einsum("gka,gab,glb->gkl", hs, dsel, hs)
+        done = 0
+        while done < removals:
+            take = min(step, removals - done)
+            err = _unit_costs(hi, w, units, k)
+            score = (err / sizes[g0 : g0 + gc]).masked_fill(removed, math.inf)
+            if pattern.rule == "banks":
+                allowed = _allowed_in_banks(score, order[g0 : g0 + gc, :done], pattern)
+                score = score.masked_fill(~allowed, math.inf)
+            pick = score.argsort(dim=1, stable=True)[:, :take]  # ties: the lowest index
+            order[g0 : g0 + gc, done : done + take] = pick
+            cost[g0 : g0 + gc, done : done + take] = err.gather(1, pick)
+            cols = (pick[:, :, None] * k + span).reshape(gc, take * k)
+            tk = cols.shape[1]
+            hs = hi.gather(2, cols[:, None, :].expand(gc, kp, tk))  # [G, Kp, tk]
+            dinv = torch.linalg.inv(hs.gather(1, cols[:, :, None].expand(gc, tk, tk)))
+            ws = w.gather(2, cols[:, None, :].expand(gc, rows, tk))  # [G, rows, tk]
+            hd = hs @ dinv
+            w.baddbmm_(ws @ dinv, hs.transpose(1, 2), alpha=-1)
+            hi.baddbmm_(hd, hs.transpose(1, 2), alpha=-1)
             # removed columns leave the problem exactly: zero weight, decoupled unit inverse
-            w.scatter_(2, cols[:, None, :].expand(gc, rows, k), 0.0)
+            w.scatter_(2, cols[:, None, :].expand(gc, rows, tk), 0.0)
             hi[gi, cols, :] = 0.0
             hi[gi, :, cols] = 0.0
-            hi[gi[:, :, None], cols[:, :, None], cols[:, None, :]] = eye
-            removed[gi[:, 0], pick] = True
+            hi[gi[:, :, None], cols[:, :, None], cols[:, None, :]] = torch.eye(tk, dtype=hi.dtype)
+            removed.scatter_(1, pick, True)
+            done += take
     return order, cost
-
-
-def _bank_eligible(pattern: Pattern, units: int):
-    bank_of = torch.arange(units) // pattern.bank
-    quota = torch.tensor(pattern.bank_prune)
-
-    def eligible(removed: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
-        done = torch.zeros(removed.shape[0], len(quota), dtype=torch.long)
-        done.scatter_add_(1, bank_of[order], torch.ones_like(order))
-        return ~removed & (done < quota)[:, bank_of]
-
-    return eligible
 
 
 def obs_layer(
     weight: torch.Tensor, hessian: torch.Tensor, pattern: Pattern, sparsity: float,
-    damp: float = DAMP,
+    damp: float = DAMP, per_round: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(keep-mask [M, K] bool, reconstructed weight [M, K]) for one layer's GEMM view.
 
-    ``hessian`` is ``X X^T`` ([K, K]) of the layer's calibration inputs (undamped).
+    ``hessian`` is ``X X^T`` ([K, K]) of the layer's calibration inputs (undamped);
+    ``per_round``: units each group removes per OBS round (see :func:`greedy_trace`).
     """
     m, kk = weight.shape
     h = damped(hessian, damp)
@@ -220,8 +237,7 @@ def obs_layer(
         rounds = units if sparsity > 0 else 0
     removed = torch.zeros(g, units, dtype=torch.bool)
     if rounds > 0:
-        eligible = _bank_eligible(pattern, units) if pattern.rule == "banks" else None
-        order, cost = greedy_trace(weight, h, pattern, rounds, eligible)
+        order, cost = greedy_trace(weight, h, pattern, rounds, per_round)
         take = torch.ones(g, rounds, dtype=torch.bool)
         if pattern.rule == "global":
             size = real_sizes((m, kk), (rows, k)).gather(1, order)
