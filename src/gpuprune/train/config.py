@@ -6,6 +6,9 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+import torch
+import torch.nn.functional as F
+
 from gpuprune.errors import UserError
 
 
@@ -27,6 +30,8 @@ class TrainConfig:
     amp: bool | None = None  # mixed precision; None: on GPU only
     channels_last: bool | None = None  # NHWC memory format; None: on GPU only
     seed: int = 0  # seeds init-independent randomness: data order, augmentation
+    distill_alpha: float = 0.0  # weight of the teacher's soft targets (0: no distillation)
+    distill_temperature: float = 4.0  # softmax temperature of the distillation term
 
     def __post_init__(self) -> None:
         checks = {
@@ -40,6 +45,8 @@ class TrainConfig:
             "steps_per_epoch": self.steps_per_epoch is None or self.steps_per_epoch >= 1,
             "eval_batch_size": self.eval_batch_size >= 1,
             "schedule": self.schedule in ("cosine", "onecycle", "constant"),
+            "distill_alpha": 0 <= self.distill_alpha <= 1,
+            "distill_temperature": self.distill_temperature > 0,
         }
         for name, ok in checks.items():
             if not ok:
@@ -47,6 +54,16 @@ class TrainConfig:
                     f"training setting {name}={getattr(self, name)!r} is out of range",
                     "see TrainConfig for the allowed values",
                 )
+
+
+def distill_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton et al. 2015: ``T^2 * KL(softmax(teacher / T) || softmax(student / T))``, batch mean.
+
+    The ``T^2`` keeps the gradient scale of the soft term independent of the temperature.
+    """
+    t = temperature
+    return F.kl_div(F.log_softmax(student / t, dim=1), F.log_softmax(teacher / t, dim=1),
+                    reduction="batchmean", log_target=True) * (t * t)  # fmt: skip
 
 
 def lr_at(cfg: TrainConfig, step: int, total: int) -> float:
