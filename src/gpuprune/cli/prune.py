@@ -104,7 +104,12 @@ def _batches(name: str, root: str | None, count: int, batch_size: int) -> list:
 @click.option("--num-classes", type=int, default=10, show_default=True)
 @click.option("--in-channels", type=int, default=3, show_default=True)
 @click.option("--width", type=float, default=1.0, show_default=True, help="Model width multiplier.")
-@click.option("--data", "data_name", help="Data set for taylor/sensitivity, e.g. fashion-mnist.")
+@click.option("--reconstruct", is_flag=True,
+              help="Re-fit kept weights to the dense layer outputs on --data (obs implies it).")
+@click.option("--recalibrate-bn", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Batches of --data to re-estimate batch-norm statistics after pruning.")
+@click.option("--data", "data_name",
+              help="Data set for taylor/sensitivity/obs/--reconstruct, e.g. fashion-mnist.")
 @click.option("--data-root", type=click.Path(), help="Where the data set's files are.")
 @click.option("--batches", type=click.IntRange(min=1), default=4, show_default=True,
               help="Batches of --data used.")  # fmt: skip
@@ -134,6 +139,8 @@ def prune_cmd(
     batches: int,
     batch_size: int,
     json_out: bool,
+    reconstruct: bool,
+    recalibrate_bn: int,
 ) -> None:
     """Prune CHECKPOINT (a state dict or .safetensors) of --model and write a pruned-model file."""
     from gpuprune.models import create_model
@@ -150,17 +157,21 @@ def prune_cmd(
     elif latency_budget is not None:
         raise UserError("--latency-budget only applies to --allocation latency",
                         "add --allocation latency")  # fmt: skip
-    needs_data = IMPORTANCES.get(importance).needs_grad or alloc == "sensitivity"
+    imp = IMPORTANCES.get(importance)
+    needs_data = (imp.needs_grad or alloc == "sensitivity" or imp.reconstructs or reconstruct
+                  or recalibrate_bn > 0)  # fmt: skip
     if needs_data and not data_name:
         raise UserError(
-            f"importance {importance!r} / allocation {allocation!r} needs data",
+            f"importance {importance!r} / allocation {allocation!r} / --reconstruct / "
+            "--recalibrate-bn needs data",
             "pass --data fashion-mnist (or cifar10) and --data-root if needed",
         )
     model = create_model(model_name, num_classes=num_classes, in_channels=in_channels, width=width)
     state = read_state_dict(checkpoint)
     check_matches(state, model.state_dict(), f"checkpoint {checkpoint} (for model {model_name})")
     model.load_state_dict(state)
-    data = _batches(data_name, data_root, batches, batch_size) if needs_data else None
+    count = max(batches, recalibrate_bn)
+    data = _batches(data_name, data_root, count, batch_size) if needs_data else None
     pruner = Pruner(
         model,
         method,
@@ -174,12 +185,17 @@ def prune_cmd(
         input_size=tuple(data[0][0].shape[1:]) if data else None,
         progress=not json_out,
         allocation_options=alloc_options,
+        reconstruct=reconstruct,
     )
     if tilings:
         from gpuprune.latency import use_layer_targets
 
         use_layer_targets(pruner, tilings)
-    result = pruner.apply(sparsity, data=data)
+    result = pruner.apply(sparsity, data=data[:batches] if data else None)
+    if recalibrate_bn:
+        from gpuprune.prune import recalibrate_bn as recalibrate
+
+        recalibrate(model, data, recalibrate_bn)
     extra = {"width": width, "num_classes": num_classes, "in_channels": in_channels}
     if tilings:
         extra["layer_targets"] = tilings  # compile builds each layer's kernel for its tiling
