@@ -39,6 +39,12 @@ def test_oneshot_table_obs_cells_and_distillation(tiny_config, tmp_path: Path) -
     run_experiment(parse_config(tiny_config), run, progress=False)
     assert (run / "oneshot.json").stat().st_mtime_ns == before  # same settings: read back
 
+    stored.update(rows=rows[:2], complete=False)  # as if interrupted after two rows
+    (run / "oneshot.json").write_text(json.dumps(stored))
+    again = run_experiment(parse_config(tiny_config), run, progress=False)["oneshot"]
+    assert again["complete"] and again["rows"][:2] == rows[:2]  # kept, not recomputed
+    assert [r["status"] for r in again["rows"]] == ["ok"] * 4
+
 
 def test_distill_is_for_finetuning_only(tiny_config) -> None:
     tiny_config["dense"]["distill"] = {"alpha": 0.5}

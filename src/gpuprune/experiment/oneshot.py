@@ -68,18 +68,26 @@ def run_oneshot(cfg: ExperimentConfig, run_dir: Path, data: ImageData,
     path = run_dir / ONESHOT_FILE
     key = oneshot_key(cfg)
     done = read_record(path)
-    if done.get("key") == key:
+    if done.get("key") == key and done.get("complete", True):
         return done
+    # an interrupted study keeps its finished rows (each row is stored as soon as it is done)
+    prior = {(r.get("method"), r.get("sparsity"), r.get("importance")): r
+             for r in done.get("rows", []) if r.get("status") == "ok"
+             } if done.get("key") == key else {}  # fmt: skip
     calib = calibration_batches(cfg, data)
     bn = calibration_batches(cfg, data, o.bn_batches * 128) if o.bn_batches else []
     cells = [(m, s, i) for m in o.methods for s in o.sparsities for i in o.importances]
-    rows = []
+    record: dict[str, Any] = {"key": key, "calibration_images": sum(len(b[1]) for b in calib),
+                              "rows": [], "complete": False}  # fmt: skip
     with progress_bar("one-shot {task.description}", disable=not progress) as bar:
         task = bar.add_task("", total=len(cells))
         for method, sparsity, importance in cells:
             bar.update(task, description=f"{method}@{sparsity:g} {importance}")
-            rows.append(_one(cfg, run_dir, data, calib, bn, method, sparsity, importance))
+            row = prior.get((method, sparsity, importance)) or _one(
+                cfg, run_dir, data, calib, bn, method, sparsity, importance)
+            record["rows"].append(row)
+            atomic_write_text(path, json.dumps(record, indent=1))
             bar.advance(task)
-    record = {"key": key, "calibration_images": sum(len(b[1]) for b in calib), "rows": rows}
+    record["complete"] = True
     atomic_write_text(path, json.dumps(record, indent=1))
     return record
