@@ -162,3 +162,30 @@ def test_explicit_allocation_file(checkpoint, tmp_path, capsys):
                        "unstructured", "--allocation", plan, "--sparsity", "0.5",
                        "-o", out)  # fmt: skip
     assert code == 2 and "not pruned" in err
+
+
+def test_obs_with_batch_norm_recalibration_from_a_data_set(tmp_path, capsys):
+    ckpt = tmp_path / "resnet.pt"
+    model = create_model("resnet20", width=0.5)
+    torch.save(model.state_dict(), ckpt)
+    out = tmp_path / "r.safetensors"
+    code, text, err = run(
+        capsys, "prune", ckpt, "--model", "resnet20", "--width", "0.5", "--method", "tile",
+        "--target", "cpu-pocl", "--skip-small", "--importance", "obs", "--data", "synthetic",
+        "--batches", "2", "--batch-size", "16", "--recalibrate-bn", "3", "--sparsity", "0.5",
+        "-o", out, "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    result = json.loads(text)
+    assert result["importance"] == "obs" and result["sparsity"] == pytest.approx(0.5, abs=0.1)
+    _, tensors = read_pruned(out)
+    stats = [k for k in tensors if k.endswith("running_mean")]
+    moved = [k for k in stats if not torch.equal(tensors[k], model.state_dict()[k])]
+    assert stats and len(moved) == len(stats)  # every batch norm re-estimated
+
+
+def test_obs_without_data_is_one_line_exit_2(checkpoint, tmp_path, capsys):
+    code, _, err = run(capsys, "prune", checkpoint, "--model", "vgg16", *WIDTH, "--method", "tile",
+                       "--target", "cpu-pocl", "--importance", "obs", "--sparsity", "0.5",
+                       "-o", tmp_path / "x.safetensors")  # fmt: skip
+    assert code == 2 and "--data" in err and len(err.strip().splitlines()) == 1

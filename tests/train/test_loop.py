@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -132,3 +133,31 @@ def test_ssl_penalty_shrinks_groups(synth, tiny) -> None:
         fit(model, synth, cfg, hook=hook, progress=False)
         norms.append(float(gp.ssl_penalty(model).detach()))
     assert norms[1] < 0.8 * norms[0]
+
+
+def test_distillation_follows_the_teacher(synth, tiny) -> None:
+    from gpuprune.train.config import distill_loss
+
+    logits = torch.randn(4, 10)
+    assert float(distill_loss(logits, logits, 4.0)) == pytest.approx(0.0, abs=1e-6)
+    assert float(distill_loss(logits, -logits, 4.0)) > 0
+    teacher = tiny(seed=3)
+    fit(teacher, synth, FAST, progress=False)
+    frozen = {k: v.clone() for k, v in teacher.state_dict().items()}
+    teacher.zero_grad(set_to_none=True)
+    # labels scrambled: a student that learns anything learns it from the teacher alone
+    wrong = dataclasses.replace(synth, train_y=(synth.train_y + 1) % 10)
+    cfg = TrainConfig(epochs=3, batch_size=16, lr=0.05, seed=7, distill_alpha=1.0,
+                      distill_temperature=2.0)  # fmt: skip
+    student = tiny(seed=4)
+    fit(student, wrong, cfg, teacher=teacher, progress=False)
+    for k, v in teacher.state_dict().items():
+        assert torch.equal(v, frozen[k])
+    assert all(p.grad is None for p in teacher.parameters())
+    # the true labels reach the student only through the teacher (its own labels are all wrong)
+    assert evaluate(student, synth)[1] > 0.4
+
+
+def test_distillation_without_teacher_is_user_error(synth, tiny) -> None:
+    with pytest.raises(UserError, match="no teacher"):
+        fit(tiny(), synth, TrainConfig(epochs=1, batch_size=16, distill_alpha=0.5), progress=False)

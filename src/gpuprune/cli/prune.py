@@ -111,7 +111,12 @@ def _batches(name: str, root: str | None, count: int, batch_size: int) -> list:
 @click.option("--in-channels", type=click.IntRange(1, 64), default=3, show_default=True)
 @click.option("--width", type=click.FloatRange(0, 64, min_open=True), default=1.0,
               show_default=True, help="Model width multiplier.")  # fmt: skip
-@click.option("--data", "data_name", help="Data set for taylor/sensitivity, e.g. fashion-mnist.")
+@click.option("--reconstruct", is_flag=True,
+              help="Re-fit kept weights to the dense layer outputs on --data (obs implies it).")
+@click.option("--recalibrate-bn", type=click.IntRange(0, 10_000), default=0, show_default=True,
+              help="Batches of --data to re-estimate batch-norm statistics after pruning.")
+@click.option("--data", "data_name",
+              help="Data set for taylor/sensitivity/obs/--reconstruct, e.g. fashion-mnist.")
 @click.option("--data-root", type=click.Path(), help="Where the data set's files are.")
 @click.option("--batches", type=click.IntRange(1, 10_000), default=4, show_default=True,
               help="Batches of --data used.")  # fmt: skip
@@ -141,6 +146,8 @@ def prune_cmd(
     batches: int,
     batch_size: int,
     json_out: bool,
+    reconstruct: bool,
+    recalibrate_bn: int,
 ) -> None:
     """Prune CHECKPOINT (a state dict or .safetensors) of --model and write a pruned-model file."""
     from gpuprune.fileio import check_output
@@ -167,10 +174,13 @@ def prune_cmd(
                            ("--batch-size", "batch_size")):  # fmt: skip
             if _given(name):
                 raise UserError(f"{flag} only applies with --data", f"add --data or drop {flag}")
-    needs_data = IMPORTANCES.get(importance).needs_grad or alloc == "sensitivity"
+    imp = IMPORTANCES.get(importance)
+    needs_data = (imp.needs_grad or alloc == "sensitivity" or imp.reconstructs or reconstruct
+                  or recalibrate_bn > 0)  # fmt: skip
     if needs_data and not data_name:
         raise UserError(
-            f"importance {importance!r} / allocation {allocation!r} needs data",
+            f"importance {importance!r} / allocation {allocation!r} / --reconstruct / "
+            "--recalibrate-bn needs data",
             "pass --data fashion-mnist (or cifar10) and --data-root if needed",
         )
     spec = ModelSpec(model_name, num_classes, in_channels, width)
@@ -178,7 +188,8 @@ def prune_cmd(
     state = read_state_dict(checkpoint)
     check_matches(state, model.state_dict(), f"checkpoint {checkpoint} (for model {model_name})")
     model.load_state_dict(state)
-    data = _batches(data_name, data_root, batches, batch_size) if needs_data else None
+    count = max(batches, recalibrate_bn)
+    data = _batches(data_name, data_root, count, batch_size) if needs_data else None
     pruner = Pruner(
         model,
         method,
@@ -192,12 +203,17 @@ def prune_cmd(
         input_size=tuple(data[0][0].shape[1:]) if data else None,
         progress=not json_out,
         allocation_options=alloc_options,
+        reconstruct=reconstruct,
     )
     if tilings:
         from gpuprune.latency import use_layer_targets
 
         use_layer_targets(pruner, tilings)
     result = pruner.apply(sparsity, data=data)
+    if recalibrate_bn:
+        from gpuprune.prune import recalibrate_bn as recalibrate
+
+        recalibrate(model, data, recalibrate_bn)
     # the plan carries each layer's tiling (co-design), kernel and geometry to compile
     save_pruned(output, model, result, model_name=spec)
     if json_out:

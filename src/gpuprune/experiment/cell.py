@@ -229,6 +229,30 @@ def allocation_of(cfg: ExperimentConfig) -> str | dict[str, float]:
     return data
 
 
+def needs_calibration(cfg: ExperimentConfig) -> bool:
+    """True when pruning reads calibration inputs (``obs`` importance or ``reconstruct``)."""
+    from gpuprune.prune import IMPORTANCES
+
+    return cfg.prune.reconstruct or IMPORTANCES.get(cfg.prune.importance).reconstructs
+
+
+def calibration_batches(cfg: ExperimentConfig, data: ImageData,
+                        images: int | None = None) -> list[Any]:  # fmt: skip
+    """``images`` (default ``prune.calibration``) train images, unaugmented, in batches of 128.
+
+    Under torchrun every rank takes the same images, so every rank computes the same masks.
+    """
+    images = images or cfg.prune.calibration
+    loader = train_loader(data, min(128, images), cfg.seed, augment=False)
+    out, seen = [], 0
+    for x, y in loader:
+        if seen >= images:
+            break
+        out.append((x, y))
+        seen += len(y)
+    return out
+
+
 def _finetune_steps(cfg: ExperimentConfig, data: ImageData) -> int:
     ft = cfg.finetune
     steps = len(train_loader(data, ft.batch_size))
@@ -294,6 +318,7 @@ def _run(cfg: ExperimentConfig, run_dir: Path, method: str, sparsity: float,
         allocation="plan" if matched else allocation_of(cfg), exclude=p.exclude,
         exclude_first_last=p.exclude_first_last, skip_small=p.skip_small,
         input_size=input_shape(data), method_options=p.method_options.get(method),
+        reconstruct=p.reconstruct,
     )  # fmt: skip
     layers = prunable_layers(cfg, model)
     plan: dict[str, Any] = {}
@@ -309,8 +334,10 @@ def _run(cfg: ExperimentConfig, run_dir: Path, method: str, sparsity: float,
     strength = p.ssl_strength if method == "ssl" else 0.0
     rank = ddp.info()  # under torchrun every rank fine-tunes a shard; rank 0 writes and times
     sync = (lambda: ddp.broadcast_module(model)) if rank.enabled else None
+    calib = calibration_batches(cfg, ft_data) if needs_calibration(cfg) else None
+    data_for = (lambda: calib) if calib else _importance_data(cfg, pruner, ft_data)
     hook = PrunerHook(pruner, schedule_for(cfg, method, total), sparsity, ssl_strength=strength,
-                      sync=sync, data=_importance_data(cfg, pruner, ft_data))  # fmt: skip
+                      sync=sync, data=data_for)  # fmt: skip
     work = run_dir / CELLS_DIR / cell_name(method, sparsity, matched)
     if rank.is_main:
         fresh_workdir(work, cell_key(cfg, matched))
@@ -318,8 +345,13 @@ def _run(cfg: ExperimentConfig, run_dir: Path, method: str, sparsity: float,
     if total == 0:
         pruner.apply(sparsity, data=hook.data() if hook.data is not None else None)
     name = cell_id(method, sparsity, matched)
+    teacher = None
+    if cfg.finetune.distill is not None:  # the dense model, frozen (fit never wraps it in DDP)
+        teacher = build_model(cfg, data)
+        teacher.load_state_dict(load_file(str(run_dir / DENSE_DIR / "model.safetensors")))
     result = fit(model, ft_data, cfg.finetune.train_config(cfg.seed), run_dir=work, resume=True,
-                 hook=hook, progress=progress, desc=f"{name} fine-tune")  # fmt: skip
+                 hook=hook, progress=progress, desc=f"{name} fine-tune",
+                 teacher=teacher)  # fmt: skip
     if not rank.is_main:
         return {"accuracy": result.test_acc}
     pruned = pruner.result()

@@ -44,6 +44,13 @@ class ModelSection(_Section):
     checkpoint: str | None = None  # dense weights (.safetensors) to load instead of training
 
 
+class DistillSection(_Section):
+    """Knowledge distillation from the dense model while fine-tuning (Hinton et al. 2015)."""
+
+    alpha: float = Field(0.5, gt=0, le=1)  # weight of the soft-target term; 1 - alpha on labels
+    temperature: float = Field(4.0, gt=0)
+
+
 class RecipeSection(_Section):
     """Fields of :class:`gpuprune.train.TrainConfig`, plus a train subset for fine-tuning."""
 
@@ -61,9 +68,13 @@ class RecipeSection(_Section):
     amp: bool | None = None
     channels_last: bool | None = None
     train_subset: int | None = Field(None, ge=1, le=MAX_IMAGES)  # fine-tuning: train images
+    distill: DistillSection | None = None  # fine-tuning: distil from the dense model
 
     def train_config(self, seed: int) -> TrainConfig:
-        fields = self.model_dump(exclude={"train_subset"})
+        fields = self.model_dump(exclude={"train_subset", "distill"})
+        if self.distill is not None:
+            fields.update(distill_alpha=self.distill.alpha,
+                          distill_temperature=self.distill.temperature)  # fmt: skip
         return TrainConfig(**fields, seed=seed)
 
 
@@ -82,6 +93,8 @@ class PruneSection(_Section):
     ssl_strength: float = Field(1e-4, ge=0)  # group-lasso weight for the ssl method
     ssl_fraction: float = Field(0.5, ge=0, lt=1)  # ssl: share of steps regularised before pruning
     method_options: dict[str, dict[str, Any]] = Field(default_factory=dict)  # {nm: {m: 4}}
+    reconstruct: bool = False  # re-fit kept weights to the dense layer outputs (implied by obs)
+    calibration: int = Field(256, ge=1)  # train images (labels unused) for obs / reconstruct
 
     @field_validator("sparsities")
     @classmethod
@@ -101,6 +114,25 @@ class PruneSection(_Section):
     def _unique(cls, values: list[str]) -> list[str]:
         if not values or len(set(values)) != len(values):
             raise ValueError("must be a non-empty list without duplicates")
+        return values
+
+
+class OneShotSection(_Section):
+    """The dense model pruned once, without fine-tuning, per importance (its own report table).
+
+    Every cell is uniform; ``obs`` and ``reconstruct`` use ``prune.calibration`` train images.
+    """
+
+    methods: list[str] = Field(default_factory=list)  # empty: off
+    sparsities: list[Sparsity] = Field(default_factory=lambda: [0.5, 0.75])
+    importances: list[str] = Field(default_factory=lambda: ["magnitude", "obs"])
+    bn_batches: int = Field(0, ge=0)  # batch-norm recalibration batches after pruning (0: off)
+
+    @field_validator("methods", "sparsities", "importances")
+    @classmethod
+    def _unique(cls, values: list[Any]) -> list[Any]:
+        if len(set(values)) != len(values):
+            raise ValueError("must not repeat a value")
         return values
 
 
@@ -187,10 +219,18 @@ class ExperimentConfig(_Section):
     dense: RecipeSection = RecipeSection()
     finetune: RecipeSection = RecipeSection(epochs=2, lr=0.01)
     prune: PruneSection = PruneSection()
+    oneshot: OneShotSection = OneShotSection()
     latency: LatencySection = LatencySection()
     equal_latency: EqualLatencySection = EqualLatencySection()
     codesign: CodesignSection = CodesignSection()
     targets: TargetsSection = TargetsSection()
+
+    @field_validator("dense")
+    @classmethod
+    def _no_teacher(cls, value: RecipeSection) -> RecipeSection:
+        if value.distill is not None:
+            raise ValueError("distill applies to finetune only (the teacher is the dense model)")
+        return value
 
     def digest(self, *sections: str, **extra: Any) -> str:
         """A short hash of the named sections (and ``extra`` values): what a result depends on."""

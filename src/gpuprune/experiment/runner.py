@@ -53,6 +53,7 @@ from gpuprune.experiment.codesign_step import run_codesign
 from gpuprune.experiment.config import ExperimentConfig, dump_config, parse_config
 from gpuprune.experiment.equal_latency import check_equal_latency, matched_methods
 from gpuprune.experiment.latency import backend_device, compile_for, time_model, time_models
+from gpuprune.experiment.oneshot import run_oneshot
 from gpuprune.fileio import (
     atomic_write_bytes,
     atomic_write_text,
@@ -98,6 +99,10 @@ def _check_setup(cfg: ExperimentConfig) -> None:
         )
     get_target(cfg.prune.target)
     IMPORTANCES.get(cfg.prune.importance)
+    for method in cfg.oneshot.methods:
+        METHODS.get(method)
+    for importance in cfg.oneshot.importances:
+        IMPORTANCES.get(importance)
     if not cfg.prune.allocation.lower().endswith(".json"):
         ALLOCATIONS.get(cfg.prune.allocation)
     allocation_of(cfg)  # a .json file: read and checked now
@@ -351,7 +356,8 @@ def pending_cells(cfg: ExperimentConfig, run_dir: Path) -> list[Cell]:
 
 
 def collect(cfg: ExperimentConfig, run_dir: Path, dense: dict[str, Any], data: ImageData,
-            seconds: float, codesign: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+            seconds: float, codesign: dict[str, Any] | None = None,
+            oneshot: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
     """Gather the dense result and every cell of this config into ``summary.json``."""
     cells = []
     for method, sparsity, matched in all_cells(cfg):
@@ -374,6 +380,7 @@ def collect(cfg: ExperimentConfig, run_dir: Path, dense: dict[str, Any], data: I
         "dense": dense,
         "cells": cells,
         "codesign": codesign,
+        "oneshot": oneshot,
         "environment": {"python": platform.python_version(), "torch": torch.__version__,
                         "machine": platform.machine(), "cpu": cpu_name(), "cpu_isa": cpu_isa(),
                         "cpus": os.cpu_count(),
@@ -420,6 +427,7 @@ def run_experiment(
             f"{len(data.test_y)} test images")  # fmt: skip
         dense = run_dense(cfg, run_dir, data, progress)
         say(f"dense {cfg.model.name}: accuracy {dense['accuracy']:.2%}")
+        oneshot = run_oneshot(cfg, run_dir, data, progress) if main else None
         pending = pending_cells(cfg, run_dir)
         total = len(all_cells(cfg))
         if len(pending) < total:
@@ -434,7 +442,8 @@ def run_experiment(
                     say(f"[{i}/{len(pending)}] " + _describe(rec, dense["accuracy"]))
         # after the cells: rank 0 alone searches, and other ranks must not wait on it mid-run
         codesign = run_codesign(cfg, run_dir, data, progress) if main else None
-        summary = collect(cfg, run_dir, dense, data, time.perf_counter() - started, codesign)
+        summary = collect(cfg, run_dir, dense, data, time.perf_counter() - started, codesign,
+                          oneshot)  # fmt: skip
     if raise_on_failure:
         check_cells(summary, run_dir)
     return summary

@@ -33,7 +33,10 @@ In a training loop (the stable API)::
 used by ``taylor`` importance and ``sensitivity`` allocation; ``loss_fn`` defaults to
 cross-entropy. ``exclude_first_last`` defaults to True. Allocations: ``uniform``, ``global``,
 ``sensitivity`` or ``{layer: sparsity}``. Importances: ``magnitude``, ``l2``, ``taylor``,
-``random``. Bad input raises :class:`~gpuprune.errors.UserError`.
+``random``, ``obs`` (block Optimal Brain Surgeon: chooses the blocks by layer output error on
+``data`` and re-fits the kept weights; ``reconstruct=True`` re-fits after any importance).
+``recalibrate_bn(model, data, batches)`` re-estimates batch-norm statistics after one-shot
+pruning. Bad input raises :class:`~gpuprune.errors.UserError`.
 
 The package object itself is callable: ``gpuprune.prune(model, ...)`` is :func:`prune`.
 """
@@ -45,6 +48,7 @@ import types
 
 from gpuprune.prune.allocation import ALLOCATIONS, allocate
 from gpuprune.prune.api import Pruner, prune, sparsity_report
+from gpuprune.prune.calibrate import recalibrate_bn
 from gpuprune.prune.files import Loaded, PrunedInfo, load, load_pruned, read_pruned, save_pruned
 from gpuprune.prune.importance import IMPORTANCES, Importance
 from gpuprune.prune.layers import LayerSpec
@@ -82,6 +86,7 @@ __all__ = [
     "masked_layers",
     "prune",
     "read_pruned",
+    "recalibrate_bn",
     "save_pruned",
     "set_mask",
     "sparsity_report",

@@ -52,6 +52,9 @@ class Pruner:
             (C_in, 32, 32) for CNNs.
         method_options: constructor options of the method, e.g. ``{"n": 2, "m": 4}`` for ``nm``.
         progress: show a progress bar during sensitivity analysis.
+        reconstruct: after choosing the masks, re-fit each layer's kept weights to its dense
+            outputs on the calibration ``data`` (least squares, layer by layer; implied by
+            ``importance="obs"``, which also chooses the blocks by output error).
     """
 
     def __init__(
@@ -68,8 +71,10 @@ class Pruner:
         method_options: Mapping[str, Any] | None = None,
         progress: bool = False,
         allocation_options: Mapping[str, Any] | None = None,
+        reconstruct: bool = False,
     ) -> None:
         self.model = model
+        self.reconstruct = reconstruct
         self.allocation_options = dict(allocation_options or {})  # e.g. latency_budget=0.4
         self.method = get_method(method, **dict(method_options or {}))
         self.target = get_target(target) if target is not None else None
@@ -131,13 +136,15 @@ class Pruner:
 
         Args:
             sparsity: fraction of the pruned layers' weights to zero, in [0, 1).
-            data: ``(x, y)`` batches; read only by ``taylor`` importance (gradients) and
-                ``sensitivity`` allocation (held-out loss), at most ``max_batches`` of them.
+            data: ``(x, y)`` batches; read only by ``taylor`` importance (gradients),
+                ``sensitivity`` allocation (held-out loss) and ``obs`` importance or
+                ``reconstruct`` (calibration inputs; labels unused), at most ``max_batches``.
             loss_fn: ``loss_fn(output, y)``; cross-entropy by default.
             max_batches: cap on batches taken from ``data`` (a whole loader is fine).
         """
         s = check_sparsity(sparsity)
-        wants_data = self.importance.needs_grad or self.allocation == "sensitivity"
+        obs = self.importance.reconstructs or self.reconstruct
+        wants_data = self.importance.needs_grad or self.allocation == "sensitivity" or obs
         batches = (
             list(itertools.islice(data, max_batches)) if wants_data and data is not None else []
         )
@@ -156,8 +163,11 @@ class Pruner:
             progress=self._progress_callback() if self.progress else None,
             **self.allocation_options,
         )
-        for name, spec in self.specs.items():
-            set_mask(spec.module, self._mask(imps[name], alloc[name], spec))
+        if obs:
+            self._reconstruct(alloc, batches, imps)
+        else:
+            for name, spec in self.specs.items():
+                set_mask(spec.module, self._mask(imps[name], alloc[name], spec))
         self._requested, self._alloc = s, alloc
         result = self.result()
         # The plan travels with the model: compile(model) reads each layer's kernel from it.
@@ -251,6 +261,17 @@ class Pruner:
             kernel=self.method.kernel, requested=res.requested, sparsity=res.sparsity,
             tiling=tiling, geometry=geometry,
         )  # fmt: skip
+
+    def _reconstruct(self, alloc: Mapping[str, float], batches: list[Batch],
+                     imps: Mapping[str, torch.Tensor]) -> None:  # fmt: skip
+        from gpuprune.prune.obs import calibration_inputs, reconstruct
+
+        device = next(self.model.parameters()).device
+        masks = None
+        if not self.importance.reconstructs:  # the importance picks the blocks; refit only
+            masks = {n: self._mask(imps[n], alloc[n], s) for n, s in self.specs.items()}
+        reconstruct(self.model, self.specs, self.method, alloc,
+                    calibration_inputs(batches, device), masks=masks)  # fmt: skip
 
     # ---- sensitivity helpers -----------------------------------------------------------------
     def _evaluator(self, batches: list[Batch], loss_fn: LossFn):

@@ -2,7 +2,10 @@
 
 Registered scores (``IMPORTANCES``): ``magnitude`` (|w|, so block scores are mean L1), ``l2``
 (w^2, block scores are mean squares), ``taylor`` (first-order Taylor, |w * dL/dw| with the gradient
-averaged over a few batches; needs data) and ``random`` (a control). Scores are taken from the
+averaged over a few batches; needs data), ``random`` (a control) and ``obs`` (Optimal Brain
+Surgeon on whole blocks, :mod:`gpuprune.prune.obs`: blocks are chosen by the layer output error
+their removal causes on calibration inputs, and the kept weights are re-fitted; needs data; its
+map here is |w|, used only by allocations that rank layers). Scores are taken from the
 effective (masked) weight, so a weight pruned earlier scores 0 and stays pruned.
 """
 
@@ -24,10 +27,14 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 @dataclass(frozen=True)
 class Importance:
-    """``score(weight, grad) -> [M, K]``; ``grad`` is None unless ``needs_grad``."""
+    """``score(weight, grad) -> [M, K]``; ``grad`` is None unless ``needs_grad``.
+
+    ``reconstructs``: the pruner hands mask choice and weight update to :mod:`gpuprune.prune.obs`.
+    """
 
     score: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
     needs_grad: bool = False
+    reconstructs: bool = False
 
 
 IMPORTANCES: Registry[Importance] = Registry("importance")
@@ -35,6 +42,7 @@ IMPORTANCES.add("magnitude", Importance(lambda w, g: w.abs()))
 IMPORTANCES.add("l2", Importance(lambda w, g: w.square()))
 IMPORTANCES.add("taylor", Importance(lambda w, g: (w * g).abs(), needs_grad=True))
 IMPORTANCES.add("random", Importance(lambda w, g: torch.rand_like(w) * (w != 0)))
+IMPORTANCES.add("obs", Importance(lambda w, g: w.abs(), reconstructs=True))
 
 
 def mean_gradients(

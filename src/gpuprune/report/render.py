@@ -12,6 +12,7 @@ from gpuprune.fileio import atomic_write_text
 from gpuprune.report.codesign import codesign_checks, codesign_section
 from gpuprune.report.crosstarget import cross_target_section
 from gpuprune.report.equal_latency import equal_latency_checks, equal_latency_sections
+from gpuprune.report.oneshot import oneshot_checks, oneshot_section
 from gpuprune.report.plots import make_plots
 from gpuprune.report.results import Row, RunResults, Section, load_results
 from gpuprune.report.verdict import noise_pt, verdict
@@ -57,7 +58,8 @@ def _requested(res: RunResults, r: Row) -> str:
 
 def target_checks(res: RunResults) -> list[str]:
     """The config's targets, stated with the measured numbers (met or not)."""
-    return _accuracy_checks(res) + equal_latency_checks(res) + codesign_checks(res)
+    return (_accuracy_checks(res) + oneshot_checks(res) + equal_latency_checks(res)
+            + codesign_checks(res))  # fmt: skip
 
 
 def _accuracy_checks(res: RunResults) -> list[str]:
@@ -111,8 +113,11 @@ def _setup_lines(res: RunResults) -> list[str]:
     for phase in ("dense", "finetune"):
         r = cfg.get(phase)
         if r:
+            kd = r.get("distill")
             lines.append(f"{phase}: {r['epochs']} epochs, batch {r['batch_size']}, lr {r['lr']} "
-                         f"{r['schedule']}, label smoothing {r['label_smoothing']}")  # fmt: skip
+                         f"{r['schedule']}, label smoothing {r['label_smoothing']}"
+                         + (f", distilled from the dense model (alpha {kd['alpha']}, "
+                            f"temperature {kd['temperature']})" if kd else ""))  # fmt: skip
     if lat:
         lines.append(f"latency: median of up to {lat.get('repeats')} runs after "
                      f"{lat.get('warmup')} warm-up, batch {lat.get('batch_size')}; speedup = "
@@ -128,7 +133,8 @@ def _setup_lines(res: RunResults) -> list[str]:
 
 def extra_sections(res: RunResults) -> list[Section]:
     """The tables after the results: equal latency, co-design, cross-target (those with rows)."""
-    found = [*equal_latency_sections(res), codesign_section(res), cross_target_section(res)]
+    found = [oneshot_section(res), *equal_latency_sections(res), codesign_section(res),
+             cross_target_section(res)]  # fmt: skip
     return [s for s in found if s is not None and s.rows]
 
 

@@ -6,6 +6,9 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+import torch
+import torch.nn.functional as F
+
 from gpuprune.errors import UserError
 
 
@@ -27,6 +30,8 @@ class TrainConfig:
     amp: bool | None = None  # mixed precision; None: on GPU only
     channels_last: bool | None = None  # NHWC memory format; None: on GPU only
     seed: int = 0  # seeds init-independent randomness: data order, augmentation
+    distill_alpha: float = 0.0  # weight of the teacher's soft targets (0: no distillation)
+    distill_temperature: float = 4.0  # softmax temperature of the distillation term
 
     def __post_init__(self) -> None:
         checks = {  # name: (holds, the allowed values in words)
@@ -42,6 +47,8 @@ class TrainConfig:
             "eval_batch_size": (self.eval_batch_size >= 1, ">= 1"),
             "schedule": (self.schedule in ("cosine", "onecycle", "constant"),
                          "cosine, onecycle or constant"),
+            "distill_alpha": (0 <= self.distill_alpha <= 1, "in [0, 1]"),
+            "distill_temperature": (self.distill_temperature > 0, "> 0"),
         }  # fmt: skip
         for name, (ok, allowed) in checks.items():
             if not ok:
@@ -51,6 +58,16 @@ class TrainConfig:
                     f"{name} must be {allowed} ({flag} of gpuprune train, or the {name} key of "
                     "the config's dense/finetune section)",
                 )
+
+
+def distill_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton et al. 2015: ``T^2 * KL(softmax(teacher / T) || softmax(student / T))``, batch mean.
+
+    The ``T^2`` keeps the gradient scale of the soft term independent of the temperature.
+    """
+    t = temperature
+    return F.kl_div(F.log_softmax(student / t, dim=1), F.log_softmax(teacher / t, dim=1),
+                    reduction="batchmean", log_target=True) * (t * t)  # fmt: skip
 
 
 def lr_at(cfg: TrainConfig, step: int, total: int) -> float:

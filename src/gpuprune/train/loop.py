@@ -27,7 +27,7 @@ from gpuprune.errors import UserError
 from gpuprune.fileio import atomic_open, atomic_write_text
 from gpuprune.progress import progress_bar
 from gpuprune.train import distributed as ddp
-from gpuprune.train.config import TrainConfig, lr_at
+from gpuprune.train.config import TrainConfig, distill_loss, lr_at
 from gpuprune.train.hooks import TrainHook
 
 CHECKPOINT = "checkpoint.pt"
@@ -124,6 +124,7 @@ def fit(
     device: torch.device | str | None = None,
     progress: bool = True,
     desc: str = "train",
+    teacher: nn.Module | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on ``data`` with ``cfg``; returns the final test metrics.
 
@@ -138,6 +139,8 @@ def fit(
         device: defaults to this rank's GPU, else the CPU.
         progress: show a progress bar (rank 0 only).
         desc: label of the progress bar.
+        teacher: the model to distil from when ``cfg.distill_alpha > 0`` (e.g. the dense one);
+            it runs in eval mode without gradients on every rank and is never wrapped in DDP.
 
     Raises:
         NonFiniteLossError: the loss became NaN or infinite.
@@ -165,6 +168,11 @@ def fit(
             "lower batch_size or use more train images",
         )
     total = cfg.epochs * steps
+    if cfg.distill_alpha > 0:
+        if teacher is None:
+            raise UserError("distillation is on (distill_alpha > 0) but no teacher was given",
+                            "pass teacher= the dense model, or set distill_alpha to 0")  # fmt: skip
+        teacher.to(device=device, memory_format=fmt).eval().requires_grad_(False)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                           weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0)  # fmt: skip
 
@@ -205,6 +213,11 @@ def fit(
                 with autocast:
                     out = net(x)
                     loss = F.cross_entropy(out.float(), y, label_smoothing=cfg.label_smoothing)
+                    if cfg.distill_alpha > 0:
+                        with torch.no_grad():
+                            soft = teacher(x).float()
+                        kd = distill_loss(out.float(), soft, cfg.distill_temperature)
+                        loss = (1 - cfg.distill_alpha) * loss + cfg.distill_alpha * kd
                 full_loss = loss
                 if hook is not None and (extra := hook.penalty(model)) is not None:
                     full_loss = loss + extra
