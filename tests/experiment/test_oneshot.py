@@ -9,6 +9,7 @@ import pytest
 
 from gpuprune.errors import UserError
 from gpuprune.experiment import parse_config, run_experiment
+from gpuprune.fileio import write_record
 from gpuprune.report import write_report
 
 
@@ -40,7 +41,7 @@ def test_oneshot_table_obs_cells_and_distillation(tiny_config, tmp_path: Path) -
     assert (run / "oneshot.json").stat().st_mtime_ns == before  # same settings: read back
 
     stored.update(rows=rows[:2], complete=False)  # as if interrupted after two rows
-    (run / "oneshot.json").write_text(json.dumps(stored))
+    write_record(run / "oneshot.json", stored)  # as the study stores it: checksummed
     again = run_experiment(parse_config(tiny_config), run, progress=False)["oneshot"]
     assert again["complete"] and again["rows"][:2] == rows[:2]  # kept, not recomputed
     assert [r["status"] for r in again["rows"]] == ["ok"] * 4
