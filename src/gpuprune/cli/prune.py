@@ -18,7 +18,7 @@ from gpuprune.prune import (
     save_pruned,
 )
 from gpuprune.prune.allocation import allocation_names, check_sparsity
-from gpuprune.prune.files import check_matches, info_from_header, read_state_dict
+from gpuprune.prune.files import check_matches, info_from_header, read_state_dict, unpack
 
 
 def _parse_options(pairs: tuple[str, ...]) -> dict[str, object]:
@@ -229,6 +229,7 @@ def inspect_cmd(file: str, plot: str | None, json_out: bool) -> None:
         plot_format(plot)
     header, tensors = read_pruned(file)
     info = info_from_header(header, file)
+    tensors = unpack(tensors, file)
     masks = {k.split(":", 1)[1]: v for k, v in tensors.items() if k.startswith("mask:")}
     planned = {lay.name: lay for lay in info.plan} if info.plan else {}
     order = [n for n in planned if n in masks] + sorted(n for n in masks if n not in planned)
