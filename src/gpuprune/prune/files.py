@@ -44,9 +44,9 @@ from gpuprune.fileio import atomic_write_bytes
 from gpuprune.gemm import gemm_shape, is_gemm_layer
 from gpuprune.models.factory import ModelSpec, create_model
 from gpuprune.plan import PrunePlan
+from gpuprune.prune.masks import get_mask, masked_layers, set_mask
 from gpuprune.prune.packing import PREFIX as PACKED_PREFIX
 from gpuprune.prune.packing import pack_layer, packed_layers, unpack_layer
-from gpuprune.prune.masks import get_mask, masked_layers, set_mask
 from gpuprune.prune.result import PruneResult
 
 FORMAT = "gpuprune-pruned/3"
