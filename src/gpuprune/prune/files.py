@@ -370,7 +370,8 @@ def load(
                             "pass the model: gpuprune.load(path, model=...)")  # fmt: skip
         spec = spec or ModelSpec(factory or "")
         if factory is not None:
-            model = create_model(factory, spec.num_classes, spec.in_channels, spec.width)
+            model = create_model(factory, spec.num_classes, spec.in_channels, spec.width,
+                                 kwargs=spec.kwargs)
         else:
             model = spec.build(allow_import=False)
     info = _load_into(path, header, tensors, model)
