@@ -34,6 +34,19 @@ def _parse_options(pairs: tuple[str, ...]) -> dict[str, object]:
     return out
 
 
+def _parse_model_args(text: str | None) -> dict:
+    from gpuprune.models.factory import check_kwargs
+
+    if text is None:
+        return {}
+    try:
+        data = json.loads(text)
+    except ValueError as err:
+        raise UserError(f"--model-args is not JSON ({err})",
+                        'write e.g. --model-args \'{"num_classes": 1000}\'') from None  # fmt: skip
+    return check_kwargs(data, "--model-args")
+
+
 def _given(param: str) -> bool:
     """Whether the user passed this option (not just its default): unused options are refused."""
     ctx = click.get_current_context()
@@ -88,7 +101,10 @@ def _batches(name: str, root: str | None, count: int, batch_size: int) -> list:
 
 @click.command("prune")
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
-@click.option("--model", "model_name", required=True, help="Model name, e.g. vgg16 or resnet20.")
+@click.option("--model", "model_name", required=True,
+              help="vgg16, resnet20, timm:NAME, torchvision:NAME or package.module:factory.")
+@click.option("--model-args", help='Model constructor arguments as JSON, e.g. \'{"num_classes": '
+              '1000}\' (recorded in the output file).')  # fmt: skip
 @click.option("--method", default="tile", show_default=True, help=", ".join(METHODS.names()))
 @click.option("--sparsity", type=float, required=True, help="Fraction of weights to zero, [0, 1).")
 @click.option("--target", help="Target preset or .toml/.yaml file (tile/simd methods need one).")
@@ -105,7 +121,8 @@ def _batches(name: str, root: str | None, count: int, batch_size: int) -> list:
               help="JSON from `gpuprune codesign -o`: a tiling per layer.")  # fmt: skip
 @click.option("--exclude", multiple=True, help="Layer name or glob left dense (repeatable).")
 @click.option("--include-first-last", is_flag=True, help="Also prune the first and last layers.")
-@click.option("--skip-small", is_flag=True, help="Leave layers smaller than one block dense.")
+@click.option("--skip-small/--no-skip-small", default=True, show_default=True,
+              help="Leave layers smaller than one block dense (listed), or refuse them.")
 @click.option("-O", "--option", "options", multiple=True, help="Method option KEY=VALUE, e.g. n=2.")
 @click.option("--num-classes", type=click.IntRange(1, 100_000), default=10, show_default=True)
 @click.option("--in-channels", type=click.IntRange(1, 64), default=3, show_default=True)
@@ -120,6 +137,7 @@ def _batches(name: str, root: str | None, count: int, batch_size: int) -> list:
 def prune_cmd(
     checkpoint: str,
     model_name: str,
+    model_args: str | None,
     method: str,
     sparsity: float,
     target: str | None,
@@ -144,7 +162,7 @@ def prune_cmd(
 ) -> None:
     """Prune CHECKPOINT (a state dict or .safetensors) of --model and write a pruned-model file."""
     from gpuprune.fileio import check_output
-    from gpuprune.models import ModelSpec
+    from gpuprune.models import MODEL_SOURCES, ModelSpec
 
     check_output(output, flag="-o", inputs=(checkpoint, layer_targets, allocation))
     check_sparsity(sparsity)
@@ -173,7 +191,16 @@ def prune_cmd(
             f"importance {importance!r} / allocation {allocation!r} needs data",
             "pass --data fashion-mnist (or cifar10) and --data-root if needed",
         )
-    spec = ModelSpec(model_name, num_classes, in_channels, width)
+    kwargs = _parse_model_args(model_args)
+    source = model_name.partition(":")[0] if ":" in model_name else None
+    if source in MODEL_SOURCES:  # a zoo model takes its sizes from its own arguments
+        for flag, name in (("--num-classes", "num_classes"), ("--in-channels", "in_channels"),
+                           ("--width", "width")):  # fmt: skip
+            if _given(name):
+                raise UserError(f"{flag} applies to gpuprune's own models, not {model_name}",
+                                f"pass --model-args '{{\"{name}\": ...}}' with the argument "
+                                f"{source} takes (e.g. num_classes)")  # fmt: skip
+    spec = ModelSpec(model_name, num_classes, in_channels, width, kwargs)
     model = spec.build(allow_import=True)  # named on the command line: the user's own code
     state = read_state_dict(checkpoint)
     check_matches(state, model.state_dict(), f"checkpoint {checkpoint} (for model {model_name})")
@@ -206,7 +233,7 @@ def prune_cmd(
     cols, rows = result.table()
     name = result.target.name if result.target else "-"
     print_table(f"{model_name} pruned with {result.method} (target {name})", cols, rows)
-    if result.skipped:
+    if result.skipped:  # skip_small is on by default: every such layer is named
         console.print(f"left dense (smaller than one block): {', '.join(result.skipped)}")
     console.print(
         f"sparsity {result.sparsity:.4f} (requested {result.requested:.4f}), "
