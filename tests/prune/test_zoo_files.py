@@ -8,7 +8,6 @@ import sys
 
 import pytest
 import torch
-from zoo_helpers import zoo
 
 import gpuprune
 from gpuprune.cli.main import main
@@ -16,6 +15,7 @@ from gpuprune.errors import UserError
 from gpuprune.models import ModelSpec, create_model
 from gpuprune.prune import METHODS, get_mask, masked_layers, prune, read_pruned, save_pruned
 from gpuprune.prune.files import load
+from zoo_helpers import zoo
 
 TARGET = {"tile": "nvidia", "simd": "nvidia", "simd-balanced": "nvidia"}
 
