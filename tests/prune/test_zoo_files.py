@@ -124,7 +124,7 @@ def test_cli_prunes_and_compiles_a_torchvision_model_from_its_file(tmp_path, cap
     out = tmp_path / "r18.safetensors"
     args = ["prune", ckpt, "--model", "torchvision:resnet18", "--model-args",
             '{"num_classes": 10}', "--method", "tile", "--target", "nvidia", "--sparsity",
-            "0.75", "-o", out]  # fmt: skip
+            "0.75", "--input-size", "3,64,64", "-o", out]  # fmt: skip
     assert main([str(a) for a in args]) == 0, capsys.readouterr().err
     capsys.readouterr()
     header, _ = read_pruned(out)
@@ -139,3 +139,7 @@ def test_cli_prunes_and_compiles_a_torchvision_model_from_its_file(tmp_path, cap
     args[args.index("-o") + 1] = tmp_path / "never.safetensors"
     assert main([str(a) for a in [*args, "--num-classes", "10"]]) == 2
     assert "--model-args" in capsys.readouterr().err
+    bad = [*args]
+    bad[bad.index("--input-size") + 1] = "3,x,64"
+    assert main([str(a) for a in bad]) == 2
+    assert "--input-size" in capsys.readouterr().err

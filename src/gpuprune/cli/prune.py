@@ -47,6 +47,19 @@ def _parse_model_args(text: str | None) -> dict:
     return check_kwargs(data, "--model-args")
 
 
+def _parse_size(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        size = tuple(int(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        size = ()
+    if not size or min(size) < 1 or len(size) > 4:
+        raise UserError(f"--input-size {text!r} is not a shape",
+                        "write e.g. --input-size 3,224,224")  # fmt: skip
+    return size
+
+
 def _given(param: str) -> bool:
     """Whether the user passed this option (not just its default): unused options are refused."""
     ctx = click.get_current_context()
@@ -128,6 +141,8 @@ def _batches(name: str, root: str | None, count: int, batch_size: int) -> list:
 @click.option("--in-channels", type=click.IntRange(1, 64), default=3, show_default=True)
 @click.option("--width", type=click.FloatRange(0, 64, min_open=True), default=1.0,
               show_default=True, help="Model width multiplier.")  # fmt: skip
+@click.option("--input-size", help="One input's shape for measuring FLOPs, e.g. 3,224,224 "
+              "(default 3,32,32 for CNNs, or the --data samples' shape).")  # fmt: skip
 @click.option("--data", "data_name", help="Data set for taylor/sensitivity, e.g. fashion-mnist.")
 @click.option("--data-root", type=click.Path(), help="Where the data set's files are.")
 @click.option("--batches", type=click.IntRange(1, 10_000), default=4, show_default=True,
@@ -154,6 +169,7 @@ def prune_cmd(
     num_classes: int,
     in_channels: int,
     width: float,
+    input_size: str | None,
     data_name: str | None,
     data_root: str | None,
     batches: int,
@@ -216,7 +232,7 @@ def prune_cmd(
         exclude_first_last=not include_first_last,
         skip_small=skip_small,
         method_options=_parse_options(options),
-        input_size=tuple(data[0][0].shape[1:]) if data else None,
+        input_size=_parse_size(input_size) or (tuple(data[0][0].shape[1:]) if data else None),
         progress=not json_out,
         allocation_options=alloc_options,
     )
