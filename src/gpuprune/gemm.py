@@ -4,6 +4,9 @@ Convolution is lowered to ``Out[M, N] = W[M, K] x X[K, N]`` with ``M = C_out``,
 ``K = C_in * kh * kw`` and ``N = H_out * W_out * batch``. The one K order used everywhere is
 ``(c_in, kh, kw)`` with ``c_in`` slowest, i.e. ``weight.reshape(C_out, -1)``, which is also the row
 order of ``torch.nn.functional.unfold`` (im2col). Linear layers are ``W[out, in]`` as they are.
+A Conv1d is a conv with kh = 1. A grouped conv's view ``[C_out, C_in/G * kh * kw]`` stacks its G
+group GEMMs ``[C_out/G, C_in/G * kh * kw]`` along M (group g owns rows ``g*C_out/G`` onward); its
+masks are chosen per group (see :mod:`gpuprune.prune.api`).
 
 Ragged edges: when M or K is not a multiple of the block, the last block row/column is partial
 (``M % bm`` rows or ``K % bk`` columns). It is still one block: pruned or kept as a whole, scored on
@@ -17,29 +20,28 @@ from torch import nn
 
 from gpuprune.errors import UnsupportedLayerError
 
-GEMM_LAYERS = (nn.Conv2d, nn.Linear)
+GEMM_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Linear)
+# Layers with weights that gpuprune does not view as a GEMM: always named when left out.
+WEIGHT_LAYERS = (nn.modules.conv._ConvNd, nn.Linear, nn.Bilinear, nn.MultiheadAttention)
 
 
 def _check(module: nn.Module) -> None:
-    if isinstance(module, nn.Conv2d):
-        if module.groups != 1:
-            kind = "depthwise" if module.groups == module.in_channels else "grouped"
-            raise UnsupportedLayerError(
-                f"{kind} Conv2d (groups={module.groups}) has no single GEMM view",
-                "exclude it from pruning (exclude=[name]); only groups=1 convolutions are pruned",
-            )
-        return
-    if isinstance(module, nn.Linear):
+    if isinstance(module, GEMM_LAYERS):
         return
     raise UnsupportedLayerError(
         f"{type(module).__name__} has no GEMM view",
-        "only nn.Conv2d (groups=1) and nn.Linear layers can be pruned and compiled",
+        "only nn.Conv1d, nn.Conv2d and nn.Linear layers can be pruned and compiled",
     )
 
 
 def is_gemm_layer(module: nn.Module) -> bool:
-    """True for layers gpuprune can view as a GEMM (Linear, Conv2d with groups=1)."""
-    return isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.groups == 1)
+    """True for layers gpuprune can view as a GEMM (Linear, Conv1d, Conv2d of any groups)."""
+    return isinstance(module, GEMM_LAYERS)
+
+
+def groups_of(module: nn.Module) -> int:
+    """How many GEMMs the layer's view stacks along M (a conv's ``groups``; 1 for Linear)."""
+    return int(getattr(module, "groups", 1)) if isinstance(module, nn.modules.conv._ConvNd) else 1
 
 
 def gemm_shape(module: nn.Module) -> tuple[int, int]:

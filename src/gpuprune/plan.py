@@ -22,7 +22,8 @@ from gpuprune.arch import Target, get_target
 from gpuprune.errors import TargetError, UserError
 from gpuprune.geometry import ConvGeometry
 
-PLAN_VERSION = "gpuprune-plan/1"
+PLAN_VERSION = "gpuprune-plan/2"  # /2: skipped layers carry their reason
+OLD_VERSIONS = ("gpuprune-plan/1",)  # read too: skipped names only
 SKIP_KERNELS = ("tile", "simd")  # kernel variants that skip pruned blocks
 KINDS = ("conv", "linear")
 FIX = "save the model again with `gpuprune prune` or gpuprune.save_pruned()"
@@ -92,6 +93,28 @@ class LayerPlan:
 
 
 @dataclass(frozen=True)
+class SkippedLayer:
+    """A weight layer (or weight) left dense, and why: nothing is left out silently."""
+
+    name: str  # module name, or "<module>.<parameter>" for a bare weight (MHA's in_proj_weight)
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.reason})"
+
+    def to_dict(self) -> dict[str, str]:
+        return {"name": self.name, "reason": self.reason}
+
+    @classmethod
+    def from_dict(cls, data: Any, origin: str = "plan") -> SkippedLayer:
+        if isinstance(data, str):  # gpuprune-plan/1 listed names of too-small layers only
+            return cls(_str(data, f"{origin} skipped layer"), "smaller than one block")
+        _keys(data, ("name", "reason"), f"{origin} skipped layer")
+        return cls(_str(data["name"], f"{origin} skipped layer name"),
+                   _str(data["reason"], f"{origin} skipped layer reason"))  # fmt: skip
+
+
+@dataclass(frozen=True)
 class PrunePlan:
     """Every pruned layer of a model, in module order, with the method and target they share."""
 
@@ -99,7 +122,7 @@ class PrunePlan:
     target: Target | None  # the target the blocks came from (None for target-free methods)
     layers: tuple[LayerPlan, ...]
     requested: float = 0.0  # overall sparsity asked for
-    skipped: tuple[str, ...] = field(default=())  # layers too small for a block, left dense
+    skipped: tuple[SkippedLayer, ...] = field(default=())  # weight layers left dense, and why
     version: str = PLAN_VERSION
 
     def __post_init__(self) -> None:
@@ -138,7 +161,7 @@ class PrunePlan:
             "target": self.target.to_dict() if self.target else None,
             "requested": self.requested,
             "layers": [lay.to_dict() for lay in self.layers],
-            "skipped": list(self.skipped),
+            "skipped": [s.to_dict() for s in self.skipped],
         }
 
     @classmethod
@@ -149,7 +172,7 @@ class PrunePlan:
             UserError: another version, a missing or unknown key, or a bad value (one line).
         """
         _keys(data, ("version", "method", "target", "requested", "layers", "skipped"), origin)
-        if data["version"] != PLAN_VERSION:
+        if data["version"] != PLAN_VERSION and data["version"] not in OLD_VERSIONS:
             raise UserError(
                 f"{origin} has version {data['version']!r}, this gpuprune reads {PLAN_VERSION!r}",
                 FIX,
@@ -169,7 +192,7 @@ class PrunePlan:
             target=target,
             layers=tuple(LayerPlan.from_dict(lay, origin) for lay in layers),
             requested=_fraction(data["requested"], f"{origin} requested"),
-            skipped=tuple(_str(s, f"{origin} skipped layer") for s in skipped),
+            skipped=tuple(SkippedLayer.from_dict(s, origin) for s in skipped),
         )
 
 
@@ -212,4 +235,4 @@ def _fraction(value: Any, what: str) -> float:
     return float(value)
 
 
-__all__ = ["KINDS", "PLAN_VERSION", "SKIP_KERNELS", "LayerPlan", "PrunePlan"]
+__all__ = ["KINDS", "PLAN_VERSION", "SKIP_KERNELS", "LayerPlan", "PrunePlan", "SkippedLayer"]

@@ -168,6 +168,8 @@ def test_end_to_end_records_against_dense_and_torch():
         e2e_methods=("tile",),
         e2e_sparsities=(0.75,),
         e2e_backends=("torch", "reference"),
+        e2e_runtimes=(),
+        e2e_models=("vgg16",),
         e2e_width=0.25,
     )
     recs = [r for r in run_e2e(cfg) if r.get("kind") == "e2e"]
@@ -181,3 +183,102 @@ def test_end_to_end_records_against_dense_and_torch():
     assert pruned["max_rel_err"] < 1e-4, "the compiled model computes what the pruned model does"
     assert 2.0 < pruned["ideal_speedup"] < 4.0  # first and last layers stay dense
     assert pruned["speedup"] is not None and pruned["speedup_vs_torch_dense"] is not None
+
+
+def _rec(backend, ms, method="dense", model="m", batch=1):
+    return {
+        "kind": "e2e", "model": model, "batch": batch, "method": method, "sparsity": 0.0,
+        "backend": backend, "baseline": backend, "median_ms": ms, "ideal_speedup": 1.0,
+    }  # fmt: skip
+
+
+def test_best_dense_is_the_fastest_unpruned_runtime_per_model_and_batch():
+    from gpuprune.bench.dense_runtimes import best_dense, dense_backends
+    from gpuprune.bench.e2e_bench import add_speedups
+
+    runtimes = ("openvino", "onnxruntime")
+    candidates = dense_backends(runtimes)
+    assert candidates == {"torch-dense", "openvino-dense", "onnxruntime-dense"}
+    recs = [
+        _rec("torch-dense", 10.0),
+        _rec("openvino-dense", 4.0),
+        _rec("onnxruntime-dense", 5.0),
+        _rec("cpu-e2e", 3.0),  # gpuprune's own dense kernel is not a runtime a user picks
+        _rec("openvino-masked", 2.0, method="tile"),  # pruned models never count as dense
+        _rec("torch-dense", 7.0, batch=16),
+        _rec("onnxruntime-dense", 8.0, batch=16),
+    ]
+    best = best_dense(recs, candidates)
+    assert best == {("m", 1): ("openvino-dense", 4.0), ("m", 16): ("torch-dense", 7.0)}
+
+    tile = {**_rec("cpu-e2e", 2.0, method="tile"), "baseline": "cpu-e2e"}
+    recs.append(tile)
+    add_speedups(recs, runtimes)
+    assert tile["best_dense_runtime"] == "openvino-dense"
+    assert tile["speedup_vs_best_dense"] == pytest.approx(2.0)
+    assert tile["speedup_vs_torch_dense"] == pytest.approx(5.0)
+    assert tile["speedup"] == pytest.approx(1.5)
+
+
+def test_best_dense_without_runtimes_falls_back_to_eager():
+    from gpuprune.bench.dense_runtimes import best_dense, dense_backends
+
+    recs = [_rec("torch-dense", 10.0), _rec("openvino-dense", 1.0)]
+    assert best_dense(recs, dense_backends(())) == {("m", 1): ("torch-dense", 10.0)}
+
+
+def test_quick_bench_times_the_deployed_runtimes():
+    assert set(QUICK.e2e_runtimes) == {"openvino", "onnxruntime", "torch-compile"}
+    assert "torch" in QUICK.e2e_backends and "cpu" in QUICK.e2e_backends
+
+
+@pytest.mark.slow
+def test_cli_bench_records_runtime_baselines(tmp_path, capsys):
+    """What `bench --quick` does end to end, on a tiny VGG16: runtime rows and the best dense."""
+    threads = torch.get_num_threads()
+    pytest.importorskip("openvino")
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    args = ["bench", "--batches", "1", "--sparsities", "0.75", "--methods", "tile", "--layers",
+            "conv4", "--backends", "torch-dense", "--e2e-models", "vgg16", "--e2e-batches", "1",
+            "--e2e-width", "0.25", "--e2e-backends", "torch,cpu", "--e2e-runtimes",
+            "openvino,onnxruntime", "--repeats", "3", "--threads", "1",
+            "-o", str(tmp_path)]  # fmt: skip
+    try:
+        code = main(args)
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert code == 0, out
+    _, recs = results.load(next(tmp_path.glob("*.json")))
+    e2e = {(r["backend"], r["method"]): r for r in recs if r.get("kind") == "e2e"}
+    assert set(e2e) >= {
+        ("torch-dense", "dense"), ("openvino-dense", "dense"), ("onnxruntime-dense", "dense"),
+        ("cpu-e2e", "dense"), ("cpu-e2e", "tile"), ("openvino-masked", "tile"),
+        ("onnxruntime-masked", "tile"),
+    }  # fmt: skip
+    for r in e2e.values():
+        assert r["max_rel_err"] < 1e-4, r["backend"]
+        assert r["best_dense_runtime"] in {"torch-dense", "openvino-dense", "onnxruntime-dense"}
+        assert r["speedup_vs_best_dense"] > 0
+    assert e2e[("openvino-masked", "tile")]["baseline"] == "openvino-dense"
+    assert "vs fastest dense" in out and "openvino-dense" in out
+
+
+def test_cli_bench_refuses_unknown_e2e_names(tmp_path, capsys):
+    assert main(["bench", "--e2e-models", "alexnet", "-o", str(tmp_path)]) == 2
+    assert "unknown end-to-end model 'alexnet'" in capsys.readouterr().err
+    assert main(["bench", "--e2e-runtimes", "tensorrt", "-o", str(tmp_path)]) == 2
+    assert "unknown dense runtime 'tensorrt'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_torch_compile_runtime_matches_eager():
+    from gpuprune.bench.dense_runtimes import DENSE_RUNTIMES
+    from gpuprune.models import create_model
+
+    model = create_model("tiny-cnn").eval()
+    x = torch.randn(2, 3, 32, 32)
+    run = DENSE_RUNTIMES.get("torch-compile")(model, x)
+    with torch.no_grad():
+        assert torch.allclose(run(), model(x), atol=1e-5)

@@ -305,3 +305,29 @@ def test_layer_survives_deepcopy(cpu):
     layer = cpu.linear(pack_for(weight, POCL, "tile"), None, POCL, variant="tile")
     x = torch.randn(2, 12)
     assert torch.equal(copy.deepcopy(layer)(x), layer(x))
+
+
+def test_repeated_calls_take_the_fast_path_and_stay_exact(cpu):
+    """After the first call of an input shape the layer skips its Python checks; a new shape,
+    a strided input or a bad one still goes through them."""
+    weight = block_masked(40, 5 * 9, POCL.tile_block(), 0.5, seed=11)
+    bias = torch.randn(40)
+    layer = cpu.conv2d(
+        pack_for(weight, POCL, "tile"), bias, POCL, variant="tile",
+        geometry=ConvGeometry(5, (3, 3), (2, 1), (1, 1), (1, 1)), relu=True,
+    )  # fmt: skip
+
+    def want(x):
+        return F.relu(F.conv2d(x, weight.reshape(40, 5, 3, 3), bias, (2, 1), (1, 1)))
+
+    x = torch.randn(2, 5, 9, 7)
+    first = layer(x)
+    assert x.shape in layer._shapes
+    torch.testing.assert_close(layer(x), first, rtol=0, atol=0)
+    torch.testing.assert_close(first, want(x), rtol=1e-4, atol=1e-4)
+    strided = torch.randn(2, 5, 7, 9).transpose(2, 3)  # same shape, not contiguous
+    torch.testing.assert_close(layer(strided), want(strided), rtol=1e-4, atol=1e-4)
+    other = torch.randn(3, 5, 6, 6)
+    torch.testing.assert_close(layer(other), want(other), rtol=1e-4, atol=1e-4)
+    with pytest.raises(UserError, match="float32"):
+        layer(x.double())

@@ -94,3 +94,12 @@ def test_users_can_register_models() -> None:
 
     assert "test-linear-only" in list_models()
     assert isinstance(create_model("test-linear-only"), nn.Module)
+
+
+def test_resnet50_has_torchvision_shapes() -> None:
+    model = create_model("resnet50", num_classes=1000).eval()
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 53  # 49 in the main path + 4 projection shortcuts
+    assert sum(p.numel() for p in model.parameters()) == 25_557_032  # torchvision's count
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 64, 64)).shape == (1, 1000)

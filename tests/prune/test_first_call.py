@@ -36,8 +36,9 @@ def test_layers_smaller_than_a_block_stay_dense_by_default_and_are_listed(caplog
     model = SE()
     with caplog.at_level(logging.INFO, logger="gpuprune.prune.api"):
         result = prune(model, "tile", 0.5, target="nvidia")
-    assert "excite" in result.skipped and "squeeze" in result.skipped
-    assert "body" not in result.skipped and get_mask(model.body) is not None
+    skipped = {s.name: s.reason for s in result.skipped}
+    assert "excite" in skipped and "squeeze" in skipped
+    assert "body" not in skipped and get_mask(model.body) is not None
     assert "squeeze" in caplog.text
     with pytest.raises(UserError):
         prune(SE(), "tile", 0.5, target="nvidia", skip_small=False)

@@ -17,11 +17,16 @@ class BenchConfig:
     warmup: int = 1
     repeats: int = 5
     budget_s: float = 1.5  # per measurement: stop repeating (after 3) past this
-    e2e_batches: tuple[int, ...] = (16,)
+    e2e_batches: tuple[int, ...] = (1, 16)
     e2e_methods: tuple[str, ...] = ("tile", "simd", "simd-balanced", "unstructured", "nm")
     e2e_sparsities: tuple[float, ...] = (0.5, 0.75, 0.9)
-    e2e_backends: tuple[str, ...] = ("torch", "cpu", "opencl")
-    e2e_width: float = 1.0
+    # gpuprune backends run end to end ("torch" = eager PyTorch on the unpruned model); the
+    # OpenCL backend on PoCL takes seconds per ResNet-50 image, so it is opt-in (--e2e-backends)
+    e2e_backends: tuple[str, ...] = ("torch", "cpu")
+    # dense runtimes a CPU user deploys with, timed beside them (skipped with a note if missing)
+    e2e_runtimes: tuple[str, ...] = ("openvino", "onnxruntime", "torch-compile")
+    e2e_models: tuple[str, ...] = ("vgg16", "resnet50")
+    e2e_width: float = 1.0  # channel multiplier of the models that take one (VGG16)
     notes: tuple[str, ...] = field(default=())
 
     def with_(self, **changes) -> BenchConfig:
@@ -37,8 +42,13 @@ QUICK = BenchConfig(
     layers=("conv4", "conv6", "conv9"),
     repeats=3,
     budget_s=0.6,
+    e2e_batches=(16,),
     e2e_methods=("tile",),
     e2e_sparsities=(0.75,),
+    e2e_models=("vgg16",),
     e2e_width=0.5,
-    notes=("quick mode: 3 layers, batch 16, 75% sparsity, 3 methods; VGG16 at width 0.5",),
+    notes=(
+        "quick mode: 3 layers, batch 16, 75% sparsity, 3 methods; VGG16 at width 0.5 end to "
+        "end beside OpenVINO, ONNX Runtime and torch.compile",
+    ),
 )

@@ -73,9 +73,14 @@ def environment() -> dict:
         "pocl": _version("pocl-binary-distribution"),
         "pyclblast": _version("pyclblast"),
         "triton": _version("triton"),
+        "openvino": _version("openvino"),
+        "onnxruntime": _version("onnxruntime"),
+        "onnx": _version("onnx"),
         "commit": commit(),
         # other work on the machine skews timings; recorded so readers can judge the noise
         "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        # libgomp's wait policy: PASSIVE keeps OpenMP pools (torch, the CPU kernel) from spinning
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
     }
 
 

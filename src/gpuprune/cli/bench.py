@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -51,9 +52,23 @@ README_SPARSITIES = (0.75, 0.9)  # the README shows these rows; the result folde
 @click.option("--layers", help="Comma-separated VGG16 layers (conv1..conv13).")
 @click.option("--backends", help="Comma-separated GEMM runners (see --list).")
 @click.option("--target", default=None, help="Target whose blocks are pruned and skipped.")
-@click.option("--no-e2e", is_flag=True, help="Skip the end-to-end VGG16 measurements.")
+@click.option("--no-e2e", is_flag=True, help="Skip the end-to-end measurements.")
+@click.option("--no-gemm", is_flag=True, help="Skip the per-layer GEMM measurements.")
 @click.option("--e2e-width", type=click.FloatRange(0, 1, min_open=True), default=None,
               help="VGG16 channel multiplier of the end-to-end runs.")  # fmt: skip
+@click.option("--e2e-models", help="Comma-separated end-to-end models (vgg16, resnet50).")
+@click.option("--e2e-methods", help="Comma-separated pruning methods run end to end.")
+@click.option("--e2e-sparsities", help="Comma-separated sparsities run end to end.")
+@click.option("--e2e-batches", help="Comma-separated end-to-end batch sizes, e.g. 1,16.")
+@click.option("--e2e-backends",
+              help="Comma-separated backends run end to end ('torch' = eager), e.g. torch,cpu.")
+@click.option("--e2e-runtimes",
+              help="Comma-separated dense runtimes (openvino, onnxruntime, torch-compile); "
+              "'none' for none.")
+@click.option("--repeats", type=click.IntRange(3, None), default=None,
+              help="Timed repeats per measurement (medians are quoted).")
+@click.option("--threads", type=click.IntRange(1, None), default=None,
+              help="Threads for every path (torch, the CPU kernel, the runtimes); default torch's.")
 @click.option("--readme", type=click.Path(dir_okay=False), help="Update this README's table.")
 @click.option("--list", "list_runners", is_flag=True, help="List the GEMM runners and exit.")
 def bench(
@@ -66,7 +81,16 @@ def bench(
     backends: str | None,
     target: str | None,
     no_e2e: bool,
+    no_gemm: bool,
     e2e_width: float | None,
+    e2e_models: str | None,
+    e2e_methods: str | None,
+    e2e_sparsities: str | None,
+    e2e_batches: str | None,
+    e2e_backends: str | None,
+    e2e_runtimes: str | None,
+    repeats: int | None,
+    threads: int | None,
     readme: str | None,
     list_runners: bool,
 ) -> None:
@@ -90,6 +114,15 @@ def bench(
         "runners": _names(backends),
         "target": target,
         "e2e_width": e2e_width,
+        "e2e_models": _names(e2e_models),
+        "e2e_methods": _names(e2e_methods),
+        "e2e_sparsities": _floats(e2e_sparsities),
+        "e2e_batches": _ints(e2e_batches),
+        "e2e_backends": _names(e2e_backends),
+        "e2e_runtimes": () if e2e_runtimes == "none" else _names(e2e_runtimes),
+        "repeats": repeats,
+        # asked-for repeats are all run: no time budget cutting them short at three
+        "budget_s": 1e9 if repeats else None,
     }
     cfg = cfg.with_(**{k: v for k, v in changes.items() if v is not None})
     from gpuprune.bench.workloads import VGG16_CONVS
@@ -107,11 +140,16 @@ def bench(
     from gpuprune.prune.methods import METHODS
 
     get_target(cfg.target)  # fail early on a bad target
-    for m in cfg.methods:
+    for m in (*cfg.methods, *cfg.e2e_methods):
         METHODS.get(m)
     for r in cfg.runners or ():
         RUNNERS.get(r)
+    _check_e2e(cfg)
 
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     env = environment()
     stem = device_slug(env) + ("-quick" if quick else "")
     out_dir = Path(out)
@@ -121,8 +159,10 @@ def bench(
         "layers_desc": f"{len(cfg.layers) if cfg.layers else 13} VGG16 layers",
     }
     records = _run(
-        cfg, no_e2e, partial=lambda recs: results.save(out_dir / f"{stem}.json", meta, recs)
+        cfg, no_e2e, no_gemm, lambda recs: results.save(out_dir / f"{stem}.json", meta, recs)
     )
+    if hasattr(os, "getloadavg"):  # the load can change over a long run: record both ends
+        meta["environment"]["load_avg_1m_end"] = os.getloadavg()[0]
     results.save(out_dir / f"{stem}.json", meta, records)
     table = results.markdown_table(meta, records)
     from gpuprune.fileio import atomic_write_text
@@ -152,7 +192,34 @@ def _check_readme(readme: str) -> None:
                         "add them where the table goes")  # fmt: skip
 
 
-def _run(cfg, no_e2e: bool, partial) -> list[dict]:
+def _check_e2e(cfg) -> None:
+    """Refuse unknown end-to-end models, backends and runtimes before anything runs."""
+    from gpuprune.bench.dense_runtimes import DENSE_RUNTIMES
+    from gpuprune.bench.e2e_bench import E2E_MODELS
+    from gpuprune.errors import UserError
+    from gpuprune.kernels.backends import BACKENDS, get_backend
+
+    for m in cfg.e2e_models:
+        if m not in E2E_MODELS:
+            raise UserError(
+                f"unknown end-to-end model {m!r}", f"choose from {', '.join(E2E_MODELS)}"
+            )
+    for r in cfg.e2e_runtimes:
+        DENSE_RUNTIMES.get(r)
+    for b in cfg.e2e_backends:
+        if b != "torch":
+            try:
+                get_backend(b)
+            except ImportError:  # known but its dependency is missing: reported as skipped
+                pass
+            except UserError:
+                raise UserError(
+                    f"unknown end-to-end backend {b!r}",
+                    f"choose from torch, {', '.join(BACKENDS.names())}",
+                ) from None
+
+
+def _run(cfg, no_e2e: bool, no_gemm: bool, partial) -> list[dict]:
     """Run the grid; ``partial(records)`` saves what is measured so far (GEMM before e2e)."""
     from gpuprune.bench.gemm_bench import plan, run_gemm
     from gpuprune.progress import progress_bar
@@ -165,12 +232,13 @@ def _run(cfg, no_e2e: bool, partial) -> list[dict]:
                 prog.advance(task)
             prog.update(task, description=desc)
 
-        records = run_gemm(cfg, progress)
+        records = [] if no_gemm else run_gemm(cfg, progress)
         prog.update(task, completed=prog.tasks[task].total, description="GEMM done")
         partial(records)
         if not no_e2e:
             from gpuprune.bench.e2e_bench import e2e_cells, run_e2e
 
-            t2 = prog.add_task("end to end", total=len(e2e_cells(cfg)))
+            groups = len(cfg.e2e_models) * len(cfg.e2e_batches)  # + one timing step each
+            t2 = prog.add_task("end to end", total=len(e2e_cells(cfg)) + groups)
             records += run_e2e(cfg, lambda d: (prog.update(t2, description=d), prog.advance(t2)))
     return records

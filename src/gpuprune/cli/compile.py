@@ -121,7 +121,7 @@ def compile_cmd(
         "method": info.method,
         "backend": report.backend, "device": report.device, "target": report.target,
         "batch": batch, "image_size": size, "max_rel_error": err, "layers": rows,
-        "left_dense": list(report.dense), "notes": list(report.notes),
+        "left_dense": [skip.to_dict() for skip in report.dense], "notes": list(report.notes),
     }
     if json_out:
         print_json(result)
@@ -148,7 +148,9 @@ def compile_cmd(
         ],
     )
     if report.dense:
-        console.print(f"left dense: {', '.join(report.dense)}")
+        console.print("left dense:")
+        for skip in report.dense:
+            console.print(f"  {skip.name}: {skip.reason}")
 
 
 __all__ = ["compile_cmd"]

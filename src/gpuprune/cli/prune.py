@@ -249,8 +249,10 @@ def prune_cmd(
     cols, rows = result.table()
     name = result.target.name if result.target else "-"
     print_table(f"{model_name} pruned with {result.method} (target {name})", cols, rows)
-    if result.skipped:  # skip_small is on by default: every such layer is named
-        console.print(f"left dense (smaller than one block): {', '.join(result.skipped)}")
+    if result.skipped:
+        console.print("left dense:")
+        for s in result.skipped:
+            console.print(f"  {s.name}: {s.reason}")
     console.print(
         f"sparsity {result.sparsity:.4f} (requested {result.requested:.4f}), "
         f"FLOPs kept {result.flops_kept:.4f}; written to {output}"

@@ -49,8 +49,12 @@ def build_layer(
         layer = backend.linear(packed, None, target, variant=variant)
         x = torch.randn(geom.batch, geom.k, generator=g)
     else:
-        layer = backend.conv2d(packed, None, target, variant=variant, geometry=geom.conv)
-        x = torch.randn(geom.batch, geom.in_channels, *geom.in_hw, generator=g)
+        # the skip layer pads first (pre_pad), then runs the kernel: time the kernel on that input
+        left, right, top, bottom = geom.conv.pre_pad
+        h, w = geom.in_hw
+        layer = backend.conv2d(packed, None, target, variant=variant, geometry=geom.conv.kernel())
+        x = torch.randn(geom.batch, geom.in_channels, h + top + bottom, w + left + right,
+                        generator=g)  # fmt: skip
     return lambda: layer(x)
 
 

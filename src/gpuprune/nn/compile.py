@@ -1,4 +1,7 @@
-"""compile(): swap a pruned model's Conv2d/Linear layers for layers that skip pruned blocks."""
+"""compile(): swap a pruned model's Conv/Linear layers for layers that skip pruned blocks.
+
+Every weight layer left dense is named in the report with its reason (nothing silent).
+"""
 
 from __future__ import annotations
 
@@ -14,15 +17,16 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from gpuprune.arch import Target, get_target
-from gpuprune.errors import UnsupportedLayerError, UserError
-from gpuprune.gemm import gemm_view
+from gpuprune.errors import UserError
+from gpuprune.gemm import GEMM_LAYERS, gemm_view
 from gpuprune.geometry import ConvGeometry
 from gpuprune.kernels.backends import Backend, get_backend
 from gpuprune.kernels.format import pack_for
 from gpuprune.nn.fold import Chain, find_chains, fold_bn
-from gpuprune.nn.layers import SkipConv2d, SkipLinear
-from gpuprune.plan import SKIP_KERNELS, PrunePlan
+from gpuprune.nn.layers import SkipConv2d, SkipGroupedConv2d, SkipLinear
+from gpuprune.plan import SKIP_KERNELS, PrunePlan, SkippedLayer
 from gpuprune.prune.api import check_model
+from gpuprune.prune.layers import unprunable_layers
 from gpuprune.prune.methods import kernel_of
 
 log = logging.getLogger(__name__)
@@ -51,7 +55,7 @@ class CompileReport:
     device: str
     target: str
     layers: tuple[CompiledLayer, ...]
-    dense: tuple[str, ...] = field(default=())  # GEMM layers left as they were
+    dense: tuple[SkippedLayer, ...] = field(default=())  # weight layers left dense, and why
     notes: tuple[str, ...] = field(default=())  # the auto choice; layers left dense, and why
 
     def table(self) -> tuple[list[str], list[list[str]]]:
@@ -74,8 +78,8 @@ class CompileReport:
                 f"  {lay.name}: {lay.kind} {lay.gemm[0]}x{lay.gemm[1]} {lay.variant} "
                 f"block {lay.block[0]}x{lay.block[1]}, skippable {lay.skippable:.3f}"
             )
-        if self.dense:
-            lines.append(f"  left dense: {', '.join(self.dense)}")
+        for skip in self.dense:
+            lines.append(f"  left dense: {skip.name}: {skip.reason}")
         return "\n".join(lines)
 
 
@@ -155,7 +159,7 @@ def _bake_masks(model: nn.Module) -> None:
 
 def _per_layer(model: nn.Module, value: str | Mapping[str, str], what: str) -> dict[str, str]:
     """``value`` (one for all GEMM layers, or per layer name) as {layer: value}, names checked."""
-    gemm = {n for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)}
+    gemm = {n for n, m in model.named_modules() if isinstance(m, GEMM_LAYERS)}
     if isinstance(value, str):
         value = dict.fromkeys(sorted(gemm), value)
     unknown = sorted(set(value) - gemm)
@@ -191,7 +195,7 @@ def _layer_targets(
 ) -> dict[str, Target]:
     if not layer_targets:
         return {}
-    gemm = {n for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)}
+    gemm = {n for n, m in model.named_modules() if isinstance(m, GEMM_LAYERS)}
     out = {}
     for name, spec in layer_targets.items():
         if name not in gemm:
@@ -299,37 +303,47 @@ def compile(  # noqa: A001 - the public name the project documents (gpuprune.com
         per_layer = {lay.name: lay.tiling for lay in plan if lay.tiling} | per_layer
     chains = find_chains(out)
     modules = dict(out.named_modules())
-    compiled, dense = [], []
+    compiled = []
+    dense: dict[str, str] = dict(unprunable_layers(out))  # {name: why}, listed in module order
+    skipped = {sk.name: sk.reason for sk in plan.skipped} if plan is not None else {}
     quiet: set[int] = set()  # notes about layers the caller named explicitly
     for name, module in list(modules.items()):
-        if not isinstance(module, nn.Conv2d | nn.Linear):
+        if not isinstance(module, GEMM_LAYERS):
             continue
         if kernels is not None and name not in kernels:
-            dense.append(name)
+            dense[name] = skipped.get(name, "not pruned (not in the plan)")
             continue
         variant = kernels[name] if kernels is not None else "tile"
         layer_tgt = per_layer.get(name, tgt)
-        try:
-            geometry = ConvGeometry.of(module) if isinstance(module, nn.Conv2d) else None
-        except UnsupportedLayerError as err:
-            if explicit:
-                raise UnsupportedLayerError(f"layer {name} is {err.problem}",
-                                            "leave it out of methods") from None  # fmt: skip
-            if kernels is not None or bool((module.weight == 0).any()):  # pruned, yet dense
-                notes.append(f"layer {name} left dense: it is {err.problem}, which the skip "
-                             "kernels do not run")  # fmt: skip
-            dense.append(name)
+        reads = _weight_read_by_parent(modules, name)
+        if reads is not None:
+            if kernels is not None:  # pruned or asked for, yet dense: said aloud
+                notes.append(f"layer {name} left dense: {reads}")
+            dense[name] = reads
             continue
+        geometry = ConvGeometry.of(module) if isinstance(module, nn.Conv1d | nn.Conv2d) else None
         chain = chains.get(name, Chain(name))
         if chain.bn and not _foldable(modules.get(chain.bn)):
             chain = Chain(name)  # BN on batch statistics: neither it nor a ReLU after can fuse
         weight, bias = module.weight.detach(), module.bias
         if chain.bn:
             weight, bias = fold_bn(module, modules[chain.bn])
-        packed = pack_for(gemm_view(weight), layer_tgt, variant)  # packed once, for the kernel
-        skippable = packed.skippable_fraction()
+        groups = geometry.groups if geometry is not None else 1
+        # packed once, per group (a grouped conv is G GEMMs), for the kernel
+        packs = [pack_for(m, layer_tgt, variant) for m in gemm_view(weight).chunk(groups)]
+        bm, bk = packs[0].block
+        gm_, gk_ = packs[0].shape
+        if groups > 1 and (gm_ < bm or gk_ < bk):
+            kind = "depthwise" if groups == module.in_channels else "grouped"
+            why = (f"{kind} conv: each of its {groups} group GEMMs is {gm_}x{gk_}, smaller than "
+                   f"one {bm}x{bk} block of the {variant} kernel; run dense")  # fmt: skip
+            if explicit or (kernels is not None and name not in skipped):
+                notes.append(f"layer {name} left dense: {why}")
+            dense[name] = why
+            continue
+        total = sum(p.grid[0] * p.grid[1] for p in packs)
+        skippable = 1.0 - sum(p.nnzb for p in packs) / max(total, 1)
         if skippable == 0.0 and kernels is not None:
-            bm, bk = packed.block
             how = plan[name].method if plan is not None and name in plan and not explicit else None
             what = f"pruned with {how}, " if how else ""
             if explicit:  # asked for by name: noted in the report, not warned about
@@ -337,39 +351,74 @@ def compile(  # noqa: A001 - the public name the project documents (gpuprune.com
                 notes.append(f"layer {name}: {what}no all-zero {bm}x{bk} block for the {variant} "
                              "kernel to skip; compiled as asked, it runs as dense")  # fmt: skip
             else:
-                notes.append(f"layer {name} left dense: {what}its zeros fill no whole {bm}x{bk} "
-                             f"block of the {variant} kernel on {layer_tgt.name}")  # fmt: skip
-                dense.append(name)
+                why = (f"{what}its zeros fill no whole {bm}x{bk} block of the {variant} kernel "
+                       f"on {layer_tgt.name}")  # fmt: skip
+                notes.append(f"layer {name} left dense: {why}")
+                dense[name] = why
                 continue
         elif skippable == 0.0:
-            dense.append(name)
+            dense[name] = f"no all-zero {bm}x{bk} block to skip (and no plan)"
             continue
         relu = chain.relu is not None
-        if geometry is not None:
-            new: nn.Module = SkipConv2d(packed, bias, runner, layer_tgt, variant=variant,
-                                        geometry=geometry, relu=relu)  # fmt: skip
-        else:
-            new = SkipLinear(packed, bias, runner, layer_tgt, variant=variant, relu=relu)
+        conv1d = isinstance(module, nn.Conv1d)
+        if geometry is None:
+            new: nn.Module = SkipLinear(packs[0], bias, runner, layer_tgt, variant=variant,
+                                        relu=relu)  # fmt: skip
+        elif groups == 1:
+            new = SkipConv2d(packs[0], bias, runner, layer_tgt, variant=variant,
+                             geometry=geometry, relu=relu, conv1d=conv1d)  # fmt: skip
+        else:  # one skip-kernel call per group, on that group's input channels
+            biases = bias.detach().chunk(groups) if bias is not None else [None] * groups
+            parts = [SkipConv2d(p, b, runner, layer_tgt, variant=variant,
+                                geometry=geometry.kernel(), relu=relu)
+                     for p, b in zip(packs, biases, strict=True)]  # fmt: skip
+            new = SkipGroupedConv2d(parts, geometry, conv1d=conv1d)
         _replace(out, name, new)
         for extra in (chain.bn, chain.relu):
             if extra:
                 _replace(out, extra, nn.Identity())
         compiled.append(CompiledLayer(
-            name, "conv" if geometry is not None else "linear", packed.shape, variant,
-            packed.block, layer_tgt.name, skippable, chain.bn is not None, relu,
+            name, "conv" if geometry is not None else "linear", (gm_ * groups, gk_), variant,
+            packs[0].block, layer_tgt.name, skippable, chain.bn is not None, relu,
         ))  # fmt: skip
+    fast = sorted(lay.name for lay in compiled if isinstance(
+        modules.get(lay.name.rpartition(".")[0]), nn.TransformerEncoderLayer))  # fmt: skip
+    if fast:
+        notes.append(f"layers {', '.join(fast)} run the skip kernels off PyTorch's fused fast path "
+                     "only: nn.TransformerEncoderLayer in eval without grad takes their dense "
+                     ".weight instead")  # fmt: skip
     if not compiled:
-        notes.append("no layer compiled: no Conv2d/Linear the skip kernels run has a block "
+        notes.append("no layer compiled: no Conv/Linear layer the skip kernels run has a block "
                      "they can skip, so the model runs dense")  # fmt: skip
     for i, note in enumerate(notes):
         if i >= len(auto_note) and i not in quiet:
             warnings.warn(note, stacklevel=2)
-    report = CompileReport(runner.name, runner.device, tgt.name, tuple(compiled), tuple(dense),
+    order = {n: i for i, n in enumerate(modules)}  # "<module>.<param>" sorts at its module
+    listed = sorted(dense, key=lambda n: order.get(n, order.get(n.rpartition(".")[0], 0)))
+    left = tuple(SkippedLayer(n, dense[n]) for n in listed)
+    report = CompileReport(runner.name, runner.device, tgt.name, tuple(compiled), left,
                            tuple(notes))  # fmt: skip
     out.gpuprune_compile = report
     out.eval()
     log.log(logging.INFO if verbose else logging.DEBUG, "%s", report.summary())
     return out
+
+
+def _weight_read_by_parent(modules: Mapping[str, nn.Module], name: str) -> str | None:
+    """Why layer ``name`` cannot become a skip layer (its parent reads its weight itself, or its
+    class runs its own forward, e.g. timm's Conv2dSame or StdConv2d), or None."""
+    module = modules[name]
+    base = next(b for b in (nn.Conv1d, nn.Conv2d, nn.Linear) if isinstance(module, b))
+    if type(module).forward is not base.forward:
+        return (f"{type(module).__name__} has its own forward (its weight or input may be "
+                "transformed there), which a skip kernel would not run; left dense")  # fmt: skip
+    parent, _, child = name.rpartition(".")
+    if isinstance(modules.get(parent), nn.MultiheadAttention) and child == "out_proj":
+        return (
+            "nn.MultiheadAttention passes out_proj.weight to F.multi_head_attention_forward "
+            "itself, so no skip kernel would run; left dense (its mask still applies)"
+        )
+    return None
 
 
 def _replace(model: nn.Module, name: str, new: nn.Module) -> None:

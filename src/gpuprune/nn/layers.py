@@ -1,7 +1,16 @@
-"""Drop-in inference layers that hold packed weights and run a backend's skip kernel."""
+"""Drop-in inference layers that hold packed weights and run a backend's skip kernel.
+
+Each keeps the attributes code reads from the layer it replaces: ``weight`` (the masked dense
+weight, rebuilt from the packed blocks on first read, read-only) and ``bias``, so modules that
+read ``linear.weight`` themselves (``nn.TransformerEncoderLayer``'s fast path) keep working.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gpuprune.arch import Target
@@ -30,6 +39,8 @@ class _SkipLayer(nn.Module):
         self.register_buffer("col_idx", packed.col_idx)
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
         self._run = None  # backend forward, built by subclasses
+        self._weight_shape: tuple[int, ...] = packed.shape
+        self._dense: Tensor | None = None  # `weight`, built on first read
 
     @property
     def skippable_fraction(self) -> float:
@@ -55,6 +66,18 @@ class _SkipLayer(nn.Module):
             "masked model before gpuprune.compile",
         )
 
+    @property
+    def weight(self) -> Tensor:
+        """The masked dense weight in the replaced layer's shape (a copy: edits do nothing);
+        with a BatchNorm folded in when compile folded one."""
+        dense = self._dense
+        if dense is None or dense.device != self.values.device:
+            packed = dataclasses.replace(self.packed, values=self.values.cpu(),
+                                         row_ptr=self.row_ptr.cpu(), col_idx=self.col_idx.cpu())
+            dense = packed.to_dense().reshape(self._weight_shape).to(self.values.device)
+            self._dense = dense  # fmt: skip
+        return dense
+
     def forward(self, x: Tensor) -> Tensor:
         y = self._run(x)
         return y.to(x.device) if y.device != x.device else y
@@ -68,8 +91,20 @@ class _SkipLayer(nn.Module):
         )
 
 
+def _as_2d(x: Tensor, geometry: ConvGeometry, conv1d: bool) -> Tensor:
+    """A Conv1d input as [B, C, 1, L], and any pre-pad applied (F.pad, as torch pads it)."""
+    x = x.unsqueeze(2) if conv1d else x
+    if any(geometry.pre_pad):
+        mode = "constant" if geometry.padding_mode == "zeros" else geometry.padding_mode
+        x = F.pad(x, geometry.pre_pad, mode=mode)
+    return x
+
+
 class SkipConv2d(_SkipLayer):
-    """A groups=1 Conv2d whose pruned weight blocks are skipped by the backend's kernel.
+    """A Conv2d (or Conv1d, as H = 1) whose pruned weight blocks are skipped by the kernel.
+
+    One group of ``groups=1``; :class:`SkipGroupedConv2d` runs a grouped conv as one per group.
+    A ``pre_pad`` of the geometry (string, uneven or non-zero-mode padding) is applied first.
 
     Example:
         >>> layer = SkipConv2d.from_conv(conv, target, get_backend("opencl"), variant="tile")
@@ -77,14 +112,23 @@ class SkipConv2d(_SkipLayer):
 
     def __init__(
         self, packed: BlockSparseWeight, bias: Tensor | None, backend: Backend, target: Target, *,
-        variant: str, geometry: ConvGeometry, relu: bool = False,
+        variant: str, geometry: ConvGeometry, relu: bool = False, conv1d: bool = False,
     ) -> None:
         super().__init__(packed, bias, backend, target, variant, relu)
+        if geometry.groups != 1:
+            raise ValueError("SkipConv2d runs one group; use SkipGroupedConv2d")
         self.geometry = geometry
+        self.conv1d = conv1d
         self.in_channels, self.out_channels = geometry.in_channels, packed.shape[0]
+        (kh, kw) = geometry.kernel_size
+        self._weight_shape = (self.out_channels, self.in_channels, *((kw,) if conv1d else (kh, kw)))
         self._run = backend.conv2d(
-            packed, self.bias, target, variant=variant, geometry=geometry, relu=relu
+            packed, self.bias, target, variant=variant, geometry=geometry.kernel(), relu=relu
         )
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = super().forward(_as_2d(x, self.geometry, self.conv1d))
+        return y.squeeze(2) if self.conv1d else y
 
     @classmethod
     def from_conv(
@@ -94,15 +138,56 @@ class SkipConv2d(_SkipLayer):
         """Pack ``conv`` (or the given folded ``weight``/``bias``) for ``variant`` on ``target``.
 
         Raises:
-            UnsupportedLayerError: a grouped conv or a padding the kernels do not take.
+            UnsupportedLayerError: not a Conv2d/Conv1d; ValueError: a grouped conv.
         """
         geometry = ConvGeometry.of(conv)
         w = conv.weight if weight is None else weight
         b = conv.bias if weight is None else bias
         return cls(
             pack_for(gemm_view(w.detach()), target, variant), b, backend, target,
-            variant=variant, geometry=geometry, relu=relu,
+            variant=variant, geometry=geometry, relu=relu, conv1d=isinstance(conv, nn.Conv1d),
         )
+
+
+class SkipGroupedConv2d(nn.Module):
+    """A grouped Conv2d/Conv1d run as one skip-kernel call per group (G GEMMs of [M/G, K])."""
+
+    def __init__(self, parts: list[SkipConv2d], geometry: ConvGeometry, conv1d: bool = False
+                 ) -> None:  # fmt: skip
+        super().__init__()
+        if len(parts) != geometry.groups:
+            raise ValueError(f"{len(parts)} group layers for groups={geometry.groups}")
+        self.groups = nn.ModuleList(parts)
+        self.geometry = geometry
+        self.conv1d = conv1d
+        self.in_channels = geometry.in_channels
+        self.out_channels = sum(p.out_channels for p in parts)
+
+    @property
+    def weight(self) -> Tensor:
+        """The masked dense weight [C_out, C_in/G, kh, kw] (a copy)."""
+        w = torch.cat([p.weight for p in self.groups])
+        return w.squeeze(2) if self.conv1d else w
+
+    @property
+    def bias(self) -> Tensor | None:
+        biases = [p.bias for p in self.groups]
+        return None if biases[0] is None else torch.cat(biases)
+
+    @property
+    def skippable_fraction(self) -> float:
+        sizes = [p.packed.grid[0] * p.packed.grid[1] for p in self.groups]
+        kept = [p.packed.nnzb for p in self.groups]
+        return 1.0 - sum(kept) / max(sum(sizes), 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = _as_2d(x, self.geometry, self.conv1d)
+        xs = x.chunk(len(self.groups), dim=1)
+        y = torch.cat([p(xi.contiguous()) for p, xi in zip(self.groups, xs, strict=True)], dim=1)
+        return y.squeeze(2) if self.conv1d else y
+
+    def extra_repr(self) -> str:
+        return f"groups={len(self.groups)}, skippable={self.skippable_fraction:.3f}"
 
 
 class SkipLinear(_SkipLayer):
@@ -132,4 +217,4 @@ class SkipLinear(_SkipLayer):
         return super().forward(x)
 
 
-__all__ = ["SkipConv2d", "SkipLinear"]
+__all__ = ["SkipConv2d", "SkipGroupedConv2d", "SkipLinear"]

@@ -20,11 +20,18 @@ from gpuprune.arch import Target, get_target
 from gpuprune.errors import UserError
 from gpuprune.gemm import block_grid, block_reduce, gemm_view
 from gpuprune.geometry import ConvGeometry
-from gpuprune.plan import LayerPlan, PrunePlan
+from gpuprune.plan import LayerPlan, PrunePlan, SkippedLayer
 from gpuprune.progress import progress_bar
 from gpuprune.prune.allocation import allocate, check_sparsity, get_allocation
 from gpuprune.prune.importance import IMPORTANCES, Batch, LossFn, mean_gradients
-from gpuprune.prune.layers import LayerSpec, gemm_layers, layer_specs, select_layers
+from gpuprune.prune.layers import (
+    LayerSpec,
+    excluded_reasons,
+    gemm_layers,
+    layer_specs,
+    select_layers,
+    unprunable_layers,
+)
 from gpuprune.prune.masks import get_mask, set_mask
 from gpuprune.prune.methods import PruneMethod, get_method
 from gpuprune.prune.result import LayerResult, PruneResult
@@ -118,19 +125,23 @@ class Pruner:
             exclude = [exclude]
         layers = select_layers(model, exclude, exclude_first_last)
         self.specs: dict[str, LayerSpec] = {}
-        self.skipped: list[str] = []
+        # every weight layer left dense, with its reason (nothing silent), in module order
+        why = unprunable_layers(model) | excluded_reasons(model, layers, exclude_first_last)
         specs = layer_specs(model, layers, self.target, input_size, example_inputs)
         for name, spec in specs.items():
             try:
-                self.method.check(spec)
-            except UserError:
+                self.method.check(spec.group_spec())  # a grouped conv is masked per group
+            except UserError as err:
                 if not skip_small:
                     raise
-                self.skipped.append(name)
+                why[name] = _too_small(spec, err)
                 continue
             self.specs[name] = spec
+        self.skipped: list[SkippedLayer] = [
+            SkippedLayer(n, why[n]) for n in _module_order(model, why)
+        ]
         if self.skipped:  # a library call never prints; the CLI prints result.skipped
-            log.info("left dense (smaller than one block): %s", ", ".join(self.skipped))
+            log.info("left dense: %s", "; ".join(f"{s.name} ({s.reason})" for s in self.skipped))
         if not self.specs:
             raise UserError(
                 "no layer is large enough for one block of this method and target",
@@ -189,12 +200,23 @@ class Pruner:
             **self.allocation_options,
         )
         for name, spec in self.specs.items():
-            set_mask(spec.module, self.method.mask(imps[name], alloc[name], spec))
+            set_mask(spec.module, self._mask(imps[name], alloc[name], spec))
         self._requested, self._alloc = s, alloc
         result = self.result()
         # The plan travels with the model: compile(model) reads each layer's kernel from it.
         self.model.gpuprune_plan = result.plan
         return result
+
+    def _mask(self, importance: torch.Tensor, sparsity: float, spec: LayerSpec) -> torch.Tensor:
+        """The method's [M, K] keep-mask; a grouped conv's groups are masked one by one."""
+        if spec.groups == 1:
+            return self.method.mask(importance, sparsity, spec)
+        one = spec.group_spec()
+        rows = one.shape[0]
+        return torch.cat([
+            self.method.mask(importance[g * rows:(g + 1) * rows], sparsity, one)
+            for g in range(spec.groups)
+        ])  # fmt: skip
 
     def importances(
         self, batches: list[Batch] | None = None, loss_fn: LossFn | None = None
@@ -228,8 +250,9 @@ class Pruner:
             mask = (
                 torch.ones(spec.shape, dtype=torch.bool) if mask is None else gemm_view(mask).cpu()
             )
-            block = tuple(self.method.unit(spec))
+            block = tuple(self.method.unit(spec.group_spec()))
             kept = int(mask.sum())
+            groups = mask.reshape(spec.groups, *spec.group_shape)  # blocks never span groups
             layers.append(
                 LayerResult(
                     name=name,
@@ -237,10 +260,10 @@ class Pruner:
                     block=tuple(block),
                     requested=float(self._alloc.get(name, 0.0)),
                     sparsity=1.0 - kept / spec.numel,
-                    blocks_total=math.prod(block_grid(spec.shape, block)),
+                    blocks_total=spec.groups * math.prod(block_grid(spec.group_shape, block)),
                     blocks_kept=kept
                     if block == (1, 1)
-                    else int(block_reduce(mask, block, "any").sum()),
+                    else sum(int(block_reduce(g, block, "any").sum()) for g in groups),
                     flops_dense=spec.dense_flops,
                     flops_kept=2 * kept * spec.out_positions,
                 )
@@ -262,15 +285,11 @@ class Pruner:
 
     def _layer_plan(self, spec: LayerSpec, res: LayerResult) -> LayerPlan:
         module = spec.module
-        geometry = None
-        if isinstance(module, nn.Conv2d):
-            try:
-                geometry = ConvGeometry.of(module)
-            except UserError:  # e.g. padding="same": prunable, but no skip kernel runs it
-                geometry = None
+        conv = isinstance(module, nn.Conv1d | nn.Conv2d)
+        geometry = ConvGeometry.of(module) if conv else None
         tiling = spec.target if spec.target is not None and spec.target != self.target else None
         return LayerPlan(
-            name=spec.name, kind="conv" if isinstance(module, nn.Conv2d) else "linear",
+            name=spec.name, kind="conv" if conv else "linear",
             gemm=spec.shape, method=self.method.name, block=res.block,
             kernel=self.method.kernel, requested=res.requested, sparsity=res.sparsity,
             tiling=tiling, geometry=geometry,
@@ -315,6 +334,21 @@ class Pruner:
         return tick
 
 
+def _module_order(model: nn.Module, names: Iterable[str]) -> list[str]:
+    """``names`` in module order ("<module>.<param>" placed at its module)."""
+    order = {n: i for i, (n, _) in enumerate(model.named_modules())}
+    return sorted(names, key=lambda n: order.get(n, order.get(n.rpartition(".")[0], 0)))
+
+
+def _too_small(spec: LayerSpec, err: UserError) -> str:
+    """Why a layer the method cannot block stays dense (a depthwise conv said as such)."""
+    m, k = spec.group_shape
+    if spec.groups > 1 and spec.groups == getattr(spec.module, "in_channels", 0):
+        return f"depthwise conv: each of its {spec.groups} group GEMMs is {m}x{k}, no block to skip"
+    what = f"each of its {spec.groups} group GEMMs" if spec.groups > 1 else "its GEMM"
+    return f"{what} ({m}x{k}) is smaller than one block: {err.problem}"
+
+
 def prune(
     model: nn.Module,
     method: str | PruneMethod = "tile",
@@ -350,25 +384,46 @@ def prune(
 
 
 def sparsity_report(model: nn.Module) -> str:
-    """A text table of every Conv2d/Linear layer: shape, non-zeros, sparsity, masked or not."""
+    """A text table of every weight layer: shape, non-zeros, sparsity, masked or not, and why not.
+
+    Layers gpuprune does not prune (ConvTranspose, MultiheadAttention's input projection...) are
+    listed too, so the total is the model's total.
+    """
     table = Table(title="sparsity by layer")
-    for col in ("layer", "type", "GEMM MxK", "non-zero", "sparsity", "masked"):
+    cols = ("layer", "type", "GEMM MxK", "non-zero", "sparsity", "masked", "left dense because")
+    for col in cols:
         table.add_column(col)
+    plan = getattr(model, "gpuprune_plan", None)
+    why = {s.name: s.reason for s in plan.skipped} if isinstance(plan, PrunePlan) else {}
+    why = unprunable_layers(model) | why
+    weights = {n: gemm_view(m.weight) for n, m in gemm_layers(model).items()}
+    modules = dict(model.named_modules())
+    for name in why.keys() - weights.keys():
+        owner, _, pname = name.rpartition(".")
+        w = getattr(modules[name], "weight", None) if name in modules else getattr(
+            modules.get(owner), pname, None)  # fmt: skip
+        if isinstance(w, torch.Tensor):
+            weights[name] = w.detach().reshape(w.shape[0], -1)
     total = nonzero = 0
-    for name, mod in gemm_layers(model).items():
-        w = gemm_view(mod.weight)
+    for name in _module_order(model, weights):
+        w = weights[name]
         nz = int((w != 0).sum())
         total, nonzero = total + w.numel(), nonzero + nz
-        masked = "yes" if get_mask(mod) is not None else "no"
+        mod = modules.get(name)
+        masked = "yes" if mod is not None and get_mask(mod) is not None else "no"
+        kind = type(mod).__name__ if mod is not None else name.rpartition(".")[2]
         table.add_row(
             name,
-            type(mod).__name__,
+            kind,
             f"{w.shape[0]}x{w.shape[1]}",
             f"{nz}/{w.numel()}",
             f"{1 - nz / w.numel():.3f}",
             masked,
+            why.get(name, ""),
         )
-    table.add_row("total", "", "", f"{nonzero}/{total}", f"{1 - nonzero / max(total, 1):.3f}", "")
+    table.add_row(
+        "total", "", "", f"{nonzero}/{total}", f"{1 - nonzero / max(total, 1):.3f}", "", ""
+    )
     buf = io.StringIO()
-    Console(file=buf, width=110, color_system=None).print(table)
+    Console(file=buf, width=160, color_system=None).print(table)
     return buf.getvalue()

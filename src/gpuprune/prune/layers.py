@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -12,7 +12,7 @@ from torch import nn
 
 from gpuprune.arch import Target
 from gpuprune.errors import UserError
-from gpuprune.gemm import gemm_shape, is_gemm_layer
+from gpuprune.gemm import WEIGHT_LAYERS, gemm_shape, groups_of, is_gemm_layer
 
 
 @dataclass(frozen=True)
@@ -26,10 +26,20 @@ class LayerSpec:
     out_positions: int = 1  # N per sample: H_out * W_out for a conv, 1 for a Linear
     in_hw: tuple[int, int] | None = None  # input spatial size (conv only), for latency probes
     module: nn.Module | None = field(default=None, compare=False, repr=False)
+    groups: int = 1  # a grouped conv: `shape` stacks `groups` GEMMs of group_shape along M
 
     @property
     def numel(self) -> int:
         return self.shape[0] * self.shape[1]
+
+    @property
+    def group_shape(self) -> tuple[int, int]:
+        """(M / groups, K): one group's GEMM, the matrix a method masks."""
+        return (self.shape[0] // self.groups, self.shape[1])
+
+    def group_spec(self) -> LayerSpec:
+        """This layer as one of its groups (itself when groups == 1)."""
+        return self if self.groups == 1 else replace(self, shape=self.group_shape, groups=1)
 
     @property
     def dense_flops(self) -> int:
@@ -38,8 +48,45 @@ class LayerSpec:
 
 
 def gemm_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """Every Conv2d (groups=1) and Linear layer, in module order."""
+    """Every Conv1d, Conv2d and Linear layer, in module order."""
     return {n: m for n, m in model.named_modules() if is_gemm_layer(m)}
+
+
+def unprunable_layers(model: nn.Module) -> dict[str, str]:
+    """{name: reason} for every weight layer (or weight) gpuprune cannot prune, in module order.
+
+    ConvTranspose, Conv3d, Bilinear and ``nn.MultiheadAttention``'s input projection (a bare
+    parameter that ``F.multi_head_attention_forward`` reads, not a layer) stay dense; naming them
+    keeps a report's total the model's total.
+    """
+    out = {}
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.MultiheadAttention):
+            for pname in ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight"):
+                if getattr(mod, pname, None) is not None:
+                    out[f"{name}.{pname}" if name else pname] = (
+                        "MultiheadAttention input projection: a bare parameter read by "
+                        "F.multi_head_attention_forward, not a layer; left dense "
+                        "(out_proj is pruned as a Linear)"
+                    )
+        elif isinstance(mod, WEIGHT_LAYERS) and not is_gemm_layer(mod):
+            out[name] = (
+                f"{type(mod).__name__}: no GEMM view the skip kernels run "
+                "(Conv1d, Conv2d and Linear are pruned); left dense"
+            )
+    return out
+
+
+def excluded_reasons(model: nn.Module, kept: Iterable[str], exclude_first_last: bool
+                     ) -> dict[str, str]:  # fmt: skip
+    """{name: why} for the GEMM layers :func:`select_layers` left out of ``kept``."""
+    names, kept = list(gemm_layers(model)), set(kept)
+    ends = {names[0], names[-1]} if exclude_first_last and names else set()
+    return {
+        n: "first or last layer, left dense (exclude_first_last=True)" if n in ends
+        else "excluded by the exclude= patterns"
+        for n in names if n not in kept
+    }  # fmt: skip
 
 
 def select_layers(
@@ -75,6 +122,8 @@ def _infer_input(model: nn.Module) -> tuple[int, ...]:
     first = next(m for m in model.modules() if is_gemm_layer(m))
     if isinstance(first, nn.Conv2d):
         return (first.in_channels, 32, 32)  # CIFAR-sized by default
+    if isinstance(first, nn.Conv1d):
+        return (first.in_channels, 32)
     return (first.in_features,)
 
 
@@ -113,6 +162,8 @@ def measure_positions(
                 x = inputs[0]
                 if isinstance(mod, nn.Conv2d):
                     found[name] = (int(out.shape[-1] * out.shape[-2]), tuple(x.shape[-2:]))
+                elif isinstance(mod, nn.Conv1d):  # a conv with H = 1
+                    found[name] = (int(out.shape[-1]), (1, int(x.shape[-1])))
                 else:
                     found[name] = (int(out[0].numel() // out.shape[-1]), None)
 
@@ -152,6 +203,7 @@ def layer_specs(
     specs = {}
     for name, mod in layers.items():
         n, hw = sizes.get(name, (1, None))  # a layer the forward pass never reached: FLOPs per N
-        area = int(mod.weight[0, 0].numel()) if isinstance(mod, nn.Conv2d) else 1
-        specs[name] = LayerSpec(name, gemm_shape(mod), area, target, n, hw, mod)
+        conv = isinstance(mod, nn.Conv1d | nn.Conv2d)
+        area = int(mod.weight[0, 0].numel()) if conv else 1
+        specs[name] = LayerSpec(name, gemm_shape(mod), area, target, n, hw, mod, groups_of(mod))
     return specs

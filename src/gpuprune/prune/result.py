@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from gpuprune.arch import Target
-from gpuprune.plan import PrunePlan
+from gpuprune.plan import PrunePlan, SkippedLayer
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class PruneResult:
     allocation: str
     requested: float  # overall sparsity asked for
     layers: tuple[LayerResult, ...]
-    skipped: tuple[str, ...] = field(default=())  # too small for the block, left dense
+    skipped: tuple[SkippedLayer, ...] = field(default=())  # weight layers left dense, and why
     plan: PrunePlan | None = None  # per layer: pattern, kernel, tiling, geometry (the pruner's)
 
     @property
@@ -64,7 +64,7 @@ class PruneResult:
             "sparsity": self.sparsity,
             "flops_kept": self.flops_kept,
             "layers": self.layer_facts(),
-            "skipped": list(self.skipped),
+            "skipped": [s.to_dict() for s in self.skipped],
             "plan": self.plan.to_dict() if self.plan else None,
         }
 

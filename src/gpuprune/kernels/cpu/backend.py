@@ -20,6 +20,7 @@ from gpuprune.kernels.backends import (
     LayerClassBackend,
     check_input,
 )
+from gpuprune.kernels.cpu import ops
 from gpuprune.kernels.cpu.build import load_library
 from gpuprune.kernels.format import BlockSparseWeight
 
@@ -79,15 +80,12 @@ class CpuGemm:
             _ptr(self.row_ptr), _ptr(self.col_idx), _ptr(self.wt), _ptr(self.bias), int(self.relu),
         )  # fmt: skip
 
-    def _call(self, fn, *args) -> None:
-        counter = torch.zeros(1, dtype=torch.int64) if self.count_visits else None
-        if fn(*args, torch.get_num_threads(), *self._tail(), _ptr(counter)) != 0:
-            raise MemoryError("the cpu kernel could not allocate its im2col buffer")
+    def _counter(self) -> Tensor | None:
+        return torch.zeros(1, dtype=torch.int64) if self.count_visits else None
+
+    def _count(self, counter: Tensor | None) -> None:
         if counter is not None:
             self.visited_blocks += int(counter.item())
-
-    def _tail(self) -> tuple:
-        return ()
 
 
 class CpuLinear(CpuGemm):
@@ -96,13 +94,13 @@ class CpuLinear(CpuGemm):
     def __call__(self, x: Tensor) -> Tensor:
         check_input(x, 2, self.shape[1], "Linear")
         x = _on_cpu(x)
-        n = x.shape[0]
-        out = torch.empty(n, self.shape[0], dtype=torch.float32)
-        if n == 0:
-            return out
-        m, gm, bm, bk, k_pad, *rest = self._weight_args()
-        self._call(self.lib.gp_linear, _ptr(x), n, self.shape[1], m, gm, bm, bk, k_pad, *rest,
-                   _ptr(out))  # fmt: skip
+        args = (x, self.wt, self.row_ptr, self.col_idx, self.bias, self.shape[0], *self.block,
+                self.relu)  # fmt: skip
+        if ops.tracing(x):  # the custom op: traceable by torch.compile and torch.export
+            return torch.ops.gpuprune.cpu_linear(*args)
+        counter = self._counter()
+        out = ops.linear(*args, visits=counter)
+        self._count(counter)
         return out
 
 
@@ -133,27 +131,56 @@ class CpuConv2d(CpuGemm):
         self.stride = tuple(stride)
         self.padding = tuple(padding)
         self.dilation = tuple(dilation)
+        self.geometry = ConvGeometry(in_channels, self.kernel_size, self.stride, self.padding,
+                                     self.dilation)  # fmt: skip
         self.mode = 0
+        # per input shape seen: (output shape, the kernel's integer arguments); ints only, so a
+        # copied layer never calls with another layer's pointers
+        self._shapes: dict[torch.Size, tuple] = {}
 
-    def _tail(self) -> tuple:
-        return (self.mode,)
+    def _fast(self, x: Tensor) -> Tensor | None:
+        """The eager call for an input shape already checked once: no per-call Python beyond
+        the ctypes call (at batch 1 a small layer's kernel takes tens of microseconds)."""
+        known = self._shapes.get(x.shape)
+        if known is None or x.dtype != torch.float32 or not x.is_contiguous() or not x.is_cpu:
+            return None
+        out_shape, head, tail = known
+        out = torch.empty(out_shape)
+        status = self.lib.gp_conv2d(
+            x.data_ptr(), *head, self.row_ptr.data_ptr(), self.col_idx.data_ptr(),
+            self.wt.data_ptr(), _ptr(self.bias), tail, out.data_ptr(), self.used.data_ptr(),
+            torch.get_num_threads(), self.mode, None,
+        )  # fmt: skip
+        if status != 0:
+            raise MemoryError("the cpu kernel could not allocate its im2col buffer")
+        return out
 
     def __call__(self, x: Tensor) -> Tensor:
+        if not self.count_visits and type(x) is Tensor and not torch.compiler.is_compiling():
+            out = self._fast(x)
+            if out is not None:
+                return out
         check_input(x, 4, self.in_channels, "Conv2d")
         x = _on_cpu(x)
         b, c, h, w = x.shape
         (kh, kw), (sh, sw) = self.kernel_size, self.stride
         (ph, pw), (dh, dw) = self.padding, self.dilation
-        oh, ow = ConvGeometry(c, self.kernel_size, self.stride, self.padding,
-                              self.dilation).check_input(h, w)  # fmt: skip
-        out = torch.empty(b, self.shape[0], oh, ow, dtype=torch.float32)
-        # the kernel addresses the input with int32 offsets: split batches above 2**31 floats
-        step = max(1, (2**31 - 1) // max(1, c * h * w))
-        for start in range(0, b, step):
-            xs, ys = x[start : start + step], out[start : start + step]
-            self._call(self.lib.gp_conv2d, _ptr(xs), xs.shape[0], c, h, w, kh, kw, sh, sw, ph,
-                       pw, dh, dw, oh, ow, *self._weight_args(), _ptr(ys),
-                       _ptr(self.used))  # fmt: skip
+        oh, ow = self.geometry.check_input(h, w)
+        args = (x, self.wt, self.row_ptr, self.col_idx, self.bias, self.used,
+                [kh, kw, sh, sw, ph, pw, dh, dw], self.shape[0], *self.block, self.relu,
+                self.mode)  # fmt: skip
+        if ops.tracing(x):  # the custom op: traceable by torch.compile and torch.export
+            return torch.ops.gpuprune.cpu_conv2d(*args)
+        counter = self._counter()
+        out = ops.conv2d(*args, visits=counter)
+        self._count(counter)
+        if b * c * h * w < 2**31:  # one kernel call (bigger inputs are split by ops.conv2d)
+            m, gm, bm, bk, k_pad = self.shape[0], self.gm, *self.block, self.k_pad
+            self._shapes[x.shape] = (
+                out.shape,
+                (b, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, m, gm, bm, bk, k_pad),
+                int(self.relu),
+            )
         return out
 
 

@@ -315,7 +315,6 @@ int gp_conv2d(const float *img, int64_t B, int64_t C, int64_t H, int64_t W, int 
               int64_t M, int64_t gm, int bm, int bk, int64_t k_pad, const int32_t *row_ptr,
               const int32_t *col_idx, const float *wt, const float *bias, int relu, float *out,
               const uint8_t *used, int nthreads, int mode, int64_t *visits) {
-    const gp_weight w = {M, gm, k_pad, bm, bk, row_ptr, col_idx, wt, bias, relu};
     const int taps = kh * kw;
     const int64_t K = C * taps, L = OH * OW, N = B * L, HW = H * W;
     const int64_t panels = (N + NR - 1) / NR;
@@ -334,27 +333,34 @@ int gp_conv2d(const float *img, int64_t B, int64_t C, int64_t H, int64_t W, int 
     }
     int32_t *const table = table_cache;
     seg_t *const segs = (seg_t *)(table + table_ints);
-#pragma omp parallel for schedule(static) num_threads(nthreads)
-    for (int64_t p = 0; p < panels; p++) {
-        int32_t *t = table + p * taps * NR;
-        tap_table(p, N, L, OW, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, t);
-        if (use_seg) tap_segments(t, taps, sw, nseg, segs + p * taps * nseg);
-    }
-#define GP_FILL(p, k0, k1, dst)                                                                \
+    /* a panel's tap table (and runs), then its rows: each panel needs only its own table */
+#define GP_FILL(p, dst)                                                                        \
     do {                                                                                       \
-        if (use_seg)                                                                           \
-            im2col_rows_seg(img, segs + (p) * taps * nseg, nseg, HW, K, taps, sw, k0, k1, used, \
-                            bk, dst);                                                          \
-        else                                                                                   \
-            im2col_rows(img, table + (p) * taps * NR, HW, K, taps, k0, k1, used, bk, dst);     \
+        int32_t *t_ = table + (p) * taps * NR;                                                 \
+        tap_table(p, N, L, OW, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, t_);                   \
+        if (use_seg) {                                                                         \
+            seg_t *s_ = segs + (p) * taps * nseg;                                              \
+            tap_segments(t_, taps, sw, nseg, s_);                                              \
+            im2col_rows_seg(img, s_, nseg, HW, K, taps, sw, 0, k_pad, used, bk, dst);          \
+        } else {                                                                               \
+            im2col_rows(img, t_, HW, K, taps, 0, k_pad, used, bk, dst);                        \
+        }                                                                                      \
     } while (0)
     if (mode == 0) mode = panels >= 4 * (int64_t)nthreads ? 1 : 2;
     int64_t walked = 0;
     int status = 0;
-    if (mode == 1) {
-        const int mrmax = gp_max_rows();
+    const int mrmax = gp_max_rows();
+    float *x = NULL;
+    if (mode == 2) {
+        x = scratch((size_t)(panels * k_pad * NR));
+        if (!x) return 1;
+    }
+    /* one parallel region per call: waking the thread pool costs more than a small layer's
+     * whole GEMM at batch 1, so the phases below are separated by barriers, not new regions */
 #pragma omp parallel num_threads(nthreads) reduction(+ : walked)
-        {
+    {
+        if (mode == 1) {
+            /* fused: a thread builds one panel in its own buffer, runs every row-block on it */
             float *panel = scratch((size_t)(k_pad * NR));
             if (!panel) {
 #pragma omp atomic write
@@ -363,25 +369,26 @@ int gp_conv2d(const float *img, int64_t B, int64_t C, int64_t H, int64_t W, int 
 #pragma omp for schedule(dynamic, 1)
             for (int64_t p = 0; p < panels; p++) {
                 if (!panel) continue;
-                GP_FILL(p, 0, k_pad, panel);
+                GP_FILL(p, panel);
                 for (int64_t i = 0; i < gm; i++) {
                     walked += row_ptr[i + 1] - row_ptr[i];
                     gemm_task(p, i, panel, M, N, bm, bk, row_ptr, col_idx, wt, bias, relu, out,
                               L, mrmax);
                 }
             }
-        }
-    } else {
-        float *x = scratch((size_t)(panels * k_pad * NR));
-        if (!x) return 1;
-        const int64_t chunk = 64, chunks = (k_pad + chunk - 1) / chunk;
-#pragma omp parallel for collapse(2) schedule(static) num_threads(nthreads)
-        for (int64_t p = 0; p < panels; p++)
-            for (int64_t q = 0; q < chunks; q++) {
-                const int64_t k0 = q * chunk, k1 = k0 + chunk < k_pad ? k0 + chunk : k_pad;
-                GP_FILL(p, k0, k1, x + p * k_pad * NR);
+        } else {
+            /* two-phase: the whole X first (implicit barrier), then (panel, row-block) tasks */
+#pragma omp for schedule(static)
+            for (int64_t p = 0; p < panels; p++) GP_FILL(p, x + p * k_pad * NR);
+            const int64_t tasks = panels * gm;
+#pragma omp for schedule(dynamic, 1)
+            for (int64_t t = 0; t < tasks; t++) {
+                const int64_t p = t / gm, i = t % gm;
+                walked += row_ptr[i + 1] - row_ptr[i];
+                gemm_task(p, i, x + p * k_pad * NR, M, N, bm, bk, row_ptr, col_idx, wt, bias,
+                          relu, out, L, mrmax);
             }
-        walked = gemm_all(&w, x, N, out, L, nthreads);
+        }
     }
 #undef GP_FILL
     if (visits) *visits += walked;
