@@ -143,3 +143,34 @@ def test_cli_prunes_and_compiles_a_torchvision_model_from_its_file(tmp_path, cap
     bad[bad.index("--input-size") + 1] = "3,x,64"
     assert main([str(a) for a in bad]) == 2
     assert "--input-size" in capsys.readouterr().err
+
+
+class _Variants(torch.nn.Module):
+    """A grouped conv, a transposed conv and a Conv1d between a stem and a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.a = nn.Conv2d(3, 64, 3, padding=1)
+        self.g = nn.Conv2d(64, 128, 3, padding=1, groups=2)
+        self.t = nn.ConvTranspose2d(128, 64, 2, stride=2)
+        self.c1 = nn.Conv1d(64, 64, 3, padding=1)
+        self.h = nn.Linear(64, 10)
+
+    def forward(self, x):
+        return self.h(self.c1(self.t(self.g(self.a(x))).flatten(2)).mean(2))
+
+
+@pytest.mark.parametrize("method", ["tile", "simd", "unstructured"])
+def test_conv_variants_round_trip_bit_exact(method, tmp_path):
+    torch.manual_seed(2)
+    model = _Variants()
+    result = prune(model, method, 0.75, target="cpu-pocl", example_inputs=torch.randn(1, 3, 8, 8))
+    save_pruned(tmp_path / "v.safetensors", model, result)
+    again = _Variants()
+    gpuprune.load_pruned(tmp_path / "v.safetensors", again)
+    want, got = masked_layers(model), masked_layers(again)
+    assert set(want) == set(got) and {"g", "c1"} <= set(want)
+    for name, mod in want.items():
+        assert torch.equal(get_mask(mod), get_mask(got[name]))
+        assert torch.equal(_bits(mod.weight), _bits(got[name].weight))

@@ -329,7 +329,7 @@ def check_plan(plan: PrunePlan, model: nn.Module, origin: str) -> None:
         if module is None or not is_gemm_layer(module):
             raise UserError(f"{origin}: the plan names layer {lay.name!r}, which the model lacks "
                             "as a Conv2d/Linear", RESAVE)  # fmt: skip
-        kind = "conv" if isinstance(module, nn.Conv2d) else "linear"
+        kind = "conv" if isinstance(module, nn.Conv1d | nn.Conv2d) else "linear"
         if kind != lay.kind or gemm_shape(module) != lay.gemm:
             raise UserError(
                 f"{origin}: the plan says {lay.name} is a {lay.kind} {lay.gemm[0]}x{lay.gemm[1]}, "
