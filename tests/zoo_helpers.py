@@ -5,7 +5,8 @@ The torchvision wheel these machines reach is a CUDA build whose compiled ops (`
 "operator torchvision::nms does not exist" (and timm imports torchvision). The model zoo itself is
 pure Python: defining the missing operator schemas with ``torch.library`` before the import lets it
 load. The schemas are never called by the classification models tested here. This lives in test
-code only; the library never imports torchvision.
+code only: the library imports torchvision (for `torchvision:NAME` models) plainly and reports a
+failed import as a one-line error, never applying this shim.
 """
 
 from __future__ import annotations

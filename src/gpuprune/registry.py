@@ -35,13 +35,26 @@ class Registry(Generic[T]):
 
         return deco
 
-    def get(self, name: str) -> T:
-        try:
+    def find(self, name: str) -> T | None:
+        """The entry named ``name``, matched case-insensitively when no exact name matches."""
+        if name in self._items:
             return self._items[name]
-        except KeyError:
+        folded = [k for k in self._items if k.casefold() == name.casefold()]
+        return self._items[folded[0]] if len(folded) == 1 else None
+
+    def get(self, name: str) -> T:
+        """The entry named ``name`` (case-insensitive), or a one-line UserError listing names."""
+        if not isinstance(name, str):
+            raise UserError(
+                f"a {self.kind} name must be a string, got {type(name).__name__} {name!r}"[:160],
+                f"choose one of: {', '.join(self._items)}",
+            )
+        item = self.find(name)
+        if item is None:
             raise UserError(
                 f"unknown {self.kind} {name!r}", f"choose one of: {', '.join(self._items)}"
-            ) from None
+            )
+        return item
 
     def names(self) -> list[str]:
         return list(self._items)

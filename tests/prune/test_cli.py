@@ -87,7 +87,8 @@ def test_prune_json_with_options_and_safetensors_input(checkpoint, tmp_path, cap
             "unknown importance",
         ),  # fmt: skip
         (["--method", "simd", "--sparsity", "0.5"], "GPU target; none given"),
-        (["--method", "tile", "--target", "nvidia", "--sparsity", "0.5"], "smaller than one tile"),
+        (["--method", "tile", "--target", "nvidia", "--sparsity", "0.5", "--no-skip-small"],
+         "smaller than one tile"),
         (["--method", "tile", "--target", "no-such-gpu", "--sparsity", "0.5"], "target"),
         (["--method", "unstructured", "--importance", "taylor", "--sparsity", "0.5"], "needs data"),
         (["--method", "unstructured", "--allocation", "magic", "--sparsity", "0.5"], "allocation"),

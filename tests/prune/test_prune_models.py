@@ -56,8 +56,8 @@ def test_channel_perf_with_measured_latency_runs():
 def test_tile_on_too_small_layers_is_an_error_or_skipped():
     model = create_model("resnet20", width=1.0)  # 16-channel layers, nvidia tile has 64 rows
     with pytest.raises(UserError, match="smaller than one tile block"):
-        Pruner(model, "tile", target="nvidia")
-    pruner = Pruner(model, "tile", target="nvidia", skip_small=True)
+        Pruner(model, "tile", target="nvidia", skip_small=False)
+    pruner = Pruner(model, "tile", target="nvidia")  # skip_small is the default
     assert pruner.skipped and all(s.shape[0] >= 64 for s in pruner.specs.values())
     assert pruner.apply(0.5).skipped == tuple(pruner.skipped)
 

@@ -55,8 +55,10 @@ def test_bit_flipped_pruned_file(files, tmp_path, cli, region):
         # a digit of the recorded plan: still valid JSON, so only a header checksum catches it
         pos = bytes(data).index(b'sparsity\\": 0.') + len(b'sparsity\\": 0.')
     else:
-        name = next(k for k in meta if k != "__metadata__" and
-                    k.startswith("mask:") == (region == "mask data"))  # fmt: skip
+        # the packed mask of a pruned layer (its kept-block grid or bitmap), or a dense tensor
+        is_mask = lambda k: k.startswith("packed:") and k.endswith((":blocks", ":bits"))  # noqa: E731
+        name = next(k for k in meta if k != "__metadata__" and (
+            is_mask(k) if region == "mask data" else not k.startswith("packed:")))  # fmt: skip
         pos = start + meta[name]["data_offsets"][0] + 1
     data[pos] ^= 0x01
     bad = tmp_path / "flip.safetensors"
@@ -102,14 +104,23 @@ def test_pruned_file_with_a_bad_target_record(files, tmp_path, cli):
     assert "mwg" in line
 
 
-@pytest.mark.parametrize("how", ["transposed", "flattened", "wrong size", "float values"])
+@pytest.mark.parametrize("how", ["transposed", "flattened", "wrong size", "float values",
+                                 "values short", "shape swapped"])  # fmt: skip
 def test_mask_shape_disagrees_with_weight(files, tmp_path, cli, how):
     def edit(header, tensors):
-        name = next(k for k in tensors if k.startswith("mask:") and tensors[k].dim() == 4)
-        m = tensors[name]
+        # the packed mask of a conv layer: its kept-block grid
+        name = next(k for k in tensors if k.startswith("packed:") and k.endswith(":blocks"))
+        layer = name[: -len(":blocks")]
+        m, values, shape = tensors[name], tensors[layer + ":values"], tensors[layer + ":shape"]
+        if how == "values short":
+            tensors[layer + ":values"] = values[:-1].contiguous()
+            return
+        if how == "shape swapped":
+            tensors[layer + ":shape"] = shape.flip(0).contiguous()
+            return
         tensors[name] = {
-            "transposed": lambda: m.transpose(0, 1).contiguous(),
-            "flattened": lambda: m.reshape(m.shape[0], -1).contiguous(),
+            "transposed": lambda: m.t().contiguous(),
+            "flattened": lambda: m.reshape(-1).contiguous(),
             "wrong size": lambda: m[:-1].contiguous(),
             "float values": lambda: m.float() * 0.5,
         }[how]()

@@ -236,9 +236,15 @@ def get_target(
         return spec
     if isinstance(spec, Mapping):  # the one place plain data becomes a Target
         return Target.from_dict(dict(spec), origin=origin)
+    if not isinstance(spec, str | os.PathLike):
+        raise TargetError(
+            f"{origin} is a {type(spec).__name__}, not a preset name, file path or Target",
+            f"pass a name such as {TARGETS.names()[0]!r} (see `gpuprune targets`)",
+        )
     text = os.fspath(spec)
-    if text in TARGETS:
-        return TARGETS.get(text)
+    preset = TARGETS.find(text)  # names are case-insensitive: 'CPU-POCL' is 'cpu-pocl'
+    if preset is not None:
+        return preset
     if Path(text).suffix.lower() in (".toml", ".yaml", ".yml"):
         return Target.load(text)
     raise TargetError(

@@ -63,7 +63,8 @@ def _layer_inputs(model: nn.Module, x: Tensor) -> dict[str, Tensor]:
               help="opencl, triton, cpu, reference, or auto (the fastest for this machine).")
 @click.option("--target", help="Target to compile for (preset or file); default: the file's.")
 @click.option("--model", "factory",
-              help="Build the model with this package.module:factory (files never name code).")
+              help="Build the model with this package.module:factory (files never name code; "
+              "their timm:/torchvision: names need no option).")
 @click.option("--batch", type=click.IntRange(1, 4096), default=2, show_default=True,
               help="Random batch size.")
 @click.option("--image-size", type=click.IntRange(1, 4096),

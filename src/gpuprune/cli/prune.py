@@ -18,7 +18,7 @@ from gpuprune.prune import (
     save_pruned,
 )
 from gpuprune.prune.allocation import allocation_names, check_sparsity
-from gpuprune.prune.files import check_matches, info_from_header, read_state_dict
+from gpuprune.prune.files import check_matches, info_from_header, read_state_dict, unpack
 
 
 def _parse_options(pairs: tuple[str, ...]) -> dict[str, object]:
@@ -32,6 +32,32 @@ def _parse_options(pairs: tuple[str, ...]) -> dict[str, object]:
         except ValueError:
             out[key] = raw  # plain strings such as group=filter
     return out
+
+
+def _parse_model_args(text: str | None) -> dict:
+    from gpuprune.models.factory import check_kwargs
+
+    if text is None:
+        return {}
+    try:
+        data = json.loads(text)
+    except ValueError as err:
+        raise UserError(f"--model-args is not JSON ({err})",
+                        'write e.g. --model-args \'{"num_classes": 1000}\'') from None  # fmt: skip
+    return check_kwargs(data, "--model-args")
+
+
+def _parse_size(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        size = tuple(int(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        size = ()
+    if not size or min(size) < 1 or len(size) > 4:
+        raise UserError(f"--input-size {text!r} is not a shape",
+                        "write e.g. --input-size 3,224,224")  # fmt: skip
+    return size
 
 
 def _given(param: str) -> bool:
@@ -88,7 +114,10 @@ def _batches(name: str, root: str | None, count: int, batch_size: int) -> list:
 
 @click.command("prune")
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
-@click.option("--model", "model_name", required=True, help="Model name, e.g. vgg16 or resnet20.")
+@click.option("--model", "model_name", required=True,
+              help="vgg16, resnet20, timm:NAME, torchvision:NAME or package.module:factory.")
+@click.option("--model-args", help='Model constructor arguments as JSON, e.g. \'{"num_classes": '
+              '1000}\' (recorded in the output file).')  # fmt: skip
 @click.option("--method", default="tile", show_default=True, help=", ".join(METHODS.names()))
 @click.option("--sparsity", type=float, required=True, help="Fraction of weights to zero, [0, 1).")
 @click.option("--target", help="Target preset or .toml/.yaml file (tile/simd methods need one).")
@@ -105,7 +134,8 @@ def _batches(name: str, root: str | None, count: int, batch_size: int) -> list:
               help="JSON from `gpuprune codesign -o`: a tiling per layer.")  # fmt: skip
 @click.option("--exclude", multiple=True, help="Layer name or glob left dense (repeatable).")
 @click.option("--include-first-last", is_flag=True, help="Also prune the first and last layers.")
-@click.option("--skip-small", is_flag=True, help="Leave layers smaller than one block dense.")
+@click.option("--skip-small/--no-skip-small", default=True, show_default=True,
+              help="Leave layers smaller than one block dense (listed), or refuse them.")
 @click.option("-O", "--option", "options", multiple=True, help="Method option KEY=VALUE, e.g. n=2.")
 @click.option("--num-classes", type=click.IntRange(1, 100_000), default=10, show_default=True)
 @click.option("--in-channels", type=click.IntRange(1, 64), default=3, show_default=True)
@@ -115,6 +145,8 @@ def _batches(name: str, root: str | None, count: int, batch_size: int) -> list:
               help="Re-fit kept weights to the dense layer outputs on --data (obs implies it).")
 @click.option("--recalibrate-bn", type=click.IntRange(0, 10_000), default=0, show_default=True,
               help="Batches of --data to re-estimate batch-norm statistics after pruning.")
+@click.option("--input-size", help="One input's shape for measuring FLOPs, e.g. 3,224,224 "
+              "(default 3,32,32 for CNNs, or the --data samples' shape).")  # fmt: skip
 @click.option("--data", "data_name",
               help="Data set for taylor/sensitivity/obs/--reconstruct, e.g. fashion-mnist.")
 @click.option("--data-root", type=click.Path(), help="Where the data set's files are.")
@@ -125,6 +157,7 @@ def _batches(name: str, root: str | None, count: int, batch_size: int) -> list:
 def prune_cmd(
     checkpoint: str,
     model_name: str,
+    model_args: str | None,
     method: str,
     sparsity: float,
     target: str | None,
@@ -141,6 +174,7 @@ def prune_cmd(
     num_classes: int,
     in_channels: int,
     width: float,
+    input_size: str | None,
     data_name: str | None,
     data_root: str | None,
     batches: int,
@@ -151,7 +185,7 @@ def prune_cmd(
 ) -> None:
     """Prune CHECKPOINT (a state dict or .safetensors) of --model and write a pruned-model file."""
     from gpuprune.fileio import check_output
-    from gpuprune.models import ModelSpec
+    from gpuprune.models import MODEL_SOURCES, ModelSpec
 
     check_output(output, flag="-o", inputs=(checkpoint, layer_targets, allocation))
     check_sparsity(sparsity)
@@ -183,7 +217,16 @@ def prune_cmd(
             "--recalibrate-bn needs data",
             "pass --data fashion-mnist (or cifar10) and --data-root if needed",
         )
-    spec = ModelSpec(model_name, num_classes, in_channels, width)
+    kwargs = _parse_model_args(model_args)
+    source = model_name.partition(":")[0] if ":" in model_name else None
+    if source in MODEL_SOURCES:  # a zoo model takes its sizes from its own arguments
+        for flag, name in (("--num-classes", "num_classes"), ("--in-channels", "in_channels"),
+                           ("--width", "width")):  # fmt: skip
+            if _given(name):
+                raise UserError(f"{flag} applies to gpuprune's own models, not {model_name}",
+                                f"pass --model-args '{{\"{name}\": ...}}' with the argument "
+                                f"{source} takes (e.g. num_classes)")  # fmt: skip
+    spec = ModelSpec(model_name, num_classes, in_channels, width, kwargs)
     model = spec.build(allow_import=True)  # named on the command line: the user's own code
     state = read_state_dict(checkpoint)
     check_matches(state, model.state_dict(), f"checkpoint {checkpoint} (for model {model_name})")
@@ -200,7 +243,7 @@ def prune_cmd(
         exclude_first_last=not include_first_last,
         skip_small=skip_small,
         method_options=_parse_options(options),
-        input_size=tuple(data[0][0].shape[1:]) if data else None,
+        input_size=_parse_size(input_size) or (tuple(data[0][0].shape[1:]) if data else None),
         progress=not json_out,
         allocation_options=alloc_options,
         reconstruct=reconstruct,
@@ -247,6 +290,7 @@ def inspect_cmd(file: str, plot: str | None, json_out: bool) -> None:
         plot_format(plot)
     header, tensors = read_pruned(file)
     info = info_from_header(header, file)
+    tensors = unpack(tensors, file)
     masks = {k.split(":", 1)[1]: v for k, v in tensors.items() if k.startswith("mask:")}
     planned = {lay.name: lay for lay in info.plan} if info.plan else {}
     order = [n for n in planned if n in masks] + sorted(n for n in masks if n not in planned)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from gpuprune.kernels.format import pack_for
 from gpuprune.nn.fold import Chain, find_chains, fold_bn
 from gpuprune.nn.layers import SkipConv2d, SkipGroupedConv2d, SkipLinear
 from gpuprune.plan import SKIP_KERNELS, PrunePlan, SkippedLayer
+from gpuprune.prune.api import check_model
 from gpuprune.prune.layers import unprunable_layers
 from gpuprune.prune.methods import kernel_of
 
@@ -268,7 +270,17 @@ def compile(  # noqa: A001 - the public name the project documents (gpuprune.com
 
     Returns:
         The compiled model in eval mode; ``model.gpuprune_compile`` is its :class:`CompileReport`.
+        It is for inference: ``.train()`` raises (train the masked model, then compile again),
+        ``torch.jit.script`` is refused with a one-line error.
     """
+    check_model(model)  # e.g. compile(result): one line saying to pass the model
+    for what, value in (("backend", backend), ("target", target)):
+        if value is not None and not isinstance(value, str | Target | Mapping) and not (
+            what == "target" and isinstance(value, os.PathLike)
+        ):
+            raise UserError(f"{what} is a {type(value).__name__}, not a name",
+                            f"pass a {what} name, e.g. {what}='cpu'" if what == "backend"
+                            else "pass a target name such as 'nvidia' or a Target")  # fmt: skip
     runner, auto_note = resolve_backend(backend)
     notes = list(auto_note)
     plan = plan if plan is not None else getattr(model, "gpuprune_plan", None)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gpuprune.arch import Target
+from gpuprune.errors import UserError
 from gpuprune.gemm import gemm_view
 from gpuprune.geometry import ConvGeometry
 from gpuprune.kernels.backends import Backend
@@ -44,6 +45,26 @@ class _SkipLayer(nn.Module):
     @property
     def skippable_fraction(self) -> float:
         return self.packed.skippable_fraction()
+
+    def train(self, mode: bool = True) -> _SkipLayer:
+        """eval() works; training mode is refused: the packed weights have no gradients, so a
+        training loop would silently update only the dense layers."""
+        if mode:
+            raise UserError(
+                "a compiled model cannot be trained (its skip layers hold packed, frozen weights)",
+                "train the masked model (gpuprune.load() or the pruned model before compile), "
+                "or bake its masks with gpuprune.finalize(), then compile again",
+            )
+        return super().train(False)
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        # torch.jit.script calls this on every submodule first: refuse in one line instead of
+        # failing deep inside TorchScript on the backend's Python kernels.
+        raise UserError(
+            "torch.jit.script cannot compile gpuprune's skip layers (they call Python kernels)",
+            "use torch.export.export or torch.compile on the compiled model, or script the "
+            "masked model before gpuprune.compile",
+        )
 
     @property
     def weight(self) -> Tensor:

@@ -196,6 +196,9 @@ def allocation_names() -> list[str]:
 
 def check_sparsity(value: float, what: str = "sparsity") -> float:
     """``value`` as a float in [0, 1), or a :class:`UserError`."""
+    if isinstance(value, str | bool) or value is None:  # float("0.5") or True: surely a slip
+        raise UserError(f"{what} must be a number, got {type(value).__name__} {value!r}",
+                        "pass e.g. 0.75")  # fmt: skip
     try:
         v = float(value)
     except (TypeError, ValueError):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 import io
 import itertools
+import logging
 import math
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -34,6 +36,33 @@ from gpuprune.prune.masks import get_mask, set_mask
 from gpuprune.prune.methods import PruneMethod, get_method
 from gpuprune.prune.result import LayerResult, PruneResult
 
+log = logging.getLogger(__name__)
+
+
+def check_model(model: Any, what: str = "model") -> nn.Module:
+    """``model`` if it is an ``nn.Module``, else a one-line UserError naming the slip."""
+    if isinstance(model, nn.Module):
+        return model
+    if isinstance(model, PruneResult):
+        raise UserError(f"{what} is a PruneResult, not the model",
+                        "pass the model; the result is what prune returned")  # fmt: skip
+    raise UserError(f"{what} is a {type(model).__name__}, not a torch.nn.Module",
+                    "pass the model itself (an nn.Module)")  # fmt: skip
+
+
+def sparsity_arg(sparsity: float | None, amount: float | None, default: float | None = None
+                 ) -> float:  # fmt: skip
+    """The sparsity given as ``sparsity=`` or torch's name ``amount=`` (one of them)."""
+    if sparsity is not None and amount is not None:
+        raise UserError("both sparsity= and amount= given (amount is torch's name for it)",
+                        "pass one of them")  # fmt: skip
+    value = sparsity if sparsity is not None else amount
+    if value is None:
+        if default is None:
+            raise UserError("no sparsity given", "pass sparsity=0.75 (or amount=0.75)")
+        value = default
+    return check_sparsity(value)
+
 
 class Pruner:
     """Masks a model's Conv2d/Linear weights with one method; call :meth:`apply` as often as needed.
@@ -47,9 +76,13 @@ class Pruner:
         exclude: layer names or glob patterns left dense.
         exclude_first_last: leave the first and last GEMM layers dense (the usual practice: they
             are small and sensitive).
-        skip_small: leave layers smaller than one block dense instead of raising.
+        skip_small: leave layers smaller than one block dense (listed in ``result.skipped`` and
+            logged); False raises on them instead.
         input_size: one sample's shape for the dummy pass that measures FLOPs; default
-            (C_in, 32, 32) for CNNs.
+            (C_in, 32, 32) for CNNs. ``example_inputs`` is better.
+        example_inputs: a real input (a tensor, or a tuple of the model's positional arguments,
+            as for ``torch.export``); the pass that measures each layer's FLOPs runs on it, so
+            FLOPs are right at any resolution and for any input kind.
         method_options: constructor options of the method, e.g. ``{"n": 2, "m": 4}`` for ``nm``.
         progress: show a progress bar during sensitivity analysis.
         reconstruct: after choosing the masks, re-fit each layer's kept weights to its dense
@@ -66,15 +99,19 @@ class Pruner:
         allocation: str | Mapping[str, float] = "uniform",
         exclude: Iterable[str] = (),
         exclude_first_last: bool = True,
-        skip_small: bool = False,
+        skip_small: bool = True,
         input_size: tuple[int, ...] | None = None,
         method_options: Mapping[str, Any] | None = None,
         progress: bool = False,
         allocation_options: Mapping[str, Any] | None = None,
         reconstruct: bool = False,
+        example_inputs: Any = None,
     ) -> None:
-        self.model = model
+        self.model = check_model(model)
         self.reconstruct = reconstruct
+        if not isinstance(method, str | PruneMethod):
+            raise UserError(f"method is a {type(method).__name__}, not a name",
+                            "pass a method name such as 'tile' (see gpuprune.METHODS)")  # fmt: skip
         self.allocation_options = dict(allocation_options or {})  # e.g. latency_budget=0.4
         self.method = get_method(method, **dict(method_options or {}))
         self.target = get_target(target) if target is not None else None
@@ -95,7 +132,8 @@ class Pruner:
         self.specs: dict[str, LayerSpec] = {}
         # every weight layer left dense, with its reason (nothing silent), in module order
         why = unprunable_layers(model) | excluded_reasons(model, layers, exclude_first_last)
-        for name, spec in layer_specs(model, layers, self.target, input_size).items():
+        specs = layer_specs(model, layers, self.target, input_size, example_inputs)
+        for name, spec in specs.items():
             try:
                 self.method.check(spec.group_spec())  # a grouped conv is masked per group
             except UserError as err:
@@ -107,6 +145,8 @@ class Pruner:
         self.skipped: list[SkippedLayer] = [
             SkippedLayer(n, why[n]) for n in _module_order(model, why)
         ]
+        if self.skipped:  # a library call never prints; the CLI prints result.skipped
+            log.info("left dense: %s", "; ".join(f"{s.name} ({s.reason})" for s in self.skipped))
         if not self.specs:
             raise UserError(
                 "no layer is large enough for one block of this method and target",
@@ -127,22 +167,25 @@ class Pruner:
 
     def apply(
         self,
-        sparsity: float,
+        sparsity: float | None = None,
         data: Iterable[Batch] | None = None,
         loss_fn: LossFn | None = None,
         max_batches: int = 16,
+        *,
+        amount: float | None = None,
     ) -> PruneResult:
         """Recompute every mask for this overall sparsity and apply it.
 
         Args:
-            sparsity: fraction of the pruned layers' weights to zero, in [0, 1).
+            sparsity: fraction of the pruned layers' weights to zero, in [0, 1) (``amount``,
+                torch's name for it, is accepted too).
             data: ``(x, y)`` batches; read only by ``taylor`` importance (gradients),
                 ``sensitivity`` allocation (held-out loss) and ``obs`` importance or
                 ``reconstruct`` (calibration inputs; labels unused), at most ``max_batches``.
             loss_fn: ``loss_fn(output, y)``; cross-entropy by default.
             max_batches: cap on batches taken from ``data`` (a whole loader is fine).
         """
-        s = check_sparsity(sparsity)
+        s = sparsity_arg(sparsity, amount)
         obs = self.importance.reconstructs or self.reconstruct
         wants_data = self.importance.needs_grad or self.allocation == "sensitivity" or obs
         batches = (
@@ -330,7 +373,7 @@ def _too_small(spec: LayerSpec, err: UserError) -> str:
 def prune(
     model: nn.Module,
     method: str | PruneMethod = "tile",
-    sparsity: float = 0.5,
+    sparsity: float | None = None,
     target: str | Target | None = None,
     importance: str = "magnitude",
     allocation: str | Mapping[str, float] = "uniform",
@@ -338,18 +381,27 @@ def prune(
     exclude_first_last: bool = True,
     data: Iterable[Batch] | None = None,
     loss_fn: LossFn | None = None,
+    *,
+    amount: float | None = None,
     **options: Any,
 ) -> PruneResult:
-    """Prune ``model`` in place once; ``options`` go to :class:`Pruner` (``skip_small``...).
+    """Prune ``model`` in place once; ``options`` go to :class:`Pruner` (``skip_small``,
+    ``example_inputs``...). ``sparsity`` defaults to 0.5; ``amount`` is torch's name for it.
 
     Example:
         >>> result = prune(model, method="tile", sparsity=0.75, target="nvidia")  # doctest: +SKIP
         >>> print(result.sparsity, result.flops_kept)  # doctest: +SKIP
     """
+    s = sparsity_arg(sparsity, amount, default=0.5)
+    known = set(inspect.signature(Pruner).parameters)
+    unknown = sorted(set(options) - known)
+    if unknown:  # a misspelt option: named in one line, not a TypeError
+        raise UserError(f"prune() got an unknown argument {unknown[0]!r}",
+                        "see help(gpuprune.prune) and help(gpuprune.Pruner)")  # fmt: skip
     pruner = Pruner(
         model, method, target, importance, allocation, exclude, exclude_first_last, **options
     )
-    return pruner.apply(sparsity, data=data, loss_fn=loss_fn)
+    return pruner.apply(s, data=data, loss_fn=loss_fn)
 
 
 def sparsity_report(model: nn.Module) -> str:

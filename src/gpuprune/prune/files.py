@@ -1,11 +1,12 @@
 """Save and load a pruned model: safetensors for the tensors, a JSON header for the rest.
 
-File layout: one ``.safetensors`` file whose tensors are the model's state dict with effective
-(masked) weights under their plain names (``features.0.weight``) plus each mask as
-``mask:<layer>`` (bool, weight-shaped). Its metadata entry ``gpuprune`` is JSON::
+File layout: one ``.safetensors`` file whose tensors are the model's state dict, except that each
+masked layer's weight is stored packed: only its kept blocks (or, for masks that are not whole
+blocks, a bitmap and the kept values), as ``packed:<layer>:<part>`` tensors
+(:mod:`gpuprune.prune.packing`). Its metadata entry ``gpuprune`` is JSON::
 
-    {"format": "gpuprune-pruned/2",
-     "model": {"name", "num_classes", "in_channels", "width"} or null,
+    {"format": "gpuprune-pruned/3",
+     "model": {"name", "num_classes", "in_channels", "width", "kwargs"} or null,
      "plan": PrunePlan.to_dict() or null,       # per layer: pattern, kernel, tiling, geometry
      "extra": {...},                            # free JSON facts (accuracy...)
      "sha256": ..., "header_sha256": ...}
@@ -14,7 +15,11 @@ File layout: one ``.safetensors`` file whose tensors are the model's state dict 
 rest of the header; both are required and verified. Loading also refuses NaN or infinite
 weights, masks that are not bool tensors of their weight's shape, and a plan that does not fit
 the model. The model name is resolved through the model registry only (a file never names code
-to import); :func:`load` takes an explicit ``factory=`` or ``model=`` for other models.
+to import; ``timm:NAME`` and ``torchvision:NAME`` are looked up in those libraries' own model
+registries); :func:`load` takes an explicit ``factory=`` or ``model=`` for other models.
+
+Format 2 (every weight dense plus a ``mask:<layer>`` bool tensor, no model ``kwargs``) is still
+read.
 """
 
 from __future__ import annotations
@@ -40,9 +45,12 @@ from gpuprune.gemm import gemm_shape, is_gemm_layer
 from gpuprune.models.factory import ModelSpec, create_model
 from gpuprune.plan import PrunePlan
 from gpuprune.prune.masks import get_mask, masked_layers, set_mask
+from gpuprune.prune.packing import PREFIX as PACKED_PREFIX
+from gpuprune.prune.packing import pack_layer, packed_layers, unpack_layer
 from gpuprune.prune.result import PruneResult
 
-FORMAT = "gpuprune-pruned/2"
+FORMAT = "gpuprune-pruned/3"
+FORMATS = ("gpuprune-pruned/2", FORMAT)  # what read_pruned accepts
 MASK_PREFIX = "mask:"
 HEADER_KEYS = ("format", "model", "plan", "extra", "sha256", "header_sha256")
 RESAVE = "prune the checkpoint again with this gpuprune (`gpuprune prune` or save_pruned())"
@@ -162,8 +170,10 @@ def save_pruned(
     # checked now: a file load_pruned would refuse must never be written
     check_weights(tensors, f"the model to save as {path}",
                   "fix the model first (e.g. lower the learning rate if training diverged)")
+    blocks = {lay.name: lay.block for lay in plan} if plan else {}
     for name, module in masked_layers(model).items():
-        tensors[MASK_PREFIX + name] = get_mask(module).detach().cpu().contiguous()
+        weight = tensors.pop(f"{name}.weight")
+        tensors.update(pack_layer(name, weight, get_mask(module), blocks.get(name)))
     try:
         extra_json = json.loads(json.dumps(dict(extra or {}), allow_nan=False))
     except (TypeError, ValueError) as err:
@@ -203,7 +213,7 @@ def read_pruned(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str,
         ) from None
     if not isinstance(header, dict):
         raise UserError(f"{p} has a gpuprune header that is not a mapping", RESAVE)
-    if header.get("format") != FORMAT:
+    if header.get("format") not in FORMATS:
         raise UserError(f"{p} has format {header.get('format')!r}, expected {FORMAT!r}", RESAVE)
     # Both checksums are required: a file without one is refused, not trusted.
     if not isinstance(header.get("header_sha256"), str):
@@ -219,6 +229,24 @@ def read_pruned(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str,
         raise UserError(f"{p} has an unknown header entry {unknown[0]!r}", RESAVE)
     check_weights(tensors, str(p))
     return header, tensors
+
+
+def unpack(tensors: Mapping[str, torch.Tensor], origin: str = "pruned file"
+           ) -> dict[str, torch.Tensor]:  # fmt: skip
+    """The stored tensors of a pruned file as a plain state dict (masked weights under their
+    names) plus each mask as ``mask:<layer>``; packed layers are unpacked exactly."""
+    out = {k: v for k, v in tensors.items() if not k.startswith(PACKED_PREFIX)}
+    for layer in packed_layers(tensors):
+        weight, mask = unpack_layer(layer, tensors, origin)
+        if f"{layer}.weight" in out or MASK_PREFIX + layer in out:
+            raise UserError(f"{origin} stores layer {layer} both packed and dense", RESAVE)
+        out[f"{layer}.weight"], out[MASK_PREFIX + layer] = weight, mask
+    stray = [k for k in tensors if k.startswith(PACKED_PREFIX)
+             and k.rsplit(":", 1)[0][len(PACKED_PREFIX):] not in set(packed_layers(tensors))]
+    if stray:  # fmt: skip
+        raise UserError(f"{origin} has a packed tensor {stray[0]!r} without its layer's shape",
+                        RESAVE)  # fmt: skip
+    return out
 
 
 def info_from_header(header: Mapping[str, Any], origin: str = "pruned file") -> PrunedInfo:
@@ -252,6 +280,7 @@ def _load_into(path: str | os.PathLike[str], header: dict[str, Any],
                tensors: dict[str, torch.Tensor], model: nn.Module, model_name: str | None = None
                ) -> PrunedInfo:  # fmt: skip
     info = info_from_header(header, str(path))
+    tensors = unpack(tensors, str(path))
     masks = {k[len(MASK_PREFIX) :]: v for k, v in tensors.items() if k.startswith(MASK_PREFIX)}
     weights = {k: v for k, v in tensors.items() if not k.startswith(MASK_PREFIX)}
     saved_name = info.model.name if info.model else None
@@ -300,7 +329,7 @@ def check_plan(plan: PrunePlan, model: nn.Module, origin: str) -> None:
         if module is None or not is_gemm_layer(module):
             raise UserError(f"{origin}: the plan names layer {lay.name!r}, which the model lacks "
                             "as a Conv2d/Linear", RESAVE)  # fmt: skip
-        kind = "conv" if isinstance(module, nn.Conv2d) else "linear"
+        kind = "conv" if isinstance(module, nn.Conv1d | nn.Conv2d) else "linear"
         if kind != lay.kind or gemm_shape(module) != lay.gemm:
             raise UserError(
                 f"{origin}: the plan says {lay.name} is a {lay.kind} {lay.gemm[0]}x{lay.gemm[1]}, "
@@ -341,7 +370,8 @@ def load(
                             "pass the model: gpuprune.load(path, model=...)")  # fmt: skip
         spec = spec or ModelSpec(factory or "")
         if factory is not None:
-            model = create_model(factory, spec.num_classes, spec.in_channels, spec.width)
+            model = create_model(factory, spec.num_classes, spec.in_channels, spec.width,
+                                 kwargs=spec.kwargs)
         else:
             model = spec.build(allow_import=False)
     info = _load_into(path, header, tensors, model)
@@ -389,7 +419,9 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         raise UserError(f"checkpoint {p} does not exist", "check the path")
     try:
         if p.suffix == ".safetensors":
-            data = load_file(str(p))
+            with safe_open(str(p), framework="pt") as fh:
+                pruned = "gpuprune" in (fh.metadata() or {})
+            data = unpack(read_pruned(p)[1], str(p)) if pruned else load_file(str(p))
             data = {k: v for k, v in data.items() if not k.startswith(MASK_PREFIX)}
         else:
             data = torch_load(p)

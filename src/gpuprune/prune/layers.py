@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 from torch import nn
@@ -126,12 +127,32 @@ def _infer_input(model: nn.Module) -> tuple[int, ...]:
     return (first.in_features,)
 
 
+def _input_hint(model: nn.Module) -> str:
+    """How to describe the model's input, for the first GEMM layer's kind."""
+    first = next((m for m in model.modules() if is_gemm_layer(m) or isinstance(m, nn.Conv1d)),
+                 None)  # fmt: skip
+    shape = {nn.Conv2d: "(C, H, W)", nn.Conv1d: "(C, L)"}.get(type(first), "one sample's shape")
+    return f"pass example_inputs=(x,) with a real input batch, or input_size={shape}"
+
+
+def example_args(example_inputs: Any) -> tuple[Any, ...]:
+    """``example_inputs`` as the positional arguments of ``model(*args)`` (like torch.export)."""
+    return tuple(example_inputs) if isinstance(example_inputs, tuple | list) else (example_inputs,)
+
+
 def measure_positions(
-    model: nn.Module, names: Iterable[str], input_size: tuple[int, ...] | None = None
+    model: nn.Module, names: Iterable[str], input_size: tuple[int, ...] | None = None,
+    example_inputs: Any = None,
 ) -> dict[str, tuple[int, tuple[int, int] | None]]:
-    """Run one dummy sample and record (N per sample, input H x W) for each named layer."""
+    """Run one forward pass and record (N per sample, input H x W) for each named layer.
+
+    The pass runs on ``example_inputs`` (a tensor or a tuple of ``model``'s positional
+    arguments) when given, else on zeros of shape ``(1, *input_size)`` (default inferred).
+    """
     wanted = set(names)
-    size = tuple(input_size) if input_size else _infer_input(model)
+    size = None
+    if example_inputs is None:
+        size = tuple(input_size) if input_size else _infer_input(model)
     found: dict[str, tuple[int, tuple[int, int] | None]] = {}
     hooks = []
     for name, mod in model.named_modules():
@@ -152,11 +173,16 @@ def measure_positions(
     model.eval()
     try:
         with torch.no_grad():
-            model(torch.zeros((1, *size), device=param.device, dtype=param.dtype))
+            if size is None:
+                model(*example_args(example_inputs))
+            else:
+                model(torch.zeros((1, *size), device=param.device, dtype=param.dtype))
     except Exception as err:  # the model rejects our guess of its input
+        what = f"input size {size}" if size is not None else "example_inputs"
         raise UserError(
-            f"a dummy forward pass with input size {size} failed ({type(err).__name__})",
-            "pass input_size=(C, H, W) matching the model's input",
+            f"a forward pass with {what} failed ({type(err).__name__}: "
+            f"{str(err).splitlines()[0][:80] if str(err) else ''})",
+            _input_hint(model),
         ) from None
     finally:
         for h in hooks:
@@ -170,9 +196,10 @@ def layer_specs(
     layers: dict[str, nn.Module],
     target: Target | None,
     input_size: tuple[int, ...] | None = None,
+    example_inputs: Any = None,
 ) -> dict[str, LayerSpec]:
-    """Build a :class:`LayerSpec` for each layer (one dummy forward pass measures N)."""
-    sizes = measure_positions(model, layers, input_size)
+    """Build a :class:`LayerSpec` for each layer (one forward pass measures N)."""
+    sizes = measure_positions(model, layers, input_size, example_inputs)
     specs = {}
     for name, mod in layers.items():
         n, hw = sizes.get(name, (1, None))  # a layer the forward pass never reached: FLOPs per N

@@ -64,8 +64,24 @@ def masked_layers(model: nn.Module) -> dict[str, nn.Module]:
     return {n: m for n, m in model.named_modules() if _mask_param(m) is not None}
 
 
+def _own_class(module: nn.Module) -> None:
+    """Give ``module`` a parametrized class of its own.
+
+    parametrize makes one ``Parametrized<Layer>`` class per module, but ``copy.deepcopy`` keeps
+    the class, so a copy and its original share it; ``remove_parametrizations`` deletes the
+    ``weight`` property from that class, which would break the other model. A fresh copy of the
+    class keeps the removal to this module.
+    """
+    cls = type(module)
+    module.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
+
+
 def finalize(model: nn.Module) -> nn.Module:
-    """Bake the masks into plain weights and drop the parametrizations (in place; returns model)."""
+    """Bake the masks into plain weights and drop the parametrizations (in place; returns model).
+
+    Safe on a ``copy.deepcopy`` of a masked model: the original keeps its masks.
+    """
     for module in masked_layers(model).values():
+        _own_class(module)
         parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
     return model
