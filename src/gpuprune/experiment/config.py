@@ -110,6 +110,8 @@ class LatencySection(_Section):
     warmup: int = Field(2, ge=0, le=10_000)
     repeats: int = Field(7, ge=1, le=10_000)
     budget_s: float = Field(2.0, gt=0)  # stop repeating (after 3) past this many seconds
+    # also stop once every median's 95% interval is within this fraction of it (None: never)
+    ci_rel: float | None = Field(None, gt=0, lt=1)
 
 
 def parse_cell(name: str) -> tuple[str, float] | None:
