@@ -132,3 +132,16 @@ def test_ssl_penalty_shrinks_groups(synth, tiny) -> None:
         fit(model, synth, cfg, hook=hook, progress=False)
         norms.append(float(gp.ssl_penalty(model).detach()))
     assert norms[1] < 0.8 * norms[0]
+
+
+def test_eval_after_last_epoch_only_gives_the_same_model_and_accuracy(synth, tiny) -> None:
+    from dataclasses import replace
+
+    a, b = tiny(), tiny()
+    b.load_state_dict(a.state_dict())
+    each = fit(a, synth, FAST, progress=False)
+    last = fit(b, synth, replace(FAST, eval_each_epoch=False), progress=False)
+    assert last.test_acc == each.test_acc and last.test_loss == each.test_loss
+    assert [h["test_acc"] for h in last.history[:-1]] == [None, None]
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(),
+                                                 b.state_dict().values(), strict=True))

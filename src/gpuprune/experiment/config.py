@@ -58,6 +58,7 @@ class RecipeSection(_Section):
     augment: bool = True
     steps_per_epoch: int | None = Field(None, ge=1)
     eval_batch_size: int = Field(512, ge=1, le=MAX_BATCH)
+    eval_each_epoch: bool = True  # False: evaluate after the last epoch only (same accuracy)
     amp: bool | None = None
     channels_last: bool | None = None
     train_subset: int | None = Field(None, ge=1, le=MAX_IMAGES)  # fine-tuning: train images
