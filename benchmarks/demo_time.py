@@ -24,8 +24,9 @@ def breakdown(summary: dict) -> list[tuple[str, float]]:
     evals = 0.0  # test-set passes inside fine-tuning: its time minus the epochs' training time
     for c in cells:
         f = c.get("finetune") or {}
-        evals += float(f.get("seconds") or 0.0) - sum(h.get("seconds", 0.0) for h in f.get(
-            "history", []))  # fmt: skip
+        if f.get("history"):  # without the epochs' own times nothing can be split off
+            evals += float(f.get("seconds") or 0.0) - sum(h.get("seconds", 0.0)
+                                                          for h in f["history"])  # fmt: skip
     matched = sum(float(c.get("seconds") or 0.0) - float((c.get("finetune") or {}).get(
         "seconds") or 0.0) for c in cells if c.get("equal_latency"))  # fmt: skip
     codesign = float((summary.get("codesign") or {}).get("seconds") or 0.0)
