@@ -145,3 +145,24 @@ def test_budget_in_ms_is_met_and_unreachable_is_a_budget_error():
                      latency_target=SMALL)  # fmt: skip
     with pytest.raises(UserError, match="not positive"):
         plan_latency(0.5, pruner.specs, imps, method, latency_budget_ms=0.0, latency_target=SMALL)
+
+
+def test_unreachable_budget_is_refused_before_any_loss_is_measured():
+    from gpuprune.latency.solver import BudgetError
+
+    _, pruner, imps = setup()
+    full = plan_latency(0.5, pruner.specs, imps, get_method("tile"), latency_budget=1.0,
+                        latency_target=SMALL)  # fmt: skip
+    calls = []
+
+    def evaluate(name, mask):
+        calls.append(name)
+        return 0.0
+
+    with pytest.raises(BudgetError, match="below the cheapest"):
+        plan_latency(0.5, pruner.specs, imps, get_method("unstructured"), evaluate,
+                     latency_budget_ms=full.dense_ms / 2, latency_target=SMALL)  # fmt: skip
+    assert calls == []  # the model never ran: the costs alone showed it unreachable
+    plan_latency(0.5, pruner.specs, imps, get_method("tile"), evaluate,
+                 latency_budget_ms=full.dense_ms / 2, latency_target=SMALL)  # fmt: skip
+    assert calls  # a reachable budget measures the losses as before

@@ -161,3 +161,14 @@ def test_distillation_follows_the_teacher(synth, tiny) -> None:
 def test_distillation_without_teacher_is_user_error(synth, tiny) -> None:
     with pytest.raises(UserError, match="no teacher"):
         fit(tiny(), synth, TrainConfig(epochs=1, batch_size=16, distill_alpha=0.5), progress=False)
+def test_eval_after_last_epoch_only_gives_the_same_model_and_accuracy(synth, tiny) -> None:
+    from dataclasses import replace
+
+    a, b = tiny(), tiny()
+    b.load_state_dict(a.state_dict())
+    each = fit(a, synth, FAST, progress=False)
+    last = fit(b, synth, replace(FAST, eval_each_epoch=False), progress=False)
+    assert last.test_acc == each.test_acc and last.test_loss == each.test_loss
+    assert [h["test_acc"] for h in last.history[:-1]] == [None, None]
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(),
+                                                 b.state_dict().values(), strict=True))

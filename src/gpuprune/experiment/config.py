@@ -65,6 +65,7 @@ class RecipeSection(_Section):
     augment: bool = True
     steps_per_epoch: int | None = Field(None, ge=1)
     eval_batch_size: int = Field(512, ge=1, le=MAX_BATCH)
+    eval_each_epoch: bool = True  # False: evaluate after the last epoch only (same accuracy)
     amp: bool | None = None
     channels_last: bool | None = None
     train_subset: int | None = Field(None, ge=1, le=MAX_IMAGES)  # fine-tuning: train images
@@ -142,6 +143,8 @@ class LatencySection(_Section):
     warmup: int = Field(2, ge=0, le=10_000)
     repeats: int = Field(7, ge=1, le=10_000)
     budget_s: float = Field(2.0, gt=0)  # stop repeating (after 3) past this many seconds
+    # also stop once every median's 95% interval is within this fraction of it (None: never)
+    ci_rel: float | None = Field(None, gt=0, lt=1)
 
 
 def parse_cell(name: str) -> tuple[str, float] | None:

@@ -56,9 +56,10 @@ def time_models(models: list[nn.Module], input_shape: tuple[int, ...], cfg: Late
         return forward
 
     times = measure_many([runner(m) for m in models], warmup=cfg.warmup, repeats=cfg.repeats,
-                         budget_s=cfg.budget_s)  # fmt: skip
+                         budget_s=cfg.budget_s, ci_rel=cfg.ci_rel)  # fmt: skip
     return [{"median_ms": t.median_ms, "p25_ms": t.p25_ms, "p75_ms": t.p75_ms,
-             "repeats": t.repeats, "batch_size": cfg.batch_size, "device": str(device)}
+             "ci_ms": [t.ci_low_ms, t.ci_high_ms], "repeats": t.repeats,
+             "batch_size": cfg.batch_size, "device": str(device)}
             for t in times]  # fmt: skip
 
 

@@ -30,7 +30,7 @@ from gpuprune.gemm import block_reduce
 from gpuprune.kernels.format import block_for
 from gpuprune.latency.geometry import geometry_of
 from gpuprune.latency.model import ANALYTICAL, LatencyModel
-from gpuprune.latency.solver import Option, solve, total_of
+from gpuprune.latency.solver import BudgetError, Option, solve, total_of
 from gpuprune.prune.allocation import ALLOCATIONS, Evaluate
 from gpuprune.prune.layers import LayerSpec
 from gpuprune.prune.methods import PruneMethod
@@ -128,37 +128,44 @@ def plan_latency(
         return models[tgt]
 
     total = sum(s.numel for s in specs.values())
-    loss_of = _loss_fn(evaluate, importances, total)
-    options: dict[str, list[Option]] = {}
-    done, steps = 0, len(specs) * len(points)
+    # Costs first (masks only, cheap), losses after: an unreachable budget is refused before the
+    # loss of any layer is measured (each measure runs the model on the sensitivity batches).
+    masks: dict[str, list[torch.Tensor]] = {}
+    costs: dict[str, list[float]] = {}
     for name, spec in specs.items():
         curve = block = None
         if latency_budget is not None:
             lm = model_for(spec)
             curve = lm.curve(geometry_of(name, spec.module, spec.in_hw, latency_batch))
             block = block_for(lm.target, lm.variant)
-        opts, worst = [], 0.0
+        masks[name], costs[name] = [], []
         for s in points:
-            if s == 0.0:
-                mask = torch.ones(spec.shape, dtype=torch.bool)
-                loss = 0.0
-            else:
-                mask = method.mask(importances[name], s, spec)
-                loss = loss_of(name, mask)
-            worst = max(worst, loss)  # pruning more never helps: keep the curve monotone
+            mask = (torch.ones(spec.shape, dtype=torch.bool) if s == 0.0
+                    else method.mask(importances[name], s, spec))  # fmt: skip
             if curve is not None:
                 cost = curve(float(block_reduce(mask, block, "any").float().mean()))
             else:
                 cost = spec.numel * (1.0 - s)
+            masks[name].append(mask)
+            costs[name].append(cost)
+    dense = sum(max(c) for c in costs.values())
+    budget = latency_budget * dense if latency_budget is not None else (1 - sparsity) * total
+    if latency_budget_ms is not None:
+        budget = float(latency_budget_ms)
+    check_reachable(costs, budget)
+    loss_of = _loss_fn(evaluate, importances, total)
+    options: dict[str, list[Option]] = {}
+    done, steps = 0, len(specs) * len(points)
+    for name in specs:
+        opts, worst = [], 0.0
+        for s, mask, cost in zip(points, masks[name], costs[name], strict=True):
+            loss = 0.0 if s == 0.0 else loss_of(name, mask)
+            worst = max(worst, loss)  # pruning more never helps: keep the curve monotone
             opts.append(Option(s, cost, worst + 1e-12 * s))  # tiny slope: ties prune evenly
             done += 1
             if progress:
                 progress(done, steps, name)
         options[name] = opts
-    dense = sum(max(o.cost for o in opts) for opts in options.values())
-    budget = latency_budget * dense if latency_budget is not None else (1 - sparsity) * total
-    if latency_budget_ms is not None:
-        budget = float(latency_budget_ms)
     choice = solve(options, budget)
     est = total_of(options, choice, "cost")
     return LatencyPlan(
@@ -168,6 +175,17 @@ def plan_latency(
         loss=total_of(options, choice, "loss"),
         options=options,
     )
+
+
+def check_reachable(costs: dict[str, list[float]], budget: float) -> None:
+    """Raise :class:`BudgetError` when even the cheapest option of every layer is over
+    ``budget`` (the solver's own refusal, made before any loss is measured)."""
+    cheapest = sum(min(c) for c in costs.values() if c)
+    if cheapest > budget + 1e-12 * max(abs(budget), 1.0):
+        raise BudgetError(
+            f"the budget {budget:.4g} is below the cheapest allocation ({cheapest:.4g})",
+            "raise the budget (a latency budget is a fraction of the dense latency)",
+        )
 
 
 @ALLOCATIONS.register("latency")

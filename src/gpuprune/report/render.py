@@ -119,7 +119,9 @@ def _setup_lines(res: RunResults) -> list[str]:
                          + (f", distilled from the dense model (alpha {kd['alpha']}, "
                             f"temperature {kd['temperature']})" if kd else ""))  # fmt: skip
     if lat:
-        lines.append(f"latency: median of up to {lat.get('repeats')} runs after "
+        early = (f" (fewer once the median's 95% interval is within {lat['ci_rel']:.0%})"
+                 if lat.get("ci_rel") else "")  # fmt: skip
+        lines.append(f"latency: median of up to {lat.get('repeats')} runs{early} after "
                      f"{lat.get('warmup')} warm-up, batch {lat.get('batch_size')}; speedup = "
                      "dense weights through the same backend and kernel, timed in the same "
                      "cell, / pruned")  # fmt: skip

@@ -27,6 +27,7 @@ class TrainConfig:
     augment: bool = True  # random crop (and flip where the data set uses it)
     steps_per_epoch: int | None = None  # cut each epoch to this many steps (None: whole split)
     eval_batch_size: int = 512  # images per evaluation batch
+    eval_each_epoch: bool = True  # False: the test set only after the last epoch (same result)
     amp: bool | None = None  # mixed precision; None: on GPU only
     channels_last: bool | None = None  # NHWC memory format; None: on GPU only
     seed: int = 0  # seeds init-independent randomness: data order, augmentation

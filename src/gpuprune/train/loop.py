@@ -85,7 +85,9 @@ def _progress(enabled: bool) -> Progress:
 
 
 def _recipe_key(cfg: TrainConfig) -> dict[str, Any]:
-    return asdict(cfg)
+    key = asdict(cfg)
+    key.pop("eval_each_epoch")  # when the test set is read does not change the weights
+    return key
 
 
 _CHECKPOINT_KEYS = {"epoch", "model", "optimizer", "hook", "rng", "history", "config"}
@@ -240,7 +242,9 @@ def fit(
                            description=f"{desc} {epoch + 1}/{cfg.epochs}")  # fmt: skip
             train_time = time.perf_counter() - t_epoch
             loss_sum, correct, seen = ddp.all_reduce_sum([loss_sum, correct, seen], device)
-            test_loss, test_acc = evaluate(model, data, cfg.eval_batch_size, device)
+            test_loss = test_acc = None  # not measured (eval_each_epoch off, not the last)
+            if cfg.eval_each_epoch or epoch + 1 == cfg.epochs:
+                test_loss, test_acc = evaluate(model, data, cfg.eval_batch_size, device)
             record = {
                 "epoch": epoch + 1,
                 "train_loss": loss_sum / max(seen, 1),
