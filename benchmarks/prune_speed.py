@@ -66,7 +66,6 @@ def main() -> None:
     if not args.quick and zoo_missing() is None:
         for name in filter(None, args.models.split(",")):
             work.append((name, lambda n=name: zoo_model(n), (3, 224, 224), MODEL_METHODS))
-    out = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     run = {
         "machine": platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
@@ -83,8 +82,13 @@ def main() -> None:
             sec = time_prune(model, method, size, args.repeats)
             run["seconds"][name][method] = round(sec, 3)
             print(f"{name:20s} {method:14s} {sec:8.2f} s", flush=True)
-    run["load_average_end"] = os.getloadavg()
-    out[args.label] = run
+            run["load_average_end"] = os.getloadavg()
+            save(args.label, run)  # after every cell: an interrupted run keeps what it measured
+
+
+def save(label: str, run: dict) -> None:
+    out = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}  # other labels are kept
+    out[label] = run
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     tmp = RESULTS.with_suffix(".tmp")
     tmp.write_text(json.dumps(out, indent=2) + "\n")

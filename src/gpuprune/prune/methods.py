@@ -110,9 +110,9 @@ def _kth_smallest(x: torch.Tensor, j: int) -> torch.Tensor:
     for margin in (0.002, 0.02, 0.2):
         lo = sample[max(0, int((q - margin) * s))]
         hi = sample[min(s - 1, int((q + margin) * s) + 1)]
-        below = int((x < lo).sum())
+        below = int(torch.count_nonzero(x < lo))  # count_nonzero: far faster than bool sum
         inside = (x >= lo) & (x <= hi)
-        if below < j <= below + int(inside.sum()):
+        if below < j <= below + int(torch.count_nonzero(inside)):
             return torch.kthvalue(x[inside], j - below).values
     return torch.kthvalue(x, j).values
 
@@ -129,7 +129,7 @@ def _prune_lowest(scores: torch.Tensor, j: int) -> torch.Tensor:
     v = _kth_smallest(flat, j)
     keep = flat > v
     ties = (flat == v).nonzero().squeeze(1)  # equal to the j-th: prune the first few by index
-    prune_ties = j - (flat.numel() - int(keep.sum()) - ties.numel())
+    prune_ties = j - (flat.numel() - int(torch.count_nonzero(keep)) - ties.numel())
     keep[ties[prune_ties:]] = True
     return keep.reshape(scores.shape)
 
