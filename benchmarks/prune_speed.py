@@ -60,7 +60,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="the 103M layer with tile/unstructured")
     ap.add_argument("--models", default="vgg11_bn,resnet50")
+    ap.add_argument("--table", action="store_true", help="print the markdown table and exit")
     args = ap.parse_args()
+    if args.table:
+        print(table(json.loads(RESULTS.read_text())))
+        return
     work = [("linear_25088x4096", big_layer, (25088,),
              ("tile", "unstructured") if args.quick else LAYER_METHODS)]  # fmt: skip
     if not args.quick and zoo_missing() is None:
@@ -84,6 +88,30 @@ def main() -> None:
             print(f"{name:20s} {method:14s} {sec:8.2f} s", flush=True)
             run["load_average_end"] = os.getloadavg()
             save(args.label, run)  # after every cell: an interrupted run keeps what it measured
+
+
+def table(out: dict) -> str:
+    """Markdown: one row per (workload, method), one column of median seconds per label."""
+    labels = list(out)
+    head = ["workload", "weights", "method", *[f"{lab} s" for lab in labels]]
+    if len(labels) == 2:
+        head.append(f"{labels[0]} / {labels[1]}")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = {(w, m): None for lab in labels for w, ms in out[lab]["seconds"].items()
+            for m in ms if m != "weights"}  # fmt: skip
+    for w, m in rows:
+        secs = [out[lab]["seconds"].get(w, {}).get(m) for lab in labels]
+        weights = next(out[lab]["seconds"][w]["weights"] for lab in labels
+                       if w in out[lab]["seconds"])  # fmt: skip
+        cells = [w, f"{weights / 1e6:.0f}M", m, *["-" if v is None else f"{v:.1f}" for v in secs]]
+        if len(labels) == 2:
+            cells.append("-" if None in secs else f"{secs[0] / secs[1]:.1f}x")
+        lines.append("| " + " | ".join(cells) + " |")
+    loads = ", ".join(
+        f"{lab}: {out[lab]['load_average'][0]:.1f}-{out[lab].get('load_average_end', [0])[0]:.1f}"
+        for lab in labels
+    )
+    return "\n".join(lines) + f"\n\n1-minute load average at start-end ({loads}).\n"
 
 
 def save(label: str, run: dict) -> None:
