@@ -127,7 +127,7 @@ def _prune_lowest(scores: torch.Tensor, j: int) -> torch.Tensor:
     if j == 0:
         return torch.ones(scores.shape, dtype=torch.bool)
     v = _kth_smallest(flat, j)
-    keep = flat > v
+    keep = ~(flat <= v)  # not `flat > v`: a NaN sorts last in argsort, so it is kept
     ties = (flat == v).nonzero().squeeze(1)  # equal to the j-th: prune the first few by index
     prune_ties = j - (flat.numel() - int(torch.count_nonzero(keep)) - ties.numel())
     keep[ties[prune_ties:]] = True
