@@ -125,3 +125,11 @@ def test_select_lowest_matches_reference(band):
             for s in SPARSITIES:
                 got = methods.select_lowest(scores, sizes, s)
                 assert torch.equal(got, ref_select_lowest(scores, sizes, s)), (n, s)
+
+
+def test_select_lowest_orders_nan_last_like_argsort(band):
+    scores = torch.rand(1000, generator=torch.Generator().manual_seed(5)).double()
+    scores[[3, 500, 999]] = float("nan")
+    for s in (0.1, 0.5, 0.999):
+        got = methods.select_lowest(scores, torch.ones(1000), s)
+        assert torch.equal(got, ref_select_lowest(scores, torch.ones(1000), s)), s

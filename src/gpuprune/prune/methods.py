@@ -127,6 +127,10 @@ def _prune_lowest(scores: torch.Tensor, j: int) -> torch.Tensor:
     if j == 0:
         return torch.ones(scores.shape, dtype=torch.bool)
     v = _kth_smallest(flat, j)
+    if bool(v.isnan()):  # NaNs among the pruned (argsort puts them last): sort, as the reference
+        keep = torch.ones(flat.numel(), dtype=torch.bool)
+        keep[torch.argsort(flat, stable=True)[:j]] = False
+        return keep.reshape(scores.shape)
     keep = ~(flat <= v)  # not `flat > v`: a NaN sorts last in argsort, so it is kept
     ties = (flat == v).nonzero().squeeze(1)  # equal to the j-th: prune the first few by index
     prune_ties = j - (flat.numel() - int(torch.count_nonzero(keep)) - ties.numel())
