@@ -116,6 +116,6 @@ def expand_blocks(
     block_mask: torch.Tensor, block: tuple[int, int], shape: tuple[int, int]
 ) -> torch.Tensor:
     """A [gm, gk] block mask as the element mask of an [M, K] matrix (ragged edges cropped)."""
-    bm, bk = block
-    full = block_mask.repeat_interleave(bm, dim=0).repeat_interleave(bk, dim=1)
-    return full[: shape[0], : shape[1]]
+    (gm, gk), (bm, bk) = block_mask.shape, block
+    full = block_mask[:, None, :, None].expand(gm, bm, gk, bk).reshape(gm * bm, gk * bk)
+    return full[: shape[0], : shape[1]]  # one copy (the reshape), not two repeat_interleaves

@@ -71,6 +71,11 @@ README_SPARSITIES = (0.75, 0.9)  # the README shows these rows; the result folde
               help="Threads for every path (torch, the CPU kernel, the runtimes); default torch's.")
 @click.option("--readme", type=click.Path(dir_okay=False), help="Update this README's table.")
 @click.option("--list", "list_runners", is_flag=True, help="List the GEMM runners and exit.")
+@click.option("--zoo", is_flag=True,
+              help="Model-zoo benchmark instead: torchvision/timm models end to end against "
+                   "dense runtimes (needs torchvision and timm).")  # fmt: skip
+@click.option("--zoo-models", help="Comma-separated zoo models (with --zoo).")
+@click.option("--runtimes", help="Comma-separated dense runtimes to compare with (with --zoo).")
 def bench(
     quick: bool,
     out: str,
@@ -93,8 +98,15 @@ def bench(
     threads: int | None,
     readme: str | None,
     list_runners: bool,
+    zoo: bool,
+    zoo_models: str | None,
+    runtimes: str | None,
 ) -> None:
     """Measure skip kernels against dense and sparse baselines; write JSON, a table and plots."""
+    if zoo:
+        _zoo(quick, out, _ints(batches), _names(methods), _names(zoo_models), _names(runtimes),
+             _floats(sparsities), target)  # fmt: skip
+        return
     from gpuprune.bench import results
     from gpuprune.bench.config import FULL, QUICK
     from gpuprune.bench.environment import device_slug, environment
@@ -175,6 +187,49 @@ def bench(
         readme, results.markdown_table(meta, records, sparsities=README_SPARSITIES)
     ):
         console.print(f"{readme} has no {results.README_START} marker; table not inserted")
+
+
+def _zoo(quick, out, batches, methods, models, runtimes, sparsities, target) -> None:
+    """``bench --zoo``: the model-zoo benchmark (gpuprune.bench.zoo)."""
+    from gpuprune.bench import results
+    from gpuprune.bench.environment import device_slug, environment
+    from gpuprune.bench.zoo import (
+        ZOO_FULL,
+        ZOO_QUICK,
+        check_runtimes,
+        check_zoo,
+        markdown_table,
+        run_zoo,
+    )
+    from gpuprune.fileio import atomic_write_text, check_output
+    from gpuprune.progress import progress_bar
+
+    cfg = ZOO_QUICK if quick else ZOO_FULL
+    if sparsities and len(sparsities) != 1:
+        raise UserError("--zoo takes one sparsity", "pass e.g. --sparsities 0.75")
+    changes = {"batches": batches, "methods": methods, "models": models, "runtimes": runtimes,
+               "sparsity": sparsities[0] if sparsities else None, "target": target}  # fmt: skip
+    cfg = cfg.with_(**{k: v for k, v in changes.items() if v is not None})
+    check_output(out, flag="-o", folder=True)
+    check_runtimes(cfg.runtimes)
+    check_zoo(cfg.models)  # one line naming what to install, before anything runs
+    env = environment()
+    stem = "zoo-" + device_slug(env) + ("-quick" if quick else "")
+    meta = {"environment": env, "config": dict(cfg.__dict__)}
+    out_dir = Path(out)
+    records: list[dict] = []
+    with progress_bar("zoo {task.description:<30}", console=console, transient=True) as prog:
+        task = prog.add_task("", total=len(cfg.models) * len(cfg.batches))
+        for model in cfg.models:  # saved after each model: a long run keeps what it measured
+            for batch in cfg.batches:
+                prog.update(task, description=f"{model} b{batch}")
+                records += run_zoo(cfg.with_(models=(model,), batches=(batch,)))
+                prog.advance(task)
+                results.save(out_dir / f"{stem}.json", meta, records)
+    table = markdown_table(records)
+    atomic_write_text(out_dir / f"{stem}.md", table)
+    console.print(table)
+    console.print(f"results: {out_dir / (stem + '.json')}")
 
 
 def _check_readme(readme: str) -> None:

@@ -48,15 +48,17 @@ def set_mask(module: nn.Module, mask: torch.Tensor) -> None:
     Zeroing the stored original too means weight decay or momentum on pruned entries can never
     bring a value back, and importance recomputed later sees them as 0.
     """
-    weight = module.weight
-    mask = mask.reshape(weight.shape).to(device=weight.device, dtype=torch.bool)
     p = _mask_param(module)
+    # the stored weight, not module.weight: that would evaluate the parametrization (a full pass)
+    weight = module.weight if p is None else module.parametrizations.weight.original
+    mask = mask.reshape(weight.shape).to(device=weight.device, dtype=torch.bool)
     if p is None:
         parametrize.register_parametrization(module, "weight", WeightMask(mask))
     else:
         p.mask.copy_(mask)
-    with torch.no_grad():
-        module.parametrizations.weight.original.masked_fill_(~mask, 0)
+    if not bool(mask.all()):  # an all-kept mask (the first apply) has nothing to zero
+        with torch.no_grad():
+            module.parametrizations.weight.original.masked_fill_(~mask, 0)
 
 
 def masked_layers(model: nn.Module) -> dict[str, nn.Module]:

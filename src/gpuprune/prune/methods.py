@@ -45,8 +45,17 @@ def block_scores(importance: torch.Tensor, block: tuple[int, int]) -> torch.Tens
     """[gm, gk] mean importance per real element of each block (ragged edges normalised)."""
     if tuple(block) == (1, 1):
         return importance.double()
+    return _block_scores(importance, block)
+
+
+def _block_scores(importance: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:
+    # Same values as block_scores without its float64 copies: float32 -> float64 is exact, so
+    # the order of the scores (all a mask depends on) is the same; block sums are float32 as
+    # block_reduce computes them either way.
+    if tuple(block) == (1, 1):
+        return importance if importance.is_floating_point() else importance.double()
     shape = tuple(importance.shape)
-    return block_reduce(importance.double(), block, "sum") / real_sizes(shape, block)
+    return block_reduce(importance.float(), block, "sum") / real_sizes(shape, block)
 
 
 def select_lowest(scores: torch.Tensor, sizes: torch.Tensor, sparsity: float) -> torch.Tensor:
@@ -56,9 +65,12 @@ def select_lowest(scores: torch.Tensor, sizes: torch.Tensor, sparsity: float) ->
     to ``sparsity * total``, so the result is within half the largest block of the request. At
     least one block is always kept, so a layer never goes dead. Ties go to the lower index first.
     """
-    flat, sz = scores.flatten(), sizes.flatten().double()
     if sparsity == 0.0:
         return torch.ones(scores.shape, dtype=torch.bool)
+    sz = sizes.flatten().double()
+    if bool((sz == sz[0]).all()):  # equal blocks: the count is known without sorting
+        return _prune_lowest(scores, _closest_count(scores.numel(), float(sz[0]), sparsity))
+    flat = scores.flatten()
     order = torch.argsort(flat, stable=True)
     cum = torch.cat([sz.new_zeros(1), sz[order].cumsum(0)])[: flat.numel()]  # j pruned, j < n
     j = int(torch.argmin((cum - sparsity * sz.sum()).abs()))
@@ -67,15 +79,91 @@ def select_lowest(scores: torch.Tensor, sizes: torch.Tensor, sparsity: float) ->
     return keep.reshape(scores.shape)
 
 
+def _closest_count(n: int, size: float, sparsity: float) -> int:
+    """The j in [0, n) whose ``j * size`` is closest to ``sparsity * n * size`` (ties: lower j).
+
+    The closed form of :func:`select_lowest`'s prefix search for n blocks of one size (sizes are
+    whole element counts, so ``j * size`` is exact in float64, as the cumulative sum there).
+    """
+    goal = sparsity * (n * size)
+    guess = int(goal // size)
+    cands = [j for j in (guess - 1, guess, guess + 1, 0, n - 1) if 0 <= j < n]
+    return min(cands, key=lambda j: (abs(j * size - goal), j))
+
+
+_BAND_MIN = 1 << 18  # below this many scores, kthvalue on all of them is cheap enough
+_BAND_SAMPLE = 1 << 16
+
+
+def _kth_smallest(x: torch.Tensor, j: int) -> torch.Tensor:
+    """The j-th smallest (1-based) value of the 1-D ``x``, exactly.
+
+    ``kthvalue`` on 100M values takes seconds, so for big ``x`` a strided sample brackets the
+    answer between two values, two comparison passes count what lies below the bracket, and only
+    the values inside it go to ``kthvalue``. If the bracket misses, it is widened (at worst to all).
+    """
+    n = x.numel()
+    if n <= _BAND_MIN:
+        return torch.kthvalue(x, j).values
+    sample = torch.sort(x[:: max(1, n // _BAND_SAMPLE)]).values
+    s, q = sample.numel(), j / n
+    for margin in (0.002, 0.02, 0.2):
+        lo = sample[max(0, int((q - margin) * s))]
+        hi = sample[min(s - 1, int((q + margin) * s) + 1)]
+        below = int(torch.count_nonzero(x < lo))  # count_nonzero: far faster than bool sum
+        inside = (x >= lo) & (x <= hi)
+        if below < j <= below + int(torch.count_nonzero(inside)):
+            return torch.kthvalue(x[inside], j - below).values
+    return torch.kthvalue(x, j).values
+
+
+def _prune_lowest(scores: torch.Tensor, j: int) -> torch.Tensor:
+    """Keep-mask pruning the ``j`` lowest scores; among equal scores the lower index goes first.
+
+    The same mask as a stable ascending argsort pruning its first ``j``, from one selection and
+    a few comparison passes instead of a sort.
+    """
+    flat = scores.flatten()
+    if j == 0:
+        return torch.ones(scores.shape, dtype=torch.bool)
+    v = _kth_smallest(flat, j)
+    if bool(v.isnan()):  # NaNs among the pruned (argsort puts them last): sort, as the reference
+        keep = torch.ones(flat.numel(), dtype=torch.bool)
+        keep[torch.argsort(flat, stable=True)[:j]] = False
+        return keep.reshape(scores.shape)
+    keep = ~(flat <= v)  # not `flat > v`: a NaN sorts last in argsort, so it is kept
+    ties = (flat == v).nonzero().squeeze(1)  # equal to the j-th: prune the first few by index
+    prune_ties = j - (flat.numel() - int(torch.count_nonzero(keep)) - ties.numel())
+    keep[ties[prune_ties:]] = True
+    return keep.reshape(scores.shape)
+
+
 def keep_top_per_row(scores: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     """Keep the ``counts[j]`` highest scores of each row within group j (``scores[:, j, :]``).
 
-    ``scores`` is [rows, groups, size] (padding must be -inf); ``counts`` is [groups].
+    ``scores`` is [rows, groups, size] (padding must be -inf); ``counts`` is [groups]. Among equal
+    scores the lower index is kept first (as a stable descending sort would).
     """
-    order = torch.argsort(scores, dim=-1, descending=True, stable=True)
-    rank = torch.empty_like(order)
-    rank.scatter_(-1, order, torch.arange(scores.shape[-1]).expand_as(order).contiguous())
-    return rank < counts.view(1, -1, 1)
+    size = scores.shape[-1]
+    counts = counts.to(torch.long).clamp(0, size)
+    top = int(counts.max()) if counts.numel() else 0
+    if top == 0:
+        return torch.zeros(scores.shape, dtype=torch.bool)
+    # the count-th highest score of each (row, group): the keep threshold
+    values = torch.topk(scores, top, dim=-1, sorted=True).values
+    index = (counts - 1).clamp(min=0).view(1, -1, 1).expand(scores.shape[0], -1, 1)
+    thr = values.gather(-1, index)
+    keep = scores > thr
+    # ties at the threshold: keep the first (count - strictly higher) of them, by index
+    need = counts.view(1, -1) - keep.sum(-1)
+    tied = scores == thr
+    crowded = tied.sum(-1) > need  # more ties than room (rare unless many scores are equal)
+    keep |= tied & ~crowded.unsqueeze(-1)
+    where = crowded.nonzero(as_tuple=True)
+    if where[0].numel():
+        t = tied[where]
+        keep[where] |= t & (t.cumsum(-1) <= need[where].unsqueeze(-1))
+    return keep
 
 
 def _check_fits(layer: LayerSpec, block: tuple[int, int], what: str) -> None:
@@ -114,11 +202,16 @@ class PruneMethod:
 
     def mask(self, importance: torch.Tensor, sparsity: float, layer: LayerSpec) -> torch.Tensor:
         """Boolean [M, K] keep-mask pruning about ``sparsity`` of the layer's weights."""
-        block = self.unit(layer)
-        keep = select_lowest(
-            block_scores(importance, block), real_sizes(layer.shape, block), sparsity
-        )
-        return expand_blocks(keep, block, layer.shape)
+        block = tuple(self.unit(layer))
+        scores = _block_scores(importance, block)
+        (m, k), (bm, bk) = layer.shape, block
+        if sparsity == 0.0:
+            keep = torch.ones(scores.shape, dtype=torch.bool)
+        elif m % bm == 0 and k % bk == 0:  # blocks of one size: no size table, no sort
+            keep = _prune_lowest(scores, _closest_count(scores.numel(), bm * bk, sparsity))
+        else:
+            keep = select_lowest(scores, real_sizes(layer.shape, block), sparsity)
+        return keep if block == (1, 1) else expand_blocks(keep, block, layer.shape)
 
 
 @METHODS.register("tile")
@@ -165,7 +258,7 @@ class SimdBalancedPruning(SimdPruning):
 
     def mask(self, importance: torch.Tensor, sparsity: float, layer: LayerSpec) -> torch.Tensor:
         block = self.unit(layer)
-        scores = block_scores(importance, block)  # [gm, gk]
+        scores = _block_scores(importance, block)  # [gm, gk]
         count = max(1, round((1 - sparsity) * scores.shape[1]))
         keep = keep_top_per_row(scores.unsqueeze(1), torch.tensor([count]))[:, 0]
         return expand_blocks(keep, block, layer.shape)
@@ -247,8 +340,13 @@ class BalancedPruning(PruneMethod):
         m, k = layer.shape
         b = self.bank_size(layer)
         banks = -(-k // b)
-        padded = torch.full((m, banks * b), float("-inf"), dtype=torch.float64)
-        padded[:, :k] = importance.double()
+        # float32 (or wider) keeps the scores' order exactly; pad only a ragged last bank
+        dtype = torch.promote_types(importance.dtype, torch.float32)
+        if banks * b == k:
+            padded = importance.to(dtype)
+        else:
+            padded = torch.full((m, banks * b), float("-inf"), dtype=dtype)
+            padded[:, :k] = importance
         sizes = [b] * (banks - 1) + [k - b * (banks - 1)]
         keep = keep_top_per_row(
             padded.view(m, banks, b), torch.tensor(self.counts(sizes, sparsity))
