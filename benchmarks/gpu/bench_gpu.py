@@ -498,7 +498,8 @@ class Bench:
                         "kind": "e2e", **common, "method": method, "backend": "triton",
                         "sparsity": s, **t, "speedup_vs_torch_dense": base / t["median_ms"],
                         "ideal_speedup": 1 / (1 - s), "dense_backend": f"cudnn-{best}",
-                        "compiled_layers": len(report.layers), "dense_layers": list(report.dense),
+                        "compiled_layers": len(report.layers),
+                        "dense_layers": [lay.to_dict() for lay in report.dense],
                         "max_rel_err": err, "ok": err <= TOLERANCE[dtype],
                     })  # fmt: skip
 
