@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from gpuprune.arch import TARGETS, Target, get_target
@@ -88,6 +88,9 @@ def test_simd_rows_match_the_simulated_lane_layout(name):
 
 @settings(max_examples=300, deadline=None)
 @given(fields)
+@example({"name": "h", "vendor": "x", "simd_width": 4, "max_work_group_size": 64,
+          "local_mem_bytes": 4096, "compute_units": 1, "mwg": 128, "nwg": 16, "kwg": 1,
+          "mdimc": 128, "ndimc": 1, "vwm": 1, "vwn": 1, "simd_k": 1})  # mdimc alone too big
 def test_valid_targets_satisfy_every_kernel_constraint(data):
     try:
         t = Target(**data)

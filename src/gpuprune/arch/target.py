@@ -281,12 +281,13 @@ def _validate(t: Target) -> None:
         raise _fail(t, "nwg", f"nwg % (ndimc*vwn={step}) == 0", f"nwg={_round_up(t.nwg, step)}")
     wg = t.work_group_size
     if wg > t.max_work_group_size:
-        fit = max(t.max_work_group_size // t.mdimc, 1)
+        # fix ndimc when that can work; an mdimc alone past the limit needs mdimc itself fixed
+        fld, other = ("ndimc", t.mdimc) if t.mdimc <= t.max_work_group_size else ("mdimc", t.ndimc)
         raise _fail(
             t,
-            "ndimc",
+            fld,
             f"mdimc*ndimc={wg} <= max_work_group_size={t.max_work_group_size}",
-            f"ndimc={fit}",
+            f"{fld}={max(t.max_work_group_size // other, 1)}",
         )
     if wg % t.simd_width:
         step = t.simd_width // math.gcd(t.simd_width, t.mdimc)
