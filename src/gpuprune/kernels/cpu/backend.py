@@ -9,6 +9,7 @@ blocks only, with bias and ReLU fused into the store. See docs/design/cpu-backen
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -80,12 +81,17 @@ class CpuGemm:
             _ptr(self.row_ptr), _ptr(self.col_idx), _ptr(self.wt), _ptr(self.bias), int(self.relu),
         )  # fmt: skip
 
-    def _counter(self) -> Tensor | None:
-        return torch.zeros(1, dtype=torch.int64) if self.count_visits else None
-
-    def _count(self, counter: Tensor | None) -> None:
+    def _run(self, op: Callable[..., Tensor], direct: Callable[..., Tensor], x: Tensor,
+             args: tuple) -> Tensor:  # fmt: skip
+        """``op(*args)`` (the custom op) while ``x`` is traced by torch.compile/export, else the
+        kernel called directly, counting visited blocks when ``count_visits`` is on."""
+        if ops.tracing(x):
+            return op(*args)
+        counter = torch.zeros(1, dtype=torch.int64) if self.count_visits else None
+        out = direct(*args, visits=counter)
         if counter is not None:
             self.visited_blocks += int(counter.item())
+        return out
 
 
 class CpuLinear(CpuGemm):
@@ -96,12 +102,7 @@ class CpuLinear(CpuGemm):
         x = _on_cpu(x)
         args = (x, self.wt, self.row_ptr, self.col_idx, self.bias, self.shape[0], *self.block,
                 self.relu)  # fmt: skip
-        if ops.tracing(x):  # the custom op: traceable by torch.compile and torch.export
-            return torch.ops.gpuprune.cpu_linear(*args)
-        counter = self._counter()
-        out = ops.linear(*args, visits=counter)
-        self._count(counter)
-        return out
+        return self._run(torch.ops.gpuprune.cpu_linear, ops.linear, x, args)
 
 
 class CpuConv2d(CpuGemm):
@@ -169,11 +170,9 @@ class CpuConv2d(CpuGemm):
         args = (x, self.wt, self.row_ptr, self.col_idx, self.bias, self.used,
                 [kh, kw, sh, sw, ph, pw, dh, dw], self.shape[0], *self.block, self.relu,
                 self.mode)  # fmt: skip
-        if ops.tracing(x):  # the custom op: traceable by torch.compile and torch.export
-            return torch.ops.gpuprune.cpu_conv2d(*args)
-        counter = self._counter()
-        out = ops.conv2d(*args, visits=counter)
-        self._count(counter)
+        out = self._run(torch.ops.gpuprune.cpu_conv2d, ops.conv2d, x, args)
+        if ops.tracing(x):
+            return out
         if b * c * h * w < 2**31:  # one kernel call (bigger inputs are split by ops.conv2d)
             m, gm, bm, bk, k_pad = self.shape[0], self.gm, *self.block, self.k_pad
             self._shapes[x.shape] = (
