@@ -35,7 +35,26 @@ class BasicBlock(nn.Module):
         return self.relu(out + self.shortcut(x))
 
 
-class CifarResNet(nn.Module):
+class _ResNet(nn.Module):
+    """What every ResNet here shares after its stem: the stages, global pooling, the classifier,
+    He initialisation of the convolutions, and the forward pass."""
+
+    stem: nn.Module
+
+    def _head(self, stages: list[nn.Module], c_in: int, num_classes: int) -> None:
+        self.layers = nn.Sequential(*stages)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(c_in, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.layers(self.stem(x))
+        return self.fc(self.pool(x).flatten(1))
+
+
+class CifarResNet(_ResNet):
     """ResNet for 32x32 inputs with ``blocks`` basic blocks per stage (depth = 6 * blocks + 2)."""
 
     def __init__(
@@ -54,16 +73,7 @@ class CifarResNet(nn.Module):
             for j in range(blocks):
                 stages.append(BasicBlock(c_in, c_out, stride=2 if (i > 0 and j == 0) else 1))
                 c_in = c_out
-        self.layers = nn.Sequential(*stages)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(c_in, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.layers(self.stem(x))
-        return self.fc(self.pool(x).flatten(1))
+        self._head(stages, c_in, num_classes)
 
 
 @MODELS.register("resnet20")
@@ -100,7 +110,7 @@ class Bottleneck(nn.Module):
         return self.relu(out + self.shortcut(x))
 
 
-class ResNet50(nn.Module):
+class ResNet50(_ResNet):
     """ResNet-50 for 224x224 inputs: a 7x7 stem, 3/4/6/3 bottleneck blocks, 2048 features."""
 
     def __init__(self, num_classes: int = 1000, in_channels: int = 3, width: float = 1.0) -> None:
@@ -119,16 +129,7 @@ class ResNet50(nn.Module):
                 block = Bottleneck(c_in, scaled(mid, width), 2 if (i > 0 and j == 0) else 1)
                 stages.append(block)
                 c_in = scaled(mid, width) * Bottleneck.expansion
-        self.layers = nn.Sequential(*stages)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(c_in, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.layers(self.stem(x))
-        return self.fc(self.pool(x).flatten(1))
+        self._head(stages, c_in, num_classes)
 
 
 @MODELS.register("resnet50")
