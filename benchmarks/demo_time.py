@@ -2,7 +2,9 @@
 
     python benchmarks/demo_time.py runs/demo/summary.json
 
-Phases: dense training (its recorded seconds), dense timing and everything else before the cells
+A run whose cells fine-tuned in worker processes records its phases' wall seconds itself
+(``summary["phases"]``): those are printed. Otherwise, phases:
+dense training (its recorded seconds), dense timing and everything else before the cells
 (the rest of the dense phase is not recorded separately, so it falls in "other"), each cell's
 fine-tuning (training and evaluation) and the rest of the cell (pruning plan, compile, latency
 timing, saving), co-design, and what is left of the total (data loading, dense timing, summary).
@@ -43,11 +45,25 @@ def breakdown(summary: dict) -> list[tuple[str, float]]:
     return rows
 
 
+def phases(summary: dict) -> list[tuple[str, float]]:
+    """Wall seconds per phase as the runner recorded them (runs with ``workers`` > 1)."""
+    rows = [(name, float(s)) for name, s in (summary.get("phases") or {}).items()]
+    codesign = float((summary.get("codesign") or {}).get("seconds") or 0.0)
+    if rows:
+        rows.append(("co-design search", codesign))
+        total = float(summary.get("seconds") or 0.0)
+        rows.append(("other (summary)", total - sum(s for _, s in rows)))
+        rows.append(("total", total))
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("summary", type=Path)
     args = ap.parse_args()
-    rows = breakdown(json.loads(args.summary.read_text()))
+    summary = json.loads(args.summary.read_text())
+    rows = phases(summary) if summary.get("phases", {}).get("cells: timing") else breakdown(
+        summary)  # fmt: skip
     total = rows[-1][1] or 1.0
     print("| phase | seconds | share |\n| --- | ---: | ---: |")
     for name, s in rows:

@@ -12,6 +12,7 @@ import json
 import os
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -261,6 +262,13 @@ def _finetune_steps(cfg: ExperimentConfig, data: ImageData) -> int:
     return ft.epochs * steps
 
 
+TRAINED_FILE = "trained.json"  # in the cell's folder: the fine-tuned result, before timing
+
+
+def cell_workdir(run_dir: Path, method: str, sparsity: float, matched: bool = False) -> Path:
+    return run_dir / CELLS_DIR / cell_name(method, sparsity, matched)
+
+
 def run_cell(cfg: ExperimentConfig, run_dir: Path, method: str, sparsity: float,
              data: ImageData | None = None, progress: bool = True, matched: bool = False
              ) -> dict[str, Any]:  # fmt: skip
@@ -269,65 +277,152 @@ def run_cell(cfg: ExperimentConfig, run_dir: Path, method: str, sparsity: float,
     ``matched``: prune to the latency of ``equal_latency.reference`` instead of uniformly to
     ``sparsity`` (stored as ``cells/<method>-latency.json``).
 
+    Two stages, which :func:`gpuprune.experiment.runner.run_experiment` may run apart (the
+    training in worker processes, the timing afterwards on a quiet machine):
+    :func:`train_cell` then :func:`time_cell`.
+
     A failure inside the cell (NaN loss, a layer the method cannot prune, a kernel error) is
     stored as ``status: failed`` with the message, so the other cells still run.
     """
-    started = time.perf_counter()
-    path = cell_path(run_dir, method, sparsity, matched)
-    if ddp.info().is_main and path.exists() and read_record(path).get("key") != cell_key(
-            cfg, matched):  # made by other settings (or damaged): kept aside, not overwritten
-        set_aside(path, run_dir / STALE_DIR)
-    record: dict[str, Any] = {"method": method, "sparsity": sparsity,
-                              "key": cell_key(cfg, matched),
-                              "equal_latency": matched,
-                              "allocation": MATCHED if matched else cfg.prune.allocation}
+    trained = train_cell(cfg, run_dir, method, sparsity, data, progress, matched)
+    return time_cell(cfg, run_dir, trained, data)
+
+
+def _guarded(record: dict[str, Any], stage: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """``record`` updated with ``stage()``, or with ``status`` and ``error`` when it fails."""
     try:
-        record.update(_run(cfg, run_dir, method, sparsity, data, progress, matched))
-        record["status"] = "ok"
+        record.update(stage())
     except Unreachable as exc:
         record.update(status="unreachable", error=str(exc))
-    except NonFiniteLossError as exc:
-        record.update(status="failed", error=str(exc))
-    except UserError as exc:
+    except (NonFiniteLossError, UserError) as exc:
         record.update(status="failed", error=str(exc))
     except Exception as exc:  # keep the other cells; the record says what broke
         last = traceback.format_exc().strip().splitlines()[-1]
         record.update(status="failed", error=f"internal error: {type(exc).__name__}: {exc}",
                       detail=last)  # fmt: skip
-    record["seconds"] = time.perf_counter() - started
+    return record
+
+
+def trained_before(cfg: ExperimentConfig, run_dir: Path, method: str, sparsity: float,
+                   matched: bool = False) -> dict[str, Any]:  # fmt: skip
+    """The cell's stored training result when it is from these settings and its model file is
+    intact (then only the timing is left to do), else {}."""
+    work = cell_workdir(run_dir, method, sparsity, matched)
+    done = read_record(work / TRAINED_FILE)
+    model_file = work / "model.safetensors"
+    if (done.get("key") == cell_key(cfg, matched) and done.get("status") == "trained"
+            and model_file.is_file() and file_sha256(model_file) == done.get("model_sha256")):
+        return done  # fmt: skip
+    return {}
+
+
+def train_cell(cfg: ExperimentConfig, run_dir: Path, method: str, sparsity: float,
+               data: ImageData | None = None, progress: bool = True, matched: bool = False,
+               plan: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Stage 1: prune, fine-tune, evaluate and save the pruned model (nothing timed).
+
+    Returns the record so far, ``status: trained`` (also stored, checksummed, as the cell
+    folder's ``trained.json``, so a rerun only times it) or ``failed``/``unreachable``.
+    ``plan``: a matched cell's plan chosen beforehand (see :func:`plan_cell`).
+    """
+    started = time.perf_counter()
+    path = cell_path(run_dir, method, sparsity, matched)
+    if ddp.info().is_main and path.exists() and read_record(path).get("key") != cell_key(
+            cfg, matched):
+        set_aside(path, run_dir / STALE_DIR)  # made by other settings (or damaged): kept aside
+    if done := trained_before(cfg, run_dir, method, sparsity, matched):
+        return done
+    record = base_record(cfg, method, sparsity, matched)
+    work = cell_workdir(run_dir, method, sparsity, matched)
+    model_file = work / "model.safetensors"
+    record = _guarded(record, lambda: {
+        **_train(cfg, run_dir, method, sparsity, data, progress, matched, plan),
+        "status": "trained"})  # fmt: skip
+    record["train_seconds"] = time.perf_counter() - started
+    if record["status"] == "trained" and ddp.info().is_main:
+        record["model_sha256"] = file_sha256(model_file)
+        record = write_record(work / TRAINED_FILE, record)
+    return record
+
+
+def base_record(cfg: ExperimentConfig, method: str, sparsity: float, matched: bool
+                ) -> dict[str, Any]:  # fmt: skip
+    """What every cell record starts with: its name, settings key and allocation."""
+    return {"method": method, "sparsity": sparsity, "key": cell_key(cfg, matched),
+            "equal_latency": matched,
+            "allocation": MATCHED if matched else cfg.prune.allocation}  # fmt: skip
+
+
+def matched_plan(cfg: ExperimentConfig, run_dir: Path, method: str, sparsity: float,
+                 data: ImageData) -> dict[str, Any]:  # fmt: skip
+    """A matched cell planned ahead (``status: planned`` with its ``plan``), or its final
+    record when it cannot be planned (``unreachable``/``failed``; store it with
+    :func:`time_cell`)."""
+    return _guarded(base_record(cfg, method, sparsity, True), lambda: {
+        "plan": plan_cell(cfg, run_dir, method, data), "status": "planned"})  # fmt: skip
+
+
+def time_cell(cfg: ExperimentConfig, run_dir: Path, trained: dict[str, Any],
+              data: ImageData | None = None) -> dict[str, Any]:  # fmt: skip
+    """Stage 2: compile the saved pruned model with each backend and time it against the dense
+    weights; stores and returns the cell's record (a failed training is stored as it is)."""
+    started = time.perf_counter()
+    record = dict(trained)
+    method, sparsity, matched = record["method"], record["sparsity"], record["equal_latency"]
     if ddp.info().is_main:
-        path = cell_path(run_dir, method, sparsity, matched)
-        record = write_record(path, record)  # checksummed: a changed digit is redone, not reused
+        if record.get("status") == "trained":
+            record = _guarded(record, lambda: {
+                **_time(cfg, run_dir, record, data), "status": "ok"})  # fmt: skip
+        record["timing_seconds"] = time.perf_counter() - started
+        record["seconds"] = record.get("train_seconds", 0.0) + record["timing_seconds"]
+        record = write_record(cell_path(run_dir, method, sparsity, matched), record)
     ddp.barrier()
     return record
 
 
-def _run(cfg: ExperimentConfig, run_dir: Path, method: str, sparsity: float,
-         data: ImageData | None, progress: bool, matched: bool = False
-         ) -> dict[str, Any]:  # fmt: skip
+def plan_cell(cfg: ExperimentConfig, run_dir: Path, method: str, data: ImageData
+              ) -> dict[str, Any]:  # fmt: skip
+    """A matched cell's plan, chosen on the dense model (measures latency curves: run it on a
+    quiet machine). Raises :class:`Unreachable` when the method cannot reach the reference."""
+    model = build_model(cfg, data)
+    model.load_state_dict(dense_state(run_dir))
+    pruner = _pruner(cfg, model, method, data, matched=True)
+    ref = cfg.equal_latency.reference_cell
+    try:
+        return plan_matched(cfg, model, pruner, data, prunable_layers(cfg, model))
+    except BudgetError as exc:
+        raise Unreachable(f"{cell_id(method, ref[1] if ref else 0.0, True)} cannot reach the "
+                          f"latency of {cfg.equal_latency.reference}: {exc.problem}") from None
+
+
+def _pruner(cfg: ExperimentConfig, model: nn.Module, method: str, data: ImageData,
+            matched: bool) -> Any:  # fmt: skip
     import gpuprune.prune as gp
 
-    data = data if data is not None else load_data(cfg)
-    ft_data = data.subset(train=cfg.finetune.train_subset, seed=cfg.seed + 1)
-    model = build_model(cfg, data)
-    dense_weights = dense_state(run_dir)
-    model.load_state_dict(dense_weights)
     p = cfg.prune
-    pruner = gp.Pruner(
+    return gp.Pruner(
         model, method, target=p.target, importance=p.importance,
         allocation="plan" if matched else allocation_of(cfg), exclude=p.exclude,
         exclude_first_last=p.exclude_first_last, skip_small=p.skip_small,
         input_size=input_shape(data), method_options=p.method_options.get(method),
         reconstruct=p.reconstruct,
     )  # fmt: skip
-    layers = prunable_layers(cfg, model)
-    plan: dict[str, Any] = {}
+
+
+def _train(cfg: ExperimentConfig, run_dir: Path, method: str, sparsity: float,
+           data: ImageData | None, progress: bool, matched: bool = False,
+           plan: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+    import gpuprune.prune as gp
+
+    data = data if data is not None else load_data(cfg)
+    ft_data = data.subset(train=cfg.finetune.train_subset, seed=cfg.seed + 1)
+    model = build_model(cfg, data)
+    model.load_state_dict(dense_state(run_dir))
+    p = cfg.prune
+    pruner = _pruner(cfg, model, method, data, matched)
     if matched:  # chosen on the dense model, then reached along the same schedule
-        try:
-            plan = plan_matched(cfg, model, pruner, data, layers)
-        except BudgetError as exc:
-            raise Unreachable(f"{cell_id(method, sparsity, True)} cannot reach the latency of "
-                              f"{cfg.equal_latency.reference}: {exc.problem}") from None
+        if plan is None:
+            plan = plan_cell(cfg, run_dir, method, data)
         pruner.allocation_options["plan"] = plan["plan"]
         sparsity = plan["overall_sparsity"]
     total = _finetune_steps(cfg, ft_data)
@@ -338,7 +433,7 @@ def _run(cfg: ExperimentConfig, run_dir: Path, method: str, sparsity: float,
     data_for = (lambda: calib) if calib else _importance_data(cfg, pruner, ft_data)
     hook = PrunerHook(pruner, schedule_for(cfg, method, total), sparsity, ssl_strength=strength,
                       sync=sync, data=data_for)  # fmt: skip
-    work = run_dir / CELLS_DIR / cell_name(method, sparsity, matched)
+    work = cell_workdir(run_dir, method, sparsity, matched)
     if rank.is_main:
         fresh_workdir(work, cell_key(cfg, matched))
     ddp.barrier()
@@ -357,11 +452,41 @@ def _run(cfg: ExperimentConfig, run_dir: Path, method: str, sparsity: float,
     pruned = pruner.result()
     gp.save_pruned(work / "model.safetensors", model, pruned, model_name=model_spec(cfg, data),
                    extra={"accuracy": result.test_acc})  # fmt: skip
-    kernel = gp.kernel_of(method)  # the kernel the method's pattern runs on (its registry entry)
+    (work / "checkpoint.pt").unlink(missing_ok=True)  # done: the pruned model file is enough
+    per_layer = [{
+        "name": lr.name, "shape": list(lr.shape), "block": list(lr.block),
+        "sparsity": lr.sparsity, "blocks_kept": lr.blocks_kept,
+        "blocks_total": lr.blocks_total, "flops_dense": lr.flops_dense,
+        "flops_kept": lr.flops_kept,
+    } for lr in pruned.layers]  # fmt: skip
+    return {
+        **({"matched": plan} if matched else {}),
+        "variant": gp.kernel_of(method),  # the kernel the method's pattern runs on
+        "accuracy": result.test_acc,
+        "test_loss": result.test_loss,
+        "achieved_sparsity": pruned.sparsity,
+        "flops_kept": pruned.flops_kept,
+        "skipped_layers": [s.name for s in pruned.skipped],
+        "layers": per_layer,
+        "prune_events": hook.events,
+        "finetune": {"steps": total, "seconds": result.seconds, "history": result.history},
+    }
 
-    model.cpu()
+
+def _time(cfg: ExperimentConfig, run_dir: Path, record: dict[str, Any],
+          data: ImageData | None) -> dict[str, Any]:  # fmt: skip
+    import gpuprune.prune as gp
+    from gpuprune.latency import cross_target
+
+    data = data if data is not None else load_data(cfg)
+    method, sparsity, matched = record["method"], record["sparsity"], record["equal_latency"]
+    work = cell_workdir(run_dir, method, sparsity, matched)
+    model = gp.load(work / "model.safetensors").model  # masked, exactly as fine-tuned
+    kernel = record["variant"]
+    p = cfg.prune
+    layers = prunable_layers(cfg, model)
     dense = build_model(cfg, data)
-    dense.load_state_dict(dense_weights)
+    dense.load_state_dict(dense_state(run_dir))
     latency, skip = {}, {}
     for backend in cfg.latency.backends:
         # Paired timing: the dense weights through the same kernel, timed in alternation with
@@ -374,37 +499,13 @@ def _run(cfg: ExperimentConfig, run_dir: Path, method: str, sparsity: float,
         )  # fmt: skip
         latency[backend]["dense_ms"] = base["median_ms"]
         skip[backend] = skippable(compiled)
-    (work / "checkpoint.pt").unlink(missing_ok=True)  # done: the pruned model file is enough
-    from gpuprune.latency import cross_target
-
-    # The model exists here, so the report's cross-target view is computed here and stored;
-    # once per method, in the cell at the sparsity nearest the run's headline one.
+    # The report's cross-target view, computed where the model exists; once per method, in the
+    # cell at the sparsity nearest the run's headline one.
     headline = cfg.targets.sparsity or 0.75
     crossed = []
     if not matched and sparsity == min(cfg.prune.sparsities, key=lambda s: abs(s - headline)):
         crossed = cross_target(model.eval(), batch=cfg.latency.batch_size,
                                input_size=input_shape(data), variants=(kernel,))  # fmt: skip
-    per_layer = []
-    for lr in pruned.layers:
-        per_layer.append({
-            "name": lr.name, "shape": list(lr.shape), "block": list(lr.block),
-            "sparsity": lr.sparsity, "blocks_kept": lr.blocks_kept,
-            "blocks_total": lr.blocks_total, "flops_dense": lr.flops_dense,
-            "flops_kept": lr.flops_kept,
-            "skippable": {b: skip[b].get(lr.name, 0.0) for b in skip},
-        })  # fmt: skip
-    out = {"matched": plan} if matched else {}
-    return {
-        **out,
-        "variant": kernel,
-        "cross_target": crossed,
-        "accuracy": result.test_acc,
-        "test_loss": result.test_loss,
-        "achieved_sparsity": pruned.sparsity,
-        "flops_kept": pruned.flops_kept,
-        "skipped_layers": [s.name for s in pruned.skipped],
-        "layers": per_layer,
-        "latency": latency,
-        "prune_events": hook.events,
-        "finetune": {"steps": total, "seconds": result.seconds, "history": result.history},
-    }
+    layers_out = [{**lay, "skippable": {b: skip[b].get(lay["name"], 0.0) for b in skip}}
+                  for lay in record["layers"]]  # fmt: skip
+    return {"cross_target": crossed, "layers": layers_out, "latency": latency}

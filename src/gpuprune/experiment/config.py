@@ -216,6 +216,10 @@ class TargetsSection(_Section):
 class ExperimentConfig(_Section):
     name: str = "experiment"
     seed: int = Field(0, ge=0, le=MAX_SEED)
+    # cells fine-tune in this many processes at once (threads shared out), then are timed one
+    # at a time; not part of any result's key (like the thread count, it can change float
+    # rounding, never what is computed)
+    workers: int = Field(1, ge=1, le=256)
     notes: list[str] = Field(default_factory=list)  # shown in the report (e.g. what was cut)
     data: DataSection = DataSection()
     model: ModelSection = ModelSection()

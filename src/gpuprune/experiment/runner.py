@@ -45,8 +45,11 @@ from gpuprune.experiment.cell import (
     fresh_workdir,
     input_shape,
     load_data,
+    matched_plan,
     prunable_layers,
     run_cell,
+    time_cell,
+    trained_before,
     weights_digest,
 )
 from gpuprune.experiment.codesign_step import run_codesign
@@ -337,6 +340,54 @@ def _run_cells_ray(cfg: ExperimentConfig, run_dir: Path, pending: list[Cell],
         console.print(_describe(ray.get(done[0]), dense_acc))
 
 
+def _run_cells_parallel(cfg: ExperimentConfig, run_dir: Path, pending: list[Cell],
+                        data: ImageData, dense_acc: float, workers: int, progress: bool
+                        ) -> dict[str, float]:  # fmt: skip
+    """Plan the matched cells here, fine-tune every cell in ``workers`` processes, then time
+    each one here, alone; returns the wall seconds of the three phases."""
+    t0 = time.perf_counter()
+    jobs, trained = [], []
+    for method, sparsity, matched in pending:
+        if done := trained_before(cfg, run_dir, method, sparsity, matched):
+            trained.append(done)  # fine-tuned by an earlier run that stopped before timing
+        elif not matched:
+            jobs.append((method, sparsity, False, None))
+        elif (planned := matched_plan(cfg, run_dir, method, sparsity, data))["status"] == "planned":
+            jobs.append((method, sparsity, True, planned.pop("plan")))  # measured before workers
+        else:
+            console.print(_describe(time_cell(cfg, run_dir, planned, data), dense_acc))
+    t1 = time.perf_counter()
+    if jobs:
+        trained += _train_parallel(cfg, run_dir, jobs, workers, progress)
+    t2 = time.perf_counter()
+    order = {cell: i for i, cell in enumerate(pending)}  # time in the config's order
+    trained.sort(key=lambda r: order[(r["method"], r["sparsity"], bool(r["equal_latency"]))])
+    for i, rec in enumerate(trained, 1):
+        console.print(f"[{i}/{len(trained)}] " + _describe(time_cell(cfg, run_dir, rec, data),
+                                                           dense_acc))  # fmt: skip
+    return {"cells: planning matched": t1 - t0, "cells: fine-tuning (parallel)": t2 - t1,
+            "cells: timing": time.perf_counter() - t2}
+
+
+def _train_parallel(cfg: ExperimentConfig, run_dir: Path, jobs: list[Any], workers: int,
+                    progress: bool) -> list[dict[str, Any]]:  # fmt: skip
+    from gpuprune.experiment.workers import threads_per_worker, train_in_workers
+    from gpuprune.progress import progress_bar
+
+    threads = threads_per_worker(workers)
+    out = []
+    title = f"cells fine-tuning in {workers} processes x {threads} thread{'s' * (threads > 1)}"
+    with progress_bar(title, console=console, disable=not progress) as bar:
+        task = bar.add_task("", total=len(jobs))
+        for (method, sparsity, matched, _), rec in train_in_workers(cfg, run_dir, jobs, workers):
+            if rec.get("status") == "trained":
+                bar.console.print(f"{cell_id(method, sparsity, matched)}: fine-tuned, accuracy "
+                                  f"{rec['accuracy']:.2%} ({rec.get('train_seconds', 0):.0f} s)")
+            out.append(rec)
+            bar.advance(task)
+    return out
+
+
 def all_cells(cfg: ExperimentConfig) -> list[Cell]:
     """Every cell of the config: the method x sparsity grid, then the latency-matched ones."""
     grid = [(m, s, False) for m in cfg.prune.methods for s in cfg.prune.sparsities]
@@ -357,7 +408,8 @@ def pending_cells(cfg: ExperimentConfig, run_dir: Path) -> list[Cell]:
 
 def collect(cfg: ExperimentConfig, run_dir: Path, dense: dict[str, Any], data: ImageData,
             seconds: float, codesign: dict[str, Any] | None = None,
-            oneshot: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+            oneshot: dict[str, Any] | None = None,
+            phases: dict[str, float] | None = None) -> dict[str, Any]:  # fmt: skip
     """Gather the dense result and every cell of this config into ``summary.json``."""
     cells = []
     for method, sparsity, matched in all_cells(cfg):
@@ -386,6 +438,7 @@ def collect(cfg: ExperimentConfig, run_dir: Path, dense: dict[str, Any], data: I
                         "cpus": os.cpu_count(),
                         "threads": torch.get_num_threads()},  # fmt: skip
         "seconds": seconds,
+        "phases": dict(phases or {}),
     }
     if ddp.info().is_main:
         atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1))
@@ -399,8 +452,12 @@ def run_experiment(
     ray_address: str | None = None,
     progress: bool = True,
     raise_on_failure: bool = True,
+    workers: int | None = None,
 ) -> dict[str, Any]:
     """Run (or continue) the experiment in ``run_dir``; returns the summary.
+
+    ``workers`` (default: the config's ``workers``): cells fine-tune in this many processes at
+    once, then are timed one at a time (see :mod:`gpuprune.experiment.workers`).
 
     Raises:
         UserError: bad setup (data, backends, folder in use) or, at the end, failed cells
@@ -411,6 +468,7 @@ def run_experiment(
     main = ddp.info().is_main
     if ray_address and ddp.info().enabled:
         raise UserError("--ray and torchrun do not mix", "use one of them")
+    phases: dict[str, float] = {}  # wall seconds per phase (cell records hold per-cell costs)
     say = console.print if main else (lambda *a, **k: None)
     _check_setup(cfg)
     if ray_address:
@@ -427,23 +485,35 @@ def run_experiment(
             f"{len(data.test_y)} test images")  # fmt: skip
         dense = run_dense(cfg, run_dir, data, progress)
         say(f"dense {cfg.model.name}: accuracy {dense['accuracy']:.2%}")
+        phases["dense"] = time.perf_counter() - started
         oneshot = run_oneshot(cfg, run_dir, data, progress) if main else None
+        phases["one-shot"] = time.perf_counter() - started - phases["dense"]
         pending = pending_cells(cfg, run_dir)
         total = len(all_cells(cfg))
         if len(pending) < total:
             say(f"{total - len(pending)} of {total} cells already done; skipping them")
         (run_dir / CELLS_DIR).mkdir(exist_ok=True)
+        cells_started = time.perf_counter()
+        workers = cfg.workers if workers is None else workers
+        if workers > 1 and (ray_address or ddp.info().enabled):
+            say(f"workers: {workers} ignored: cells already run "
+                f"{'as Ray tasks' if ray_address else 'data-parallel under torchrun'}")
         if ray_address:
             _run_cells_ray(cfg, run_dir, pending, ray_address, dense["accuracy"])
+        elif workers > 1 and pending and not ddp.info().enabled:
+            phases.update(_run_cells_parallel(cfg, run_dir, pending, data, dense["accuracy"],
+                                              workers, progress))  # fmt: skip
         else:
             for i, (method, sparsity, matched) in enumerate(pending, 1):
                 rec = run_cell(cfg, run_dir, method, sparsity, data, progress, matched)
                 if main:
                     say(f"[{i}/{len(pending)}] " + _describe(rec, dense["accuracy"]))
+        if "cells: timing" not in phases:  # one process: cells trained and timed in turn
+            phases["cells"] = time.perf_counter() - cells_started
         # after the cells: rank 0 alone searches, and other ranks must not wait on it mid-run
         codesign = run_codesign(cfg, run_dir, data, progress) if main else None
         summary = collect(cfg, run_dir, dense, data, time.perf_counter() - started, codesign,
-                          oneshot)  # fmt: skip
+                          oneshot, phases)  # fmt: skip
     if raise_on_failure:
         check_cells(summary, run_dir)
     return summary

@@ -1,0 +1,93 @@
+"""Cells fine-tuned in worker processes (config ``workers``), timed afterwards by the caller.
+
+On a small CPU, one training process with every thread leaves cores idle inside each small
+kernel: the demo's model trains about 1.6x faster on 2 cores as two 1-thread processes than as
+one 2-thread process (measured, benchmarks/README.md). Timing is not done in the workers: a
+latency measured while another process trains would be noise, so workers only prune, fine-tune,
+evaluate and save (:func:`gpuprune.experiment.cell.train_cell`), and the caller times each
+cell alone once all have trained.
+
+Workers are spawned (not forked: a forked OpenMP runtime can hang), each with
+``threads // workers`` threads; each reads the data set once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gpuprune.experiment.config import ExperimentConfig, parse_config
+
+Job = tuple[str, float, bool, dict[str, Any] | None]  # method, sparsity, matched, plan
+
+_DATA: dict[str, Any] = {}  # per worker process: the data set, read once
+
+
+def _init(threads: int) -> None:
+    import warnings
+
+    torch.set_num_threads(threads)
+    warnings.simplefilter("ignore")  # the main process reports; workers stay quiet
+
+
+def _train_job(cfg_dict: dict[str, Any], run_dir: str, job: Job) -> dict[str, Any]:
+    from gpuprune.experiment.cell import load_data, train_cell
+
+    cfg = parse_config(cfg_dict)
+    key = cfg.digest("data", "seed")
+    if key not in _DATA:
+        _DATA.clear()
+        _DATA[key] = load_data(cfg)
+    method, sparsity, matched, plan = job
+    return train_cell(cfg, Path(run_dir), method, sparsity, _DATA[key], progress=False,
+                      matched=matched, plan=plan)  # fmt: skip
+
+
+def threads_per_worker(workers: int) -> int:
+    return max(1, torch.get_num_threads() // workers)
+
+
+def train_in_workers(cfg: ExperimentConfig, run_dir: Path, jobs: list[Job],
+                     workers: int) -> Iterator[tuple[Job, dict[str, Any]]]:  # fmt: skip
+    """Train ``jobs`` in ``workers`` processes; yields (job, trained record) as each finishes.
+
+    A worker that dies (killed, out of memory) fails its cell with a message instead of the run.
+    """
+    ctx = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(min(workers, len(jobs)) or 1, mp_context=ctx, initializer=_init,
+                               initargs=(threads_per_worker(workers),))  # fmt: skip
+    cfg_dict = cfg.model_dump()
+    with contextlib.ExitStack() as stack:
+        stack.callback(pool.shutdown, wait=True, cancel_futures=True)
+        futures: dict[Future, Job] = {
+            pool.submit(_train_job, cfg_dict, str(run_dir.resolve()), job): job for job in jobs}
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                job = futures[fut]
+                try:
+                    rec = fut.result()
+                except BrokenProcessPool as exc:
+                    rec = _failed(cfg, job, f"its worker process died ({exc})")
+                except Exception as exc:  # noqa: BLE001 - one cell fails, the run goes on
+                    rec = _failed(cfg, job, f"internal error: {type(exc).__name__}: {exc}")
+                yield job, rec
+
+
+def _failed(cfg: ExperimentConfig, job: Job, error: str) -> dict[str, Any]:
+    from gpuprune.experiment.cell import cell_key
+    from gpuprune.experiment.equal_latency import MATCHED
+
+    method, sparsity, matched, _ = job
+    return {"method": method, "sparsity": sparsity, "key": cell_key(cfg, matched),
+            "equal_latency": matched,
+            "allocation": MATCHED if matched else cfg.prune.allocation,
+            "status": "failed", "error": error}  # fmt: skip
