@@ -22,6 +22,9 @@ def _cells(run: Path) -> dict[str, dict]:
 
 
 def test_workers_give_the_results_of_one_process(tiny_config, tmp_path: Path) -> None:
+    tiny_config["oneshot"] = {"methods": ["tile"], "sparsities": [0.5],
+                              "importances": ["magnitude", "obs"]}  # one more worker job
+    tiny_config["prune"]["calibration"] = 32
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # every process on one thread: the same floats, exactly
     try:
@@ -36,6 +39,9 @@ def test_workers_give_the_results_of_one_process(tiny_config, tmp_path: Path) ->
     assert cell["latency"]["reference"]["median_ms"] > 0  # timed after training, in this process
     assert set(two["phases"]) >= {"cells: fine-tuning (parallel)", "cells: timing"}
     assert "cells: timing" not in one["phases"]
+    rows = [{k: v for k, v in r.items() if k != "prune_seconds"} for r in two["oneshot"]["rows"]]
+    assert rows == [{k: v for k, v in r.items() if k != "prune_seconds"}
+                    for r in one["oneshot"]["rows"]] and len(rows) == 2  # fmt: skip
 
     # killed while timing: the rerun finds the fine-tuned model and only times it
     model = tmp_path / "two" / "cells" / "tile-0.5" / "model.safetensors"

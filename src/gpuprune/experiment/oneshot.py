@@ -32,6 +32,14 @@ def oneshot_key(cfg: ExperimentConfig) -> str:
                       prune=cfg.prune.model_dump(include=keep))  # fmt: skip
 
 
+def oneshot_done(cfg: ExperimentConfig, run_dir: Path) -> bool:
+    """True when the study is off, or stored complete from these settings."""
+    if not cfg.oneshot.methods:
+        return True
+    done = read_record(run_dir / ONESHOT_FILE)
+    return done.get("key") == oneshot_key(cfg) and done.get("complete", True)
+
+
 def _one(cfg: ExperimentConfig, run_dir: Path, data: ImageData, calib: list[Any], bn: list[Any],
          method: str, sparsity: float, importance: str) -> dict[str, Any]:  # fmt: skip
     import gpuprune.prune as gp
@@ -67,12 +75,13 @@ def run_oneshot(cfg: ExperimentConfig, run_dir: Path, data: ImageData,
     path = run_dir / ONESHOT_FILE
     key = oneshot_key(cfg)
     done = read_record(path)
-    if done.get("key") == key and done.get("complete", True):
+    if oneshot_done(cfg, run_dir):
         return done
     # an interrupted study keeps its finished rows (each row is stored as soon as it is done)
     prior = {(r.get("method"), r.get("sparsity"), r.get("importance")): r
              for r in done.get("rows", []) if r.get("status") == "ok"
              } if done.get("key") == key else {}  # fmt: skip
+    started = time.perf_counter()
     calib = calibration_batches(cfg, data)
     bn = calibration_batches(cfg, data, o.bn_batches * 128) if o.bn_batches else []
     cells = [(m, s, i) for m in o.methods for s in o.sparsities for i in o.importances]
@@ -87,5 +96,5 @@ def run_oneshot(cfg: ExperimentConfig, run_dir: Path, data: ImageData,
             record["rows"].append(row)
             write_record(path, record)
             bar.advance(task)
-    record["complete"] = True
+    record.update(complete=True, seconds=time.perf_counter() - started)
     return write_record(path, record)

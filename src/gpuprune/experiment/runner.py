@@ -56,7 +56,7 @@ from gpuprune.experiment.codesign_step import run_codesign
 from gpuprune.experiment.config import ExperimentConfig, dump_config, parse_config
 from gpuprune.experiment.equal_latency import check_equal_latency, matched_methods
 from gpuprune.experiment.latency import backend_device, compile_for, time_model, time_models
-from gpuprune.experiment.oneshot import run_oneshot
+from gpuprune.experiment.oneshot import oneshot_done, run_oneshot
 from gpuprune.fileio import (
     atomic_write_bytes,
     atomic_write_text,
@@ -345,8 +345,11 @@ def _run_cells_parallel(cfg: ExperimentConfig, run_dir: Path, pending: list[Cell
                         ) -> dict[str, float]:  # fmt: skip
     """Plan the matched cells here, fine-tune every cell in ``workers`` processes, then time
     each one here, alone; returns the wall seconds of the three phases."""
+    from gpuprune.experiment.workers import ONESHOT
+
     t0 = time.perf_counter()
-    jobs, trained = [], []
+    jobs: list[Any] = []
+    trained: list[dict[str, Any]] = []
     for method, sparsity, matched in pending:
         if done := trained_before(cfg, run_dir, method, sparsity, matched):
             trained.append(done)  # fine-tuned by an earlier run that stopped before timing
@@ -357,8 +360,11 @@ def _run_cells_parallel(cfg: ExperimentConfig, run_dir: Path, pending: list[Cell
         else:
             console.print(_describe(time_cell(cfg, run_dir, planned, data), dense_acc))
     t1 = time.perf_counter()
+    if cfg.oneshot.methods and not oneshot_done(cfg, run_dir):
+        jobs.insert(0, ONESHOT)  # the longest job first
     if jobs:
-        trained += _train_parallel(cfg, run_dir, jobs, workers, progress)
+        trained += [r for r in _train_parallel(cfg, run_dir, jobs, workers, progress)
+                    if r.get("method")]  # fmt: skip
     t2 = time.perf_counter()
     order = {cell: i for i, cell in enumerate(pending)}  # time in the config's order
     trained.sort(key=lambda r: order[(r["method"], r["sparsity"], bool(r["equal_latency"]))])
@@ -371,7 +377,7 @@ def _run_cells_parallel(cfg: ExperimentConfig, run_dir: Path, pending: list[Cell
 
 def _train_parallel(cfg: ExperimentConfig, run_dir: Path, jobs: list[Any], workers: int,
                     progress: bool) -> list[dict[str, Any]]:  # fmt: skip
-    from gpuprune.experiment.workers import threads_per_worker, train_in_workers
+    from gpuprune.experiment.workers import ONESHOT, threads_per_worker, train_in_workers
     from gpuprune.progress import progress_bar
 
     threads = threads_per_worker(workers)
@@ -379,8 +385,13 @@ def _train_parallel(cfg: ExperimentConfig, run_dir: Path, jobs: list[Any], worke
     title = f"cells fine-tuning in {workers} processes x {threads} thread{'s' * (threads > 1)}"
     with progress_bar(title, console=console, disable=not progress) as bar:
         task = bar.add_task("", total=len(jobs))
-        for (method, sparsity, matched, _), rec in train_in_workers(cfg, run_dir, jobs, workers):
-            if rec.get("status") == "trained":
+        for job, rec in train_in_workers(cfg, run_dir, jobs, workers):
+            method, sparsity, matched, _ = job
+            if job == ONESHOT:
+                bar.console.print(f"one-shot study: {len(rec.get('rows', []))} rows "
+                                  f"({rec.get('seconds', 0):.0f} s)")
+                rec = {}
+            elif rec.get("status") == "trained":
                 bar.console.print(f"{cell_id(method, sparsity, matched)}: fine-tuned, accuracy "
                                   f"{rec['accuracy']:.2%} ({rec.get('train_seconds', 0):.0f} s)")
             out.append(rec)
@@ -486,21 +497,25 @@ def run_experiment(
         dense = run_dense(cfg, run_dir, data, progress)
         say(f"dense {cfg.model.name}: accuracy {dense['accuracy']:.2%}")
         phases["dense"] = time.perf_counter() - started
-        oneshot = run_oneshot(cfg, run_dir, data, progress) if main else None
-        phases["one-shot"] = time.perf_counter() - started - phases["dense"]
+        workers = cfg.workers if workers is None else workers
+        parallel = workers > 1 and not ray_address and not ddp.info().enabled
         pending = pending_cells(cfg, run_dir)
+        if parallel and pending and not oneshot_done(cfg, run_dir):  # one more worker job
+            phases["one-shot"] = 0.0  # counted in the parallel phase
+        else:
+            oneshot = run_oneshot(cfg, run_dir, data, progress) if main else None
+            phases["one-shot"] = time.perf_counter() - started - phases["dense"]
         total = len(all_cells(cfg))
         if len(pending) < total:
             say(f"{total - len(pending)} of {total} cells already done; skipping them")
         (run_dir / CELLS_DIR).mkdir(exist_ok=True)
         cells_started = time.perf_counter()
-        workers = cfg.workers if workers is None else workers
-        if workers > 1 and (ray_address or ddp.info().enabled):
+        if workers > 1 and not parallel:
             say(f"workers: {workers} ignored: cells already run "
                 f"{'as Ray tasks' if ray_address else 'data-parallel under torchrun'}")
         if ray_address:
             _run_cells_ray(cfg, run_dir, pending, ray_address, dense["accuracy"])
-        elif workers > 1 and pending and not ddp.info().enabled:
+        elif parallel and pending:
             phases.update(_run_cells_parallel(cfg, run_dir, pending, data, dense["accuracy"],
                                               workers, progress))  # fmt: skip
         else:
@@ -510,6 +525,8 @@ def run_experiment(
                     say(f"[{i}/{len(pending)}] " + _describe(rec, dense["accuracy"]))
         if "cells: timing" not in phases:  # one process: cells trained and timed in turn
             phases["cells"] = time.perf_counter() - cells_started
+        if main and parallel and pending:  # the workers stored it (or it failed there: run it)
+            oneshot = run_oneshot(cfg, run_dir, data, progress)
         # after the cells: rank 0 alone searches, and other ranks must not wait on it mid-run
         codesign = run_codesign(cfg, run_dir, data, progress) if main else None
         summary = collect(cfg, run_dir, dense, data, time.perf_counter() - started, codesign,

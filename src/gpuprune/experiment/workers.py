@@ -5,7 +5,7 @@ kernel: the demo's model trains about 1.6x faster on 2 cores as two 1-thread pro
 one 2-thread process (measured, benchmarks/README.md). Timing is not done in the workers: a
 latency measured while another process trains would be noise, so workers only prune, fine-tune,
 evaluate and save (:func:`gpuprune.experiment.cell.train_cell`), and the caller times each
-cell alone once all have trained.
+cell alone once all have trained. The one-shot study (no timing in it) can be one more job.
 
 Workers are spawned (not forked: a forked OpenMP runtime can hang), each with
 ``threads // workers`` threads; each reads the data set once.
@@ -37,6 +37,9 @@ def _init(threads: int) -> None:
     warnings.simplefilter("ignore")  # the main process reports; workers stay quiet
 
 
+ONESHOT: Job = ("one-shot study", 0.0, False, None)  # the one-shot study, as one job
+
+
 def _train_job(cfg_dict: dict[str, Any], run_dir: str, job: Job) -> dict[str, Any]:
     from gpuprune.experiment.cell import load_data, train_cell
 
@@ -45,6 +48,10 @@ def _train_job(cfg_dict: dict[str, Any], run_dir: str, job: Job) -> dict[str, An
     if key not in _DATA:
         _DATA.clear()
         _DATA[key] = load_data(cfg)
+    if job == ONESHOT:  # stores its own record; the caller reads it back
+        from gpuprune.experiment.oneshot import run_oneshot
+
+        return run_oneshot(cfg, Path(run_dir), _DATA[key], progress=False) or {}
     method, sparsity, matched, plan = job
     return train_cell(cfg, Path(run_dir), method, sparsity, _DATA[key], progress=False,
                       matched=matched, plan=plan)  # fmt: skip
@@ -78,7 +85,10 @@ def train_in_workers(cfg: ExperimentConfig, run_dir: Path, jobs: list[Job],
                 except BrokenProcessPool as exc:
                     rec = _failed(cfg, job, f"its worker process died ({exc})")
                 except Exception as exc:  # noqa: BLE001 - one cell fails, the run goes on
-                    rec = _failed(cfg, job, f"internal error: {type(exc).__name__}: {exc}")
+                    if job == ONESHOT:  # not a cell: the caller runs it again in-process
+                        rec = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+                    else:
+                        rec = _failed(cfg, job, f"internal error: {type(exc).__name__}: {exc}")
                 yield job, rec
 
 
