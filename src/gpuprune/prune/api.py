@@ -18,7 +18,7 @@ from torch import nn
 
 from gpuprune.arch import Target, get_target
 from gpuprune.errors import UserError
-from gpuprune.gemm import block_grid, block_reduce, gemm_view
+from gpuprune.gemm import BareWeight, block_grid, block_reduce, gemm_view
 from gpuprune.geometry import ConvGeometry
 from gpuprune.plan import LayerPlan, PrunePlan, SkippedLayer
 from gpuprune.progress import progress_bar
@@ -407,8 +407,8 @@ def prune(
 def sparsity_report(model: nn.Module) -> str:
     """A text table of every weight layer: shape, non-zeros, sparsity, masked or not, and why not.
 
-    Layers gpuprune does not prune (ConvTranspose, MultiheadAttention's input projection...) are
-    listed too, so the total is the model's total.
+    Layers gpuprune does not prune (Conv3d, Bilinear...) are listed too, so the total is the
+    model's total; MultiheadAttention's input projection is a row of its own.
     """
     table = Table(title="sparsity by layer")
     cols = ("layer", "type", "GEMM MxK", "non-zero", "sparsity", "masked", "left dense because")
@@ -417,7 +417,8 @@ def sparsity_report(model: nn.Module) -> str:
     plan = getattr(model, "gpuprune_plan", None)
     why = {s.name: s.reason for s in plan.skipped} if isinstance(plan, PrunePlan) else {}
     why = unprunable_layers(model) | why
-    weights = {n: gemm_view(m.weight) for n, m in gemm_layers(model).items()}
+    layers = gemm_layers(model)
+    weights = {n: gemm_view(m.weight) for n, m in layers.items()}
     modules = dict(model.named_modules())
     for name in why.keys() - weights.keys():
         owner, _, pname = name.rpartition(".")
@@ -430,9 +431,10 @@ def sparsity_report(model: nn.Module) -> str:
         w = weights[name]
         nz = int((w != 0).sum())
         total, nonzero = total + w.numel(), nonzero + nz
-        mod = modules.get(name)
+        mod = layers.get(name, modules.get(name))
         masked = "yes" if mod is not None and get_mask(mod) is not None else "no"
-        kind = type(mod).__name__ if mod is not None else name.rpartition(".")[2]
+        kind = name.rpartition(".")[2] if mod is None or isinstance(mod, BareWeight) else type(
+            mod).__name__  # fmt: skip
         table.add_row(
             name,
             kind,

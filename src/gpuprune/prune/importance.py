@@ -19,6 +19,7 @@ from torch import nn
 
 from gpuprune.errors import UserError
 from gpuprune.gemm import gemm_view
+from gpuprune.prune.masks import stored_weight
 from gpuprune.registry import Registry
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -75,6 +76,4 @@ def mean_gradients(
 def _weight_param(module: nn.Module) -> torch.Tensor:
     # With a mask parametrization the leaf is `original`; its gradient is dL/dw_eff * mask,
     # which is dL/dw_eff wherever the weight is kept (the only places a score matters).
-    if hasattr(module, "parametrizations") and "weight" in module.parametrizations:
-        return module.parametrizations.weight.original
-    return module.weight
+    return stored_weight(module)
