@@ -20,8 +20,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from gpuprune.arch import Target, get_target
-from gpuprune.errors import UserError
-from gpuprune.gemm import BareWeight, gemm_view, groups_of
+from gpuprune.errors import UnsupportedLayerError, UserError
+from gpuprune.gemm import BareWeight, TransposedConv, gemm_view, groups_of
 from gpuprune.geometry import ConvGeometry
 from gpuprune.kernels.backends import Backend, get_backend
 from gpuprune.kernels.format import pack_for
@@ -325,6 +325,8 @@ def compile(  # noqa: A001 - the public name the project documents (gpuprune.com
             dense[name] = reads
             continue
         geometry = ConvGeometry.of(module) if isinstance(module, nn.Conv1d | nn.Conv2d) else None
+        if isinstance(module, TransposedConv):  # stride 1 (else left dense above): a Conv2d
+            geometry = ConvGeometry.of_transposed(module.module)
         chain = chains.get(name, Chain(name))
         if chain.bn and not _foldable(modules.get(chain.bn)):
             chain = Chain(name)  # BN on batch statistics: neither it nor a ReLU after can fuse
@@ -415,6 +417,8 @@ def compile(  # noqa: A001 - the public name the project documents (gpuprune.com
 
 def _bias(module: nn.Module | BareWeight) -> torch.Tensor | None:
     """The layer's bias; a bare attention weight's slice of ``in_proj_bias``."""
+    if isinstance(module, TransposedConv):
+        return module.module.bias
     if not isinstance(module, BareWeight):
         return module.bias
     bias = module.owner.in_proj_bias
@@ -435,7 +439,14 @@ def _weight_read_by_parent(modules: Mapping[str, nn.Module], name: str,
         why = unsupported(attention) if parent else (
             "the model is a bare nn.MultiheadAttention, which compile cannot replace")  # fmt: skip
         return None if why is None else f"{why}; left dense (its mask still applies)"
-    base = next(b for b in (nn.Conv1d, nn.Conv2d, nn.Linear) if isinstance(module, b))
+    if isinstance(module, TransposedConv):
+        module = module.module
+        try:
+            ConvGeometry.of_transposed(module)
+        except UnsupportedLayerError as err:
+            return err.problem
+    base = next(b for b in (nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
+                if isinstance(module, b))  # fmt: skip
     if type(module).forward is not base.forward:
         return (f"{type(module).__name__} has its own forward (its weight or input may be "
                 "transformed there), which a skip kernel would not run; left dense")  # fmt: skip

@@ -18,7 +18,7 @@ from torch import nn
 
 from gpuprune.arch import Target, get_target
 from gpuprune.errors import UserError
-from gpuprune.gemm import BareWeight, block_grid, block_reduce, gemm_view
+from gpuprune.gemm import BareWeight, TransposedConv, block_grid, block_reduce, gemm_view
 from gpuprune.geometry import ConvGeometry
 from gpuprune.plan import LayerPlan, PrunePlan, SkippedLayer
 from gpuprune.progress import progress_bar
@@ -295,8 +295,9 @@ class Pruner:
 
     def _layer_plan(self, spec: LayerSpec, res: LayerResult) -> LayerPlan:
         module = spec.module
-        conv = isinstance(module, nn.Conv1d | nn.Conv2d)
-        geometry = ConvGeometry.of(module) if conv else None
+        conv = isinstance(module, nn.Conv1d | nn.Conv2d | TransposedConv)
+        # a transposed conv has no plan geometry: compile derives its Conv2d from the layer
+        geometry = ConvGeometry.of(module) if isinstance(module, nn.Conv1d | nn.Conv2d) else None
         tiling = spec.target if spec.target is not None and spec.target != self.target else None
         return LayerPlan(
             name=spec.name, kind="conv" if conv else "linear",
@@ -434,7 +435,7 @@ def sparsity_report(model: nn.Module) -> str:
         mod = layers.get(name, modules.get(name))
         masked = "yes" if mod is not None and get_mask(mod) is not None else "no"
         kind = name.rpartition(".")[2] if mod is None or isinstance(mod, BareWeight) else type(
-            mod).__name__  # fmt: skip
+            getattr(mod, "module", mod)).__name__  # fmt: skip
         table.add_row(
             name,
             kind,

@@ -332,13 +332,15 @@ def check_plan(plan: PrunePlan, model: nn.Module, origin: str) -> None:
         if module is None or not is_gemm_layer(module):
             raise UserError(f"{origin}: the plan names layer {lay.name!r}, which the model lacks "
                             "as a Conv2d/Linear", RESAVE)  # fmt: skip
-        kind = "conv" if isinstance(module, nn.Conv1d | nn.Conv2d) else "linear"
+        conv = isinstance(module, nn.Conv1d | nn.Conv2d | nn.ConvTranspose2d)
+        kind = "conv" if conv else "linear"
         if kind != lay.kind or gemm_shape(module) != lay.gemm:
             raise UserError(
                 f"{origin}: the plan says {lay.name} is a {lay.kind} {lay.gemm[0]}x{lay.gemm[1]}, "
                 f"the model has a {kind} {gemm_shape(module)[0]}x{gemm_shape(module)[1]}", RESAVE,
             )  # fmt: skip
-        if lay.geometry is not None and lay.geometry != ConvGeometry.of(module):
+        if lay.geometry is not None and (isinstance(module, nn.ConvTranspose2d) or
+                                         lay.geometry != ConvGeometry.of(module)):  # fmt: skip
             raise UserError(f"{origin}: the plan's conv geometry of {lay.name} is not the "
                             "model's", RESAVE)  # fmt: skip
 

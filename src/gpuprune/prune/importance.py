@@ -19,7 +19,7 @@ from torch import nn
 
 from gpuprune.errors import UserError
 from gpuprune.gemm import gemm_view
-from gpuprune.prune.masks import stored_weight
+from gpuprune.prune.masks import gemm_layout, stored_weight
 from gpuprune.registry import Registry
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -70,7 +70,8 @@ def mean_gradients(
                     acc += g
     finally:
         model.train(was_training)
-    return {n: gemm_view(s / len(data)) for n, s in zip(layers, sums, strict=True)}
+    return {n: gemm_view(gemm_layout(m, s / len(data)))
+            for (n, m), s in zip(layers.items(), sums, strict=True)}  # fmt: skip
 
 
 def _weight_param(module: nn.Module) -> torch.Tensor:

@@ -15,6 +15,7 @@ from gpuprune.errors import UserError
 from gpuprune.gemm import (
     WEIGHT_LAYERS,
     BareWeight,
+    TransposedConv,
     bare_weights,
     gemm_shape,
     groups_of,
@@ -32,7 +33,8 @@ class LayerSpec:
     target: Target | None = None  # the GPU whose blocks tile/simd methods use
     out_positions: int = 1  # N per sample: H_out * W_out for a conv, 1 for a Linear
     in_hw: tuple[int, int] | None = None  # input spatial size (conv only), for latency probes
-    module: nn.Module | BareWeight | None = field(default=None, compare=False, repr=False)
+    module: nn.Module | BareWeight | TransposedConv | None = field(default=None, compare=False,
+                                                                  repr=False)  # fmt: skip
     groups: int = 1  # a grouped conv: `shape` stacks `groups` GEMMs of group_shape along M
 
     @property
@@ -54,12 +56,15 @@ class LayerSpec:
         return 2 * self.numel * self.out_positions
 
 
-def gemm_layers(model: nn.Module) -> dict[str, nn.Module | BareWeight]:
-    """Every Conv1d, Conv2d and Linear layer, and every bare weight (an nn.MultiheadAttention's
-    input projection, named ``<attention>.in_proj_weight``), in module order."""
-    out: dict[str, nn.Module | BareWeight] = {}
+def gemm_layers(model: nn.Module) -> dict[str, nn.Module | BareWeight | TransposedConv]:
+    """Every Conv1d, Conv2d, ConvTranspose2d (as its :class:`TransposedConv` view) and Linear
+    layer, and every bare weight (an nn.MultiheadAttention's input projection, named
+    ``<attention>.in_proj_weight``), in module order."""
+    out: dict[str, nn.Module | BareWeight | TransposedConv] = {}
     for name, mod in model.named_modules():
-        if is_gemm_layer(mod):
+        if isinstance(mod, nn.ConvTranspose2d):
+            out[name] = TransposedConv(mod)
+        elif is_gemm_layer(mod):
             out[name] = mod
         out.update(bare_weights(mod, name))
     return out
@@ -126,7 +131,7 @@ def select_layers(
 
 def _infer_input(model: nn.Module) -> tuple[int, ...]:
     first = next(m for m in model.modules() if is_gemm_layer(m))
-    if isinstance(first, nn.Conv2d):
+    if isinstance(first, nn.Conv2d | nn.ConvTranspose2d):
         return (first.in_channels, 32, 32)  # CIFAR-sized by default
     if isinstance(first, nn.Conv1d):
         return (first.in_channels, 32)
@@ -176,6 +181,8 @@ def measure_positions(
                 x = inputs[0]
                 if isinstance(mod, nn.Conv2d):
                     found[name] = (int(out.shape[-1] * out.shape[-2]), tuple(x.shape[-2:]))
+                elif isinstance(mod, nn.ConvTranspose2d):  # its work: every input position
+                    found[name] = (int(x.shape[-1] * x.shape[-2]), tuple(x.shape[-2:]))
                 elif isinstance(mod, nn.Conv1d):  # a conv with H = 1
                     found[name] = (int(out.shape[-1]), (1, int(x.shape[-1])))
                 else:
@@ -217,7 +224,7 @@ def layer_specs(
     specs = {}
     for name, mod in layers.items():
         n, hw = sizes.get(name, (1, None))  # a layer the forward pass never reached: FLOPs per N
-        conv = isinstance(mod, nn.Conv1d | nn.Conv2d)
+        conv = isinstance(mod, nn.Conv1d | nn.Conv2d | TransposedConv)
         area = int(mod.weight[0, 0].numel()) if conv else 1
         specs[name] = LayerSpec(name, gemm_shape(mod), area, target, n, hw, mod, groups_of(mod))
     return specs

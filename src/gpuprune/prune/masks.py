@@ -5,7 +5,9 @@ reach only kept weights), the boolean mask is a buffer (so optimizers never touc
 ``state_dict`` as ``<layer>.parametrizations.weight.0.mask``), and :func:`finalize` bakes the zeros
 into a plain weight. A bare weight (:class:`~gpuprune.gemm.BareWeight`, e.g.
 ``nn.MultiheadAttention.in_proj_weight``) is parametrized the same way on its owner, under its
-own name (``<owner>.parametrizations.in_proj_weight.0.mask``).
+own name (``<owner>.parametrizations.in_proj_weight.0.mask``). A ConvTranspose2d's mask is stored
+in its weight's own layout; through its :class:`~gpuprune.gemm.TransposedConv` view it is read
+and set in the Conv2d layout the pruner works in.
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from gpuprune.gemm import BareWeight, bare_weights
+from gpuprune.gemm import BareWeight, TransposedConv, bare_weights, conv_layout, transposed_layout
 
-Layer = nn.Module | BareWeight
+Layer = nn.Module | BareWeight | TransposedConv
 
 
 class WeightMask(nn.Module):
@@ -35,7 +37,14 @@ class WeightMask(nn.Module):
 
 def _slot(module: Layer) -> tuple[nn.Module, str]:
     """(the module holding the weight, the weight's parameter name)."""
+    if isinstance(module, TransposedConv):
+        return module.module, "weight"
     return (module.owner, module.pname) if isinstance(module, BareWeight) else (module, "weight")
+
+
+def gemm_layout(module: Layer, tensor: torch.Tensor) -> torch.Tensor:
+    """A tensor shaped like the layer's stored weight, in the layout the pruner sees."""
+    return conv_layout(tensor, module.groups) if isinstance(module, TransposedConv) else tensor
 
 
 def _mask_param(module: Layer) -> WeightMask | None:
@@ -59,7 +68,7 @@ def stored_weight(module: Layer) -> torch.Tensor:
 def get_mask(module: Layer) -> torch.Tensor | None:
     """The boolean keep-mask (weight-shaped) of a layer, or None if it is not masked."""
     p = _mask_param(module)
-    return None if p is None else p.mask
+    return None if p is None else gemm_layout(module, p.mask)
 
 
 def set_mask(module: Layer, mask: torch.Tensor) -> None:
@@ -72,6 +81,8 @@ def set_mask(module: Layer, mask: torch.Tensor) -> None:
     owner, pname = _slot(module)
     # the stored weight, not module.weight: that would evaluate the parametrization (a full pass)
     weight = stored_weight(module)
+    if isinstance(module, TransposedConv):  # given in the Conv2d layout: stored in its own
+        mask = transposed_layout(mask.reshape(module.weight.shape), module.groups)
     mask = mask.reshape(weight.shape).to(device=weight.device, dtype=torch.bool)
     if p is None:
         parametrize.register_parametrization(owner, pname, WeightMask(mask))
