@@ -95,7 +95,7 @@ class ConvGeometry:
         """The geometry of a Conv2d or Conv1d (any groups, padding and padding mode).
 
         Raises:
-            UnsupportedLayerError: any other layer (ConvTranspose, Conv3d...).
+            UnsupportedLayerError: any other layer (ConvTranspose2d: see :meth:`of_transposed`).
         """
         if not isinstance(conv, CONV_LAYERS):
             raise UnsupportedLayerError(

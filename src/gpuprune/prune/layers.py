@@ -73,7 +73,7 @@ def gemm_layers(model: nn.Module) -> dict[str, nn.Module | BareWeight | Transpos
 def unprunable_layers(model: nn.Module) -> dict[str, str]:
     """{name: reason} for every weight layer gpuprune cannot prune, in module order.
 
-    ConvTranspose, Conv3d and Bilinear stay dense; naming them keeps a report's total the
+    ConvTranspose1d/3d, Conv3d and Bilinear stay dense; naming them keeps a report's total the
     model's total.
     """
     out = {}
