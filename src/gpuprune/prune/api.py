@@ -32,7 +32,7 @@ from gpuprune.prune.layers import (
     select_layers,
     unprunable_layers,
 )
-from gpuprune.prune.masks import get_mask, set_mask
+from gpuprune.prune.masks import get_mask, mask_buffer, set_mask, stored_layout
 from gpuprune.prune.methods import PruneMethod, get_method
 from gpuprune.prune.result import LayerResult, PruneResult
 
@@ -324,9 +324,11 @@ class Pruner:
         def evaluate(name: str | None, mask: torch.Tensor | None) -> float:
             buf = saved = None
             if name is not None:
-                buf = get_mask(self.specs[name].module)
+                layer = self.specs[name].module
+                buf = mask_buffer(layer)
                 saved = buf.clone()
-                buf &= mask.reshape(buf.shape).to(buf.device)  # try it on top of the current mask
+                trial = stored_layout(layer, mask.reshape(get_mask(layer).shape))
+                buf &= trial.reshape(buf.shape).to(buf.device)  # on top of the current mask
             was_training = self.model.training
             self.model.eval()
             try:

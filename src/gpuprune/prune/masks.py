@@ -65,6 +65,22 @@ def stored_weight(module: Layer) -> torch.Tensor:
     return getattr(owner, pname)
 
 
+def stored_layout(module: Layer, mask: torch.Tensor) -> torch.Tensor:
+    """A mask given in the pruner's layout (weight-shaped or [M, K]) in the stored weight's."""
+    if isinstance(module, TransposedConv):
+        cin, cout_g, *kernel = stored_weight(module).shape
+        shape = (cout_g * module.groups, cin // module.groups, *kernel)
+        return transposed_layout(mask.reshape(shape), module.groups)
+    return mask
+
+
+def mask_buffer(module: Layer) -> torch.Tensor | None:
+    """The mask buffer itself, in the stored weight's layout (edit it to try a mask without
+    zeroing the stored weight, as :func:`set_mask` does)."""
+    p = _mask_param(module)
+    return None if p is None else p.mask
+
+
 def get_mask(module: Layer) -> torch.Tensor | None:
     """The boolean keep-mask (weight-shaped) of a layer, or None if it is not masked."""
     p = _mask_param(module)
@@ -81,9 +97,8 @@ def set_mask(module: Layer, mask: torch.Tensor) -> None:
     owner, pname = _slot(module)
     # the stored weight, not module.weight: that would evaluate the parametrization (a full pass)
     weight = stored_weight(module)
-    if isinstance(module, TransposedConv):  # given in the Conv2d layout: stored in its own
-        mask = transposed_layout(mask.reshape(module.weight.shape), module.groups)
-    mask = mask.reshape(weight.shape).to(device=weight.device, dtype=torch.bool)
+    mask = stored_layout(module, mask).reshape(weight.shape)
+    mask = mask.to(device=weight.device, dtype=torch.bool)
     if p is None:
         parametrize.register_parametrization(owner, pname, WeightMask(mask))
     else:
