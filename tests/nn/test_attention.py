@@ -61,6 +61,19 @@ class Cross(nn.Module):
         return self.head(self.attn(q, mem[..., :16], mem[..., 16:], need_weights=False)[0])
 
 
+class SelfAttention(nn.Module):
+    """Sequence-first self-attention between two Linears."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.attn, self.head = nn.Linear(32, 32), nn.MultiheadAttention(32, 4), \
+            nn.Linear(32, 32)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.inp(x)
+        return self.head(self.attn(y, y, y)[0])
+
+
 def python_path(model: nn.Module, *args) -> torch.Tensor:
     """The model on an input that needs grad: nn.TransformerEncoderLayer's fused fast path
     (which reads dense weights) is off, so compiled layers run their kernels."""
@@ -104,13 +117,11 @@ def test_encoder_compiled_equals_masked_model(batch_first, backend):
 
 def test_direct_calls_match_multihead_attention_options():
     torch.manual_seed(0)
-    holder = nn.Sequential(nn.Linear(32, 32), nn.MultiheadAttention(32, 4), nn.Linear(32, 32))
-    mha = holder[1].eval()
-    gp.prune(holder, "unstructured", 0.5, exclude_first_last=False,
-             example_inputs=(torch.randn(1, 32),))  # fmt: skip
-    holder[1] = mha  # the Sequential's forward is not the attention's: prune saw no N
-    out = compile(holder, SMALL, backend="reference", kernels="tile")
-    fast = out[1]
+    model = SelfAttention().eval()
+    gp.prune(model, "unstructured", 0.5, example_inputs=(torch.randn(5, 2, 32),))
+    mha = model.attn
+    out = compile(model, SMALL, backend="reference", kernels="tile")
+    fast = out.attn
     assert isinstance(fast, SkipMultiheadAttention) and not fast.batch_first
     q, k, v = torch.randn(5, 2, 32), torch.randn(7, 2, 32), torch.randn(7, 2, 32)
     causal = torch.ones(5, 7, dtype=torch.bool).triu(1)
