@@ -341,7 +341,7 @@ def compile(  # noqa: A001 - the public name the project documents (gpuprune.com
         if groups > 1 and (gm_ < bm or gk_ < bk):
             kind = "attention input projection" if isinstance(module, BareWeight) else (
                 "depthwise conv" if groups == module.in_channels else "grouped conv")  # fmt: skip
-            why = (f"{kind}: each of its {groups} GEMMs is {gm_}x{gk_}, smaller than "
+            why = (f"{kind}: each of its {groups} group GEMMs is {gm_}x{gk_}, smaller than "
                    f"one {bm}x{bk} block of the {variant} kernel; run dense")  # fmt: skip
             if explicit or (kernels is not None and name not in skipped):
                 notes.append(f"layer {name} left dense: {why}")
