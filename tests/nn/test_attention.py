@@ -112,9 +112,10 @@ def test_encoder_compiled_equals_masked_model(batch_first, backend):
         torch.testing.assert_close(python_path(out, x, kpm), want, rtol=1e-5, atol=1e-5)
         with torch.no_grad():  # the fused fast path reads the dense in_proj_weight: same result
             torch.testing.assert_close(out(x, kpm), model(x, kpm), rtol=1e-5, atol=1e-5)
-    assert len(calls) == 2
+    assert len(calls) == 4  # a hook in a layer turns its fast path off: the kernel always ran
 
 
+@pytest.mark.filterwarnings("ignore:Support for mismatched key_padding_mask")  # torch's, on a case
 def test_direct_calls_match_multihead_attention_options():
     torch.manual_seed(0)
     model = SelfAttention().eval()
@@ -231,6 +232,7 @@ def test_save_and_load_round_trip_the_input_projection(tmp_path):
     assert torch.equal(gp.get_mask(find_layer(loaded, bare)), gp.get_mask(find_layer(model, bare)))
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
-    out = compile(loaded, backend="reference")
+    with pytest.warns(UserWarning, match="fast path"):
+        out = compile(loaded, backend="reference")
     assert isinstance(out.encoder.layers[0].self_attn, SkipMultiheadAttention)
     torch.testing.assert_close(python_path(out, x), python_path(model, x), rtol=1e-5, atol=1e-5)

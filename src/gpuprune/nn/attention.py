@@ -107,6 +107,9 @@ class SkipMultiheadAttention(nn.Module):
     def v_proj_weight(self) -> Tensor | None:
         return None if self._qkv_same_embed_dim else self.v_proj.weight
 
+    # nn.TransformerEncoderLayer's fused fast path asks its self_attn to merge the masks
+    merge_masks = nn.MultiheadAttention.merge_masks
+
     def train(self, mode: bool = True) -> SkipMultiheadAttention:
         if mode:
             raise UserError(
