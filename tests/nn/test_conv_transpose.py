@@ -3,9 +3,13 @@ that Conv2d at stride 1, left dense with the reason at stride > 1; masks exact e
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import gpuprune.prune as gp
@@ -132,3 +136,33 @@ def test_transposed_conv_round_trips_through_a_file(tmp_path):
         assert torch.equal(gp.get_mask(getattr(loaded, name)), gp.get_mask(getattr(model, name)))
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    groups=st.sampled_from([1, 2, 3]), cin_g=st.integers(1, 6), cout_g=st.integers(1, 6),
+    kh=st.integers(1, 4), kw=st.integers(1, 4), dh=st.integers(1, 2), dw=st.integers(1, 2),
+    h=st.integers(1, 7), w=st.integers(1, 7), data=st.data(),
+)  # fmt: skip
+def test_random_stride_one_transposed_convs_compile_exactly(groups, cin_g, cout_g, kh, kw, dh, dw,
+                                                             h, w, data):  # fmt: skip
+    ph = data.draw(st.integers(0, dh * (kh - 1)))
+    pw = data.draw(st.integers(0, dw * (kw - 1)))
+    assume(h - 2 * ph + dh * (kh - 1) >= 1 and w - 2 * pw + dw * (kw - 1) >= 1)  # torch's rule
+    torch.manual_seed(0)
+    layer = nn.ConvTranspose2d(cin_g * groups, cout_g * groups, (kh, kw), padding=(ph, pw),
+                               dilation=(dh, dw), groups=groups, bias=bool(h % 2))  # fmt: skip
+    with torch.no_grad():
+        layer.weight.mul_(torch.rand_like(layer.weight) > 0.5)  # zeros the kernel may skip
+    model = nn.Sequential(layer).eval()
+    with warnings.catch_warnings():  # group GEMMs under one block stay dense, said aloud
+        warnings.simplefilter("ignore")
+        out = compile(model, SMALL, backend="reference", kernels="tile")
+    if groups == 1:  # (compiled as asked even without a whole zero block)
+        assert isinstance(out[0], SkipConv2d)
+    else:
+        dense = [d.reason for d in out.gpuprune_compile.dense]
+        assert isinstance(out[0], SkipGroupedConv2d) or "smaller than one" in dense[0]
+    x = torch.randn(2, cin_g * groups, h, w)
+    with torch.no_grad():
+        torch.testing.assert_close(out(x), layer(x), rtol=1e-5, atol=1e-5)
