@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import gpuprune.prune as gp
@@ -236,3 +238,40 @@ def test_save_and_load_round_trip_the_input_projection(tmp_path):
         out = compile(loaded, backend="reference")
     assert isinstance(out.encoder.layers[0].self_attn, SkipMultiheadAttention)
     torch.testing.assert_close(python_path(out, x), python_path(model, x), rtol=1e-5, atol=1e-5)
+
+
+class Holder(nn.Module):
+    def __init__(self, attn: nn.MultiheadAttention) -> None:
+        super().__init__()
+        self.attn = attn
+
+    def forward(self, q, k, v, **kwargs):
+        return self.attn(q, k, v, **kwargs)
+
+
+@settings(max_examples=15, deadline=None)
+@given(heads=st.sampled_from([1, 2, 4]), dim=st.integers(4, 12), n=st.integers(1, 3),
+       tgt=st.integers(1, 5), src=st.integers(1, 6), batch_first=st.booleans(),
+       bias=st.booleans(), need_weights=st.booleans())  # fmt: skip
+def test_random_attentions_compile_exactly(heads, dim, n, tgt, src, batch_first, bias,
+                                           need_weights):  # fmt: skip
+    embed = heads * dim
+    assume(embed >= 16)  # a projection holds at least one 16x16 block
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(embed, heads, bias=bias, batch_first=batch_first).eval()
+    with torch.no_grad():
+        mha.in_proj_weight.mul_(torch.rand_like(mha.in_proj_weight) > 0.5)
+    out = compile(Holder(mha), SMALL, backend="reference", kernels="tile")
+    assert isinstance(out.attn, SkipMultiheadAttention)
+    shape = (lambda length: (n, length, embed)) if batch_first else (
+        lambda length: (length, n, embed))  # fmt: skip
+    q, kv = torch.randn(shape(tgt)), torch.randn(shape(src))
+    pad = torch.zeros(n, src, dtype=torch.bool)
+    pad[0, src - 1:] = src > 1  # one padded key in the first sample, when it has two
+    with torch.no_grad():
+        want, want_w = mha(q, kv, kv, key_padding_mask=pad, need_weights=need_weights)
+        got, got_w = out(q, kv, kv, key_padding_mask=pad, need_weights=need_weights)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert (got_w is None) == (want_w is None)
+    if want_w is not None:
+        torch.testing.assert_close(got_w, want_w, rtol=1e-5, atol=1e-5)
