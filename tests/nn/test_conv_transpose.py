@@ -166,3 +166,25 @@ def test_random_stride_one_transposed_convs_compile_exactly(groups, cin_g, cout_
     x = torch.randn(2, cin_g * groups, h, w)
     with torch.no_grad():
         torch.testing.assert_close(out(x), layer(x), rtol=1e-5, atol=1e-5)
+
+
+def test_taylor_importance_and_sensitivity_trials_see_the_transposed_conv():
+    torch.manual_seed(0)
+    model = Decoder().eval()
+    batches = [(torch.randn(2, 3, 5, 7), torch.randn(2, 4, 10, 14)) for _ in range(2)]
+    pruner = gp.Pruner(model, "unstructured", importance="taylor", allocation="sensitivity",
+                       example_inputs=batches[0][0])  # fmt: skip
+    loss = F.mse_loss
+    grad = torch.autograd.grad(loss(model(batches[0][0]), batches[0][1]), model.up.weight)[0]
+    imps = pruner.importances(batches[:1], loss)
+    want = conv_layout((grad * model.up.weight).abs().detach(), 1).reshape(20, -1)
+    torch.testing.assert_close(imps["up"], want)  # the gradient, in the Conv2d view
+    pruner.apply(0.5, data=batches, loss_fn=loss)
+    evaluate = pruner._evaluator(batches, loss)
+    base = evaluate(None, None)
+    assert evaluate("up", torch.zeros(20, 216, dtype=torch.bool)) != base  # the trial applies
+    assert evaluate(None, None) == base  # and is undone
+    for name in ("up", "same"):
+        stored = gp.get_mask(getattr(model, name))
+        original = getattr(model, name).parametrizations.weight.original
+        assert torch.equal(original != 0, stored)  # trials zeroed nothing they did not keep
