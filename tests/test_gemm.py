@@ -66,7 +66,7 @@ def test_grouped_conv_view_stacks_its_group_gemms():
     [
         (nn.Conv3d(8, 8, 3), "Conv3d"),
         (nn.BatchNorm2d(4), "BatchNorm2d has no GEMM view"),
-        (nn.ConvTranspose2d(4, 4, 3), "ConvTranspose2d"),
+        (nn.ConvTranspose3d(4, 4, 3), "ConvTranspose3d"),
     ],
 )
 def test_unsupported_layers_are_refused_clearly(layer, match):

@@ -8,6 +8,18 @@ A Conv1d is a conv with kh = 1. A grouped conv's view ``[C_out, C_in/G * kh * kw
 group GEMMs ``[C_out/G, C_in/G * kh * kw]`` along M (group g owns rows ``g*C_out/G`` onward); its
 masks are chosen per group (see :mod:`gpuprune.prune.api`).
 
+A bare weight (:class:`BareWeight`) is a weight parameter that is not a layer of its own:
+``nn.MultiheadAttention``'s input projection. ``in_proj_weight`` [3E, E] is viewed as the three
+GEMMs [E, E] of q, k and v stacked along M (``groups=3``, masked per projection like a grouped
+conv); with kdim/vdim != embed_dim, ``q_proj_weight``, ``k_proj_weight`` and ``v_proj_weight`` are
+three bare weights of one GEMM each. A bare weight is named ``<module>.<parameter>``.
+
+A ``ConvTranspose2d`` (weight ``[C_in, C_out/G, kh, kw]``) is viewed as the Conv2d it equals on
+its zero-stuffed input: weight ``[C_out, C_in/G, kh, kw]``, each group's slice transposed and the
+kernel flipped (:func:`conv_layout`). Its GEMM is ``[C_out, C_in/G * kh * kw]``, so M is the
+output channels and a block means what it means for a Conv2d; :class:`TransposedConv` is that
+view for the pruner (masks in this layout, stored on the layer in its own).
+
 Ragged edges: when M or K is not a multiple of the block, the last block row/column is partial
 (``M % bm`` rows or ``K % bk`` columns). It is still one block: pruned or kept as a whole, scored on
 its real elements only, and a kernel pads it with zeros.
@@ -15,18 +27,111 @@ its real elements only, and a kernel pads it with zeros.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from gpuprune.errors import UnsupportedLayerError
 
-GEMM_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Linear)
+GEMM_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Linear, nn.ConvTranspose2d)
+# nn.MultiheadAttention's bare projection weights, and how many GEMMs each stacks along M
+MHA_WEIGHTS = {"in_proj_weight": 3, "q_proj_weight": 1, "k_proj_weight": 1, "v_proj_weight": 1}
 # Layers with weights that gpuprune does not view as a GEMM: always named when left out.
 WEIGHT_LAYERS = (nn.modules.conv._ConvNd, nn.Linear, nn.Bilinear, nn.MultiheadAttention)
 
 
+class BareWeight:
+    """A weight parameter pruned and compiled as a layer: ``owner.<pname>`` (module docstring).
+
+    Not an ``nn.Module`` (it is a view on its owner): ``.weight`` reads the owner's parameter,
+    masked when a mask parametrizes it.
+    """
+
+    def __init__(self, owner: nn.Module, pname: str, groups: int = 1) -> None:
+        self.owner, self.pname, self.groups = owner, pname, groups
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return getattr(self.owner, self.pname)
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, BareWeight) and other.owner is self.owner
+                and other.pname == self.pname)  # fmt: skip
+
+    def __hash__(self) -> int:
+        return hash((id(self.owner), self.pname))
+
+    def __repr__(self) -> str:
+        return f"BareWeight({type(self.owner).__name__}.{self.pname}, groups={self.groups})"
+
+
+def conv_layout(weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """A ConvTranspose2d weight [C_in, C_out/G, kh, kw] as its equal Conv2d's [C_out, C_in/G,
+    kh, kw] (per group transposed, kernel flipped); a copy."""
+    cin, cout_g, kh, kw = weight.shape
+    w = weight.reshape(groups, cin // groups, cout_g, kh, kw).transpose(1, 2)
+    return w.reshape(groups * cout_g, cin // groups, kh, kw).flip(-2, -1)
+
+
+def transposed_layout(weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """Inverse of :func:`conv_layout`: [C_out, C_in/G, kh, kw] back to [C_in, C_out/G, kh, kw]."""
+    cout, cin_g, kh, kw = weight.shape
+    w = weight.flip(-2, -1).reshape(groups, cout // groups, cin_g, kh, kw).transpose(1, 2)
+    return w.reshape(groups * cin_g, cout // groups, kh, kw)
+
+
+class TransposedConv:
+    """A ConvTranspose2d as the pruner sees it: ``.weight`` in the Conv2d layout of
+    :func:`conv_layout` (module docstring). Not an ``nn.Module``: a view on ``module``."""
+
+    def __init__(self, module: nn.ConvTranspose2d) -> None:
+        self.module, self.groups = module, module.groups
+        self.in_channels = module.in_channels
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return conv_layout(self.module.weight, self.groups)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, TransposedConv) and other.module is self.module
+
+    def __hash__(self) -> int:
+        return hash(id(self.module))
+
+    def __repr__(self) -> str:
+        return f"TransposedConv({self.module!r})"
+
+
+def _has_param(module: nn.Module, pname: str) -> bool:
+    """Whether ``module`` holds parameter ``pname`` (plain or parametrized), without reading it."""
+    return parametrize.is_parametrized(module, pname) or module._parameters.get(pname) is not None
+
+
+def bare_weights(module: nn.Module | None, prefix: str = "") -> dict[str, BareWeight]:
+    """{name: BareWeight} of ``module``'s bare GEMM weights (an nn.MultiheadAttention's input
+    projection), named ``<prefix>.<parameter>``; empty for any other module."""
+    if not isinstance(module, nn.MultiheadAttention):
+        return {}
+    return {
+        f"{prefix}.{p}" if prefix else p: BareWeight(module, p, groups)
+        for p, groups in MHA_WEIGHTS.items() if _has_param(module, p)
+    }  # fmt: skip
+
+
+def find_layer(model: nn.Module, name: str, modules: Mapping[str, nn.Module] | None = None
+               ) -> nn.Module | BareWeight | None:  # fmt: skip
+    """The module, or bare weight, that layer ``name`` of ``model`` names (None if none)."""
+    modules = dict(model.named_modules()) if modules is None else modules
+    if name in modules:
+        return modules[name]
+    owner, _, _ = name.rpartition(".")
+    return bare_weights(modules.get(owner), owner).get(name)
+
+
 def _check(module: nn.Module) -> None:
-    if isinstance(module, GEMM_LAYERS):
+    if isinstance(module, (*GEMM_LAYERS, BareWeight, TransposedConv)):
         return
     raise UnsupportedLayerError(
         f"{type(module).__name__} has no GEMM view",
@@ -34,32 +139,46 @@ def _check(module: nn.Module) -> None:
     )
 
 
-def is_gemm_layer(module: nn.Module) -> bool:
-    """True for layers gpuprune can view as a GEMM (Linear, Conv1d, Conv2d of any groups)."""
-    return isinstance(module, GEMM_LAYERS)
+def is_gemm_layer(module: nn.Module | BareWeight) -> bool:
+    """True for layers gpuprune can view as a GEMM (Linear, Conv1d, Conv2d of any groups, and
+    bare weights)."""
+    return isinstance(module, (*GEMM_LAYERS, BareWeight, TransposedConv))
 
 
-def groups_of(module: nn.Module) -> int:
-    """How many GEMMs the layer's view stacks along M (a conv's ``groups``; 1 for Linear)."""
+def groups_of(module: nn.Module | BareWeight) -> int:
+    """How many GEMMs the layer's view stacks along M (a conv's ``groups``; 3 for an attention's
+    in_proj_weight; 1 for Linear)."""
+    if isinstance(module, BareWeight | TransposedConv):
+        return module.groups
     return int(getattr(module, "groups", 1)) if isinstance(module, nn.modules.conv._ConvNd) else 1
 
 
 def gemm_shape(module: nn.Module) -> tuple[int, int]:
     """(M, K) of the layer's weight as a GEMM operand."""
     _check(module)
+    if isinstance(module, nn.ConvTranspose2d | TransposedConv):
+        w = module.weight if isinstance(module, nn.ConvTranspose2d) else module.module.weight
+        return int(w.shape[1]) * module.groups, int(w.shape[0]) // module.groups * int(
+            w[0, 0].numel())  # fmt: skip
     w = module.weight
     return int(w.shape[0]), int(w[0].numel())
 
 
-def gemm_view(module: nn.Module | torch.Tensor) -> torch.Tensor:
-    """The layer's weight as an [M, K] matrix (a view sharing storage with the weight)."""
+def gemm_view(module: nn.Module | BareWeight | TransposedConv | torch.Tensor) -> torch.Tensor:
+    """The layer's weight as an [M, K] matrix (a view sharing storage with the weight; a copy in
+    the Conv2d layout for a ConvTranspose2d)."""
+    if isinstance(module, nn.ConvTranspose2d):
+        module = TransposedConv(module)
     w = module if isinstance(module, torch.Tensor) else (_check(module), module.weight)[1]
     return w.reshape(w.shape[0], -1)
 
 
-def from_gemm(matrix: torch.Tensor, like: nn.Module | torch.Tensor | torch.Size) -> torch.Tensor:
+def from_gemm(matrix: torch.Tensor, like: nn.Module | BareWeight | torch.Tensor | torch.Size
+              ) -> torch.Tensor:  # fmt: skip
     """Inverse of :func:`gemm_view`: an [M, K] matrix back in the weight's shape."""
-    if isinstance(like, nn.Module):
+    if isinstance(like, nn.ConvTranspose2d):
+        like = TransposedConv(like)
+    if isinstance(like, nn.Module | BareWeight | TransposedConv):
         _check(like)
         shape = like.weight.shape
     elif isinstance(like, torch.Tensor):

@@ -95,7 +95,7 @@ class ConvGeometry:
         """The geometry of a Conv2d or Conv1d (any groups, padding and padding mode).
 
         Raises:
-            UnsupportedLayerError: any other layer (ConvTranspose, Conv3d...).
+            UnsupportedLayerError: any other layer (ConvTranspose2d: see :meth:`of_transposed`).
         """
         if not isinstance(conv, CONV_LAYERS):
             raise UnsupportedLayerError(
@@ -120,6 +120,39 @@ class ConvGeometry:
             padding, pre = (0, 0), (tw // 2, tw - tw // 2, th // 2, th - th // 2)
         return cls(conv.in_channels, kernel, stride, padding, dilation, conv.groups, pre,
                    conv.padding_mode)  # fmt: skip
+
+    @classmethod
+    def of_transposed(cls, deconv: nn.ConvTranspose2d) -> ConvGeometry:
+        """The Conv2d a stride-1 ConvTranspose2d equals (weight in
+        :func:`gpuprune.gemm.conv_layout`): same kernel and dilation, padding
+        ``dilation * (k - 1) - padding`` on each side.
+
+        Raises:
+            UnsupportedLayerError: a stride > 1 (its Conv2d would run on the zero-stuffed input,
+                stride_h * stride_w times the work), or padding past ``dilation * (k - 1)``.
+        """
+        name = type(deconv).__name__
+        if not isinstance(deconv, nn.ConvTranspose2d):
+            raise UnsupportedLayerError(f"a {name}, not a ConvTranspose2d",
+                                        "pass a ConvTranspose2d")  # fmt: skip
+        kernel, stride = _pair(deconv.kernel_size, "kernel_size"), _pair(deconv.stride, "stride")
+        dilation, padding = _pair(deconv.dilation, "dilation"), _pair(deconv.padding, "padding")
+        if stride != (1, 1):
+            raise UnsupportedLayerError(
+                f"ConvTranspose2d with stride {stride}: as a Conv2d it runs on its input with "
+                f"{stride[0] - 1}x{stride[1] - 1} zeros stuffed between pixels, "
+                f"{stride[0] * stride[1]}x the work of the layer, which the weight-block skip "
+                "kernels cannot skip; left dense (its mask still applies)",
+                "use stride 1 (e.g. upsample, then a Conv2d) to run it on the skip kernels",
+            )
+        pad = tuple(d * (k - 1) - p for d, k, p in zip(dilation, kernel, padding, strict=True))
+        if min(pad) < 0:
+            raise UnsupportedLayerError(
+                f"ConvTranspose2d with padding {padding} past dilation * (kernel - 1): its Conv2d "
+                "would crop its output; left dense (its mask still applies)",
+                "use padding <= dilation * (kernel_size - 1)",
+            )
+        return cls(deconv.in_channels, kernel, (1, 1), pad, dilation, deconv.groups)
 
     def kernel(self) -> ConvGeometry:
         """What one skip-kernel call runs: one group's channels, no pre-pad."""

@@ -133,7 +133,7 @@ def test_bad_input(pruned):
     assert [d.name for d in report.dense] == ["0"] and "smaller than" in report.dense[0].reason
     with pytest.raises(UnsupportedLayerError, match="ConvTranspose2d"):
         SkipConv2d.from_conv(nn.ConvTranspose2d(3, 3, 3), POCL, _reference())
-    tconv = nn.Sequential(nn.ConvTranspose2d(3, 3, 3))
+    tconv = nn.Sequential(nn.ConvTranspose2d(3, 3, 3, stride=2))
     with pytest.warns(UserWarning, match="no layer compiled"):
         report = compile(tconv, POCL, backend="reference").gpuprune_compile
     assert [d.name for d in report.dense] == ["0"] and "ConvTranspose2d" in report.dense[0].reason

@@ -46,3 +46,28 @@ def test_bad_input_exits_2(tmp_path, capsys):
     assert main(["compile", str(tmp_path / "x"), "--backend", "vulkan"]) == 2
     err = capsys.readouterr().err
     assert err.count("error:") == 2 and "Traceback" not in err
+
+
+def test_compile_cli_runs_attention_and_transposed_convs(tmp_path, capsys):
+    from cli_models import attention_decoder
+
+    from gpuprune.arch import Target
+
+    small = Target(name="test-small", vendor="test", simd_width=8, max_work_group_size=256,
+                   local_mem_bytes=64 * 1024, compute_units=1, mwg=16, nwg=16, kwg=16, mdimc=4,
+                   ndimc=4)  # fmt: skip
+    torch.manual_seed(0)
+    model = attention_decoder()
+    gp.prune(model, "tile", 0.5, target=small, example_inputs=torch.randn(1, 3, 16, 16))
+    path = tmp_path / "attn.safetensors"
+    gp.save_pruned(path, model)
+    assert main(["compile", str(path), "--backend", "reference", "--model",
+                 "cli_models:attention_decoder", "--image-size", "16", "--repeats", "1",
+                 "--json"]) == 0  # fmt: skip
+    out = json.loads(capsys.readouterr().out)
+    assert out["max_rel_error"] <= 1e-4
+    rows = {r["layer"]: r for r in out["layers"]}
+    assert set(rows) == {"attn.in_proj_weight", "attn.out_proj", "same"}
+    assert rows["attn.in_proj_weight"]["gemm"] == [96, 32] and rows["same"]["skip_ms"] > 0
+    dense = {d["name"]: d["reason"] for d in out["left_dense"]}
+    assert set(dense) == {"patch", "up", "head"} and "stride (2, 2)" in dense["up"]

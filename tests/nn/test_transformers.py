@@ -1,5 +1,6 @@
 """Transformers: compiled Linear layers keep the ``weight``/``bias`` that attention code reads;
-MultiheadAttention's input projection and out_proj are named as left dense, with the reason."""
+MultiheadAttention's input projection and out_proj are pruned and run on the skip kernels by a
+SkipMultiheadAttention that keeps the dense ``in_proj_weight``/``out_proj.weight`` readable."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from torch import nn
 import gpuprune.prune as gp
 from gpuprune.arch import get_target
 from gpuprune.nn import SkipLinear, compile
+from gpuprune.nn.attention import SkipMultiheadAttention
 
 POCL = get_target("cpu-pocl")
 
@@ -57,20 +59,28 @@ def test_vit_prunes_compiles_and_matches_the_masked_model(backend):
     model = TinyViT().eval()
     result = gp.prune(model, "tile", 0.75, target=POCL, skip_small=True,
                       input_size=(3, 16, 16))  # fmt: skip
-    why = {s.name: s.reason for s in result.skipped}
+    skipped = {s.name for s in result.skipped}
     for attn in ("block.attn", "encoder.layers.0.self_attn", "encoder.layers.1.self_attn"):
-        assert "bare parameter" in why[f"{attn}.in_proj_weight"]
-        assert f"{attn}.out_proj" in result.plan  # a Linear: pruned, its mask read by MHA
+        assert f"{attn}.in_proj_weight" in result.plan and f"{attn}.in_proj_weight" not in skipped
+        assert f"{attn}.out_proj" in result.plan
+    lay = next(r for r in result.layers if r.name == "block.attn.in_proj_weight")
+    assert lay.shape == (192, 64) and lay.sparsity == pytest.approx(0.75)
     with pytest.warns(UserWarning):
         out = compile(model, POCL, backend=backend)
     report = out.gpuprune_compile
     compiled = {lay.name for lay in report.layers}
-    assert {"block.mlp.0", "block.mlp.2", "encoder.layers.0.linear1",
-            "encoder.layers.1.linear2"} <= compiled  # fmt: skip
-    dense = {d.name: d.reason for d in report.dense}
-    assert "out_proj.weight" in dense["block.attn.out_proj"]
-    assert "bare parameter" in dense["encoder.layers.1.self_attn.in_proj_weight"]
+    assert {"block.mlp.0", "block.mlp.2", "encoder.layers.0.linear1", "encoder.layers.1.linear2",
+            "block.attn.in_proj_weight", "block.attn.out_proj",
+            "encoder.layers.1.self_attn.in_proj_weight"} <= compiled  # fmt: skip
+    assert not any("proj" in d.name for d in report.dense)
+    assert "in_proj" not in report.summary().split("left dense", 1)[-1]
     assert any("fast path" in n for n in report.notes)
+    attn = out.block.attn
+    assert isinstance(attn, SkipMultiheadAttention) and isinstance(attn.q_proj, SkipLinear)
+    assert isinstance(attn.out_proj, SkipLinear)
+    torch.testing.assert_close(attn.in_proj_weight, model.block.attn.in_proj_weight.detach())
+    torch.testing.assert_close(attn.in_proj_bias, model.block.attn.in_proj_bias.detach())
+    torch.testing.assert_close(attn.out_proj.weight, model.block.attn.out_proj.weight.detach())
     lin = out.encoder.layers[0].linear1
     assert isinstance(lin, SkipLinear)
     torch.testing.assert_close(lin.weight, model.encoder.layers[0].linear1.weight.detach())
@@ -79,17 +89,24 @@ def test_vit_prunes_compiles_and_matches_the_masked_model(backend):
     with torch.no_grad():  # nn.TransformerEncoderLayer's fused fast path reads .weight
         want = model(x)
         torch.testing.assert_close(out(x), want, rtol=1e-4, atol=1e-4)
+    calls = []
+    for proj in (attn.q_proj, attn.k_proj, attn.v_proj, attn.out_proj,
+                 out.encoder.layers[1].self_attn.q_proj):  # fmt: skip
+        proj.register_forward_hook(lambda *_: calls.append(1))
     torch.testing.assert_close(out(x), want, rtol=1e-4, atol=1e-4)  # the Python path: kernels
-    assert "in_proj_weight" in gp.sparsity_report(model)
+    assert len(calls) == 5  # every projection ran its skip kernel
+    report = gp.sparsity_report(model)
+    row = next(line for line in report.splitlines() if "block.attn.in_proj_weight" in line)
+    assert "192x64" in row and "yes" in row and "0.750" in row
 
 
-def test_kernels_for_all_layers_name_attention_out_proj_dense():
+def test_kernels_for_all_layers_run_attention_projections():
     torch.manual_seed(0)
     model = TinyViT().eval()
-    with pytest.warns(UserWarning) as caught:
+    with pytest.warns(UserWarning):  # nothing to skip in a dense model: run as dense, said
         out = compile(model, POCL, backend="reference", kernels="tile")
-    assert any("out_proj" in str(w.message) for w in caught)
-    dense = {d.name for d in out.gpuprune_compile.dense}
-    assert {"block.attn.out_proj", "block.attn.in_proj_weight"} <= dense
+    names = {lay.name for lay in out.gpuprune_compile.layers}
+    assert {"block.attn.out_proj", "block.attn.in_proj_weight"} <= names
+    assert isinstance(out.block.attn, SkipMultiheadAttention)
     x = torch.randn(1, 3, 16, 16)
     torch.testing.assert_close(out(x), model(x), rtol=1e-4, atol=1e-4)

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from gpuprune.cli.output import console, print_json, print_table
 from gpuprune.errors import UserError
-from gpuprune.nn import SkipConv2d, SkipLinear, compile, resolve_backend
+from gpuprune.nn import SkipConv2d, SkipGroupedConv2d, SkipLinear, compile, resolve_backend
 
 REL_TOL = 1e-4  # float32: the kernels accumulate in another order than PyTorch
 
@@ -40,6 +40,23 @@ def _dense_twin(layer: nn.Module, backend) -> Callable[[Tensor], Tensor]:
 def _first_channels(model: nn.Module) -> int:
     first = next(m for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear))
     return first.in_channels if isinstance(first, nn.Conv2d) else first.in_features
+
+
+# an attention's bare input-projection weight -> the compiled projection layers that run it
+_PROJECTIONS = {"in_proj_weight": ("q_proj", "k_proj", "v_proj"), "q_proj_weight": ("q_proj",),
+                "k_proj_weight": ("k_proj",), "v_proj_weight": ("v_proj",)}  # fmt: skip
+
+
+def _kernel_layers(model: nn.Module, name: str) -> list[str]:
+    """The skip layers that run compiled layer ``name``: itself, a grouped conv's per-group
+    layers, or an attention's q/k/v projections."""
+    owner, _, pname = name.rpartition(".")
+    if pname in _PROJECTIONS:
+        return [f"{owner}.{p}" for p in _PROJECTIONS[pname]]
+    layer = model.get_submodule(name)
+    if isinstance(layer, SkipGroupedConv2d):
+        return [f"{name}.groups.{i}" for i in range(len(layer.groups))]
+    return [name]
 
 
 def _layer_inputs(model: nn.Module, x: Tensor) -> dict[str, Tensor]:
@@ -106,11 +123,13 @@ def compile_cmd(
     inputs = _layer_inputs(compiled, x)
     rows = []
     for lay in report.layers:
-        layer = compiled.get_submodule(lay.name)
-        xin = inputs[lay.name]
-        skip_ms = _median_ms(lambda layer=layer, xin=xin: layer(xin), repeats)
-        dense = _dense_twin(layer, runner)
-        dense_ms = _median_ms(lambda dense=dense, xin=xin: dense(xin), repeats)
+        skip_ms = dense_ms = 0.0
+        for part in _kernel_layers(compiled, lay.name):  # summed over the layer's kernel calls
+            layer, xin = compiled.get_submodule(part), inputs[part]
+            skip_ms += _median_ms(lambda layer=layer, xin=xin: layer(xin), repeats)
+            dense = _dense_twin(layer, runner)
+            xin = xin.reshape(-1, xin.shape[-1]) if isinstance(layer, SkipLinear) else xin
+            dense_ms += _median_ms(lambda dense=dense, xin=xin: dense(xin), repeats)
         rows.append({
             "layer": lay.name, "gemm": list(lay.gemm), "variant": lay.variant,
             "block": list(lay.block), "target": lay.target, "skippable": lay.skippable,

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from gpuprune.errors import UserError
-from gpuprune.gemm import gemm_shape
+from gpuprune.gemm import BareWeight, gemm_shape
 from gpuprune.geometry import ConvGeometry
 
 
@@ -87,7 +87,7 @@ def geometry_of(
     Raises:
         UserError: the module is not a groups=1 Conv2d or a Linear, or a conv lacks ``in_hw``.
     """
-    if isinstance(module, nn.Linear):
+    if isinstance(module, nn.Linear | BareWeight):  # an attention's q/k/v: one [3E, E] GEMM
         m, k = gemm_shape(module)
         return LayerGeometry(name, m, k, batch)
     if isinstance(module, nn.Conv2d) and module.groups == 1:

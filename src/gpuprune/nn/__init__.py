@@ -1,5 +1,7 @@
-"""Compiled inference layers (SkipConv2d, SkipLinear) and compile() that swaps them in."""
+"""Compiled inference layers (SkipConv2d, SkipLinear, SkipMultiheadAttention) and compile() that
+swaps them in."""
 
+from gpuprune.nn.attention import SkipMultiheadAttention
 from gpuprune.nn.compile import CompiledLayer, CompileReport, compile, resolve_backend
 from gpuprune.nn.layers import SkipConv2d, SkipGroupedConv2d, SkipLinear
 
@@ -9,6 +11,7 @@ __all__ = [
     "SkipConv2d",
     "SkipGroupedConv2d",
     "SkipLinear",
+    "SkipMultiheadAttention",
     "compile",
     "resolve_backend",
 ]

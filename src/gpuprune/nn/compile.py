@@ -1,5 +1,8 @@
 """compile(): swap a pruned model's Conv/Linear layers for layers that skip pruned blocks.
 
+An ``nn.MultiheadAttention`` with a compiled input projection or out_proj is replaced by a
+:class:`~gpuprune.nn.attention.SkipMultiheadAttention` running them.
+
 Every weight layer left dense is named in the report with its reason (nothing silent).
 """
 
@@ -17,16 +20,17 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from gpuprune.arch import Target, get_target
-from gpuprune.errors import UserError
-from gpuprune.gemm import GEMM_LAYERS, gemm_view
+from gpuprune.errors import UnsupportedLayerError, UserError
+from gpuprune.gemm import BareWeight, TransposedConv, gemm_view, groups_of
 from gpuprune.geometry import ConvGeometry
 from gpuprune.kernels.backends import Backend, get_backend
 from gpuprune.kernels.format import pack_for
+from gpuprune.nn.attention import SkipMultiheadAttention, unsupported
 from gpuprune.nn.fold import Chain, find_chains, fold_bn
 from gpuprune.nn.layers import SkipConv2d, SkipGroupedConv2d, SkipLinear
 from gpuprune.plan import SKIP_KERNELS, PrunePlan, SkippedLayer
 from gpuprune.prune.api import check_model
-from gpuprune.prune.layers import unprunable_layers
+from gpuprune.prune.layers import gemm_layers, unprunable_layers
 from gpuprune.prune.methods import kernel_of
 
 log = logging.getLogger(__name__)
@@ -159,7 +163,7 @@ def _bake_masks(model: nn.Module) -> None:
 
 def _per_layer(model: nn.Module, value: str | Mapping[str, str], what: str) -> dict[str, str]:
     """``value`` (one for all GEMM layers, or per layer name) as {layer: value}, names checked."""
-    gemm = {n for n, m in model.named_modules() if isinstance(m, GEMM_LAYERS)}
+    gemm = set(gemm_layers(model))
     if isinstance(value, str):
         value = dict.fromkeys(sorted(gemm), value)
     unknown = sorted(set(value) - gemm)
@@ -195,7 +199,7 @@ def _layer_targets(
 ) -> dict[str, Target]:
     if not layer_targets:
         return {}
-    gemm = {n for n, m in model.named_modules() if isinstance(m, GEMM_LAYERS)}
+    gemm = set(gemm_layers(model))
     out = {}
     for name, spec in layer_targets.items():
         if name not in gemm:
@@ -307,35 +311,37 @@ def compile(  # noqa: A001 - the public name the project documents (gpuprune.com
     dense: dict[str, str] = dict(unprunable_layers(out))  # {name: why}, listed in module order
     skipped = {sk.name: sk.reason for sk in plan.skipped} if plan is not None else {}
     quiet: set[int] = set()  # notes about layers the caller named explicitly
-    for name, module in list(modules.items()):
-        if not isinstance(module, GEMM_LAYERS):
-            continue
+    projections: dict[str, list[SkipLinear]] = {}  # attention input projections, per q/k/v
+    for name, module in gemm_layers(out).items():
         if kernels is not None and name not in kernels:
             dense[name] = skipped.get(name, "not pruned (not in the plan)")
             continue
         variant = kernels[name] if kernels is not None else "tile"
         layer_tgt = per_layer.get(name, tgt)
-        reads = _weight_read_by_parent(modules, name)
+        reads = _weight_read_by_parent(modules, name, module)
         if reads is not None:
             if kernels is not None:  # pruned or asked for, yet dense: said aloud
                 notes.append(f"layer {name} left dense: {reads}")
             dense[name] = reads
             continue
         geometry = ConvGeometry.of(module) if isinstance(module, nn.Conv1d | nn.Conv2d) else None
+        if isinstance(module, TransposedConv):  # stride 1 (else left dense above): a Conv2d
+            geometry = ConvGeometry.of_transposed(module.module)
         chain = chains.get(name, Chain(name))
         if chain.bn and not _foldable(modules.get(chain.bn)):
             chain = Chain(name)  # BN on batch statistics: neither it nor a ReLU after can fuse
-        weight, bias = module.weight.detach(), module.bias
+        weight, bias = module.weight.detach(), _bias(module)
         if chain.bn:
             weight, bias = fold_bn(module, modules[chain.bn])
-        groups = geometry.groups if geometry is not None else 1
+        groups = groups_of(module)
         # packed once, per group (a grouped conv is G GEMMs), for the kernel
         packs = [pack_for(m, layer_tgt, variant) for m in gemm_view(weight).chunk(groups)]
         bm, bk = packs[0].block
         gm_, gk_ = packs[0].shape
         if groups > 1 and (gm_ < bm or gk_ < bk):
-            kind = "depthwise" if groups == module.in_channels else "grouped"
-            why = (f"{kind} conv: each of its {groups} group GEMMs is {gm_}x{gk_}, smaller than "
+            kind = "attention input projection" if isinstance(module, BareWeight) else (
+                "depthwise conv" if groups == module.in_channels else "grouped conv")  # fmt: skip
+            why = (f"{kind}: each of its {groups} group GEMMs is {gm_}x{gk_}, smaller than "
                    f"one {bm}x{bk} block of the {variant} kernel; run dense")  # fmt: skip
             if explicit or (kernels is not None and name not in skipped):
                 notes.append(f"layer {name} left dense: {why}")
@@ -361,7 +367,11 @@ def compile(  # noqa: A001 - the public name the project documents (gpuprune.com
             continue
         relu = chain.relu is not None
         conv1d = isinstance(module, nn.Conv1d)
-        if geometry is None:
+        if isinstance(module, BareWeight):  # q, k, v: built into the attention below
+            biases = bias.detach().chunk(groups) if bias is not None else [None] * groups
+            projections[name] = [SkipLinear(p, b, runner, layer_tgt, variant=variant)
+                                 for p, b in zip(packs, biases, strict=True)]  # fmt: skip
+        elif geometry is None:
             new: nn.Module = SkipLinear(packs[0], bias, runner, layer_tgt, variant=variant,
                                         relu=relu)  # fmt: skip
         elif groups == 1:
@@ -373,7 +383,8 @@ def compile(  # noqa: A001 - the public name the project documents (gpuprune.com
                                 geometry=geometry.kernel(), relu=relu)
                      for p, b in zip(packs, biases, strict=True)]  # fmt: skip
             new = SkipGroupedConv2d(parts, geometry, conv1d=conv1d)
-        _replace(out, name, new)
+        if not isinstance(module, BareWeight):
+            _replace(out, name, new)
         for extra in (chain.bn, chain.relu):
             if extra:
                 _replace(out, extra, nn.Identity())
@@ -381,12 +392,12 @@ def compile(  # noqa: A001 - the public name the project documents (gpuprune.com
             name, "conv" if geometry is not None else "linear", (gm_ * groups, gk_), variant,
             packs[0].block, layer_tgt.name, skippable, chain.bn is not None, relu,
         ))  # fmt: skip
-    fast = sorted(lay.name for lay in compiled if isinstance(
-        modules.get(lay.name.rpartition(".")[0]), nn.TransformerEncoderLayer))  # fmt: skip
+    _swap_attentions(out, modules, projections)
+    fast = sorted(lay.name for lay in compiled if _in_encoder_layer(modules, lay.name))
     if fast:
         notes.append(f"layers {', '.join(fast)} run the skip kernels off PyTorch's fused fast path "
                      "only: nn.TransformerEncoderLayer in eval without grad takes their dense "
-                     ".weight instead")  # fmt: skip
+                     ".weight (and self_attn.in_proj_weight) instead")  # fmt: skip
     if not compiled:
         notes.append("no layer compiled: no Conv/Linear layer the skip kernels run has a block "
                      "they can skip, so the model runs dense")  # fmt: skip
@@ -404,21 +415,84 @@ def compile(  # noqa: A001 - the public name the project documents (gpuprune.com
     return out
 
 
-def _weight_read_by_parent(modules: Mapping[str, nn.Module], name: str) -> str | None:
+def _bias(module: nn.Module | BareWeight) -> torch.Tensor | None:
+    """The layer's bias; a bare attention weight's slice of ``in_proj_bias``."""
+    if isinstance(module, TransposedConv):
+        return module.module.bias
+    if not isinstance(module, BareWeight):
+        return module.bias
+    bias = module.owner.in_proj_bias
+    if bias is None or module.pname == "in_proj_weight":
+        return bias
+    return bias.chunk(3)[("q_proj_weight", "k_proj_weight", "v_proj_weight").index(module.pname)]
+
+
+def _weight_read_by_parent(modules: Mapping[str, nn.Module], name: str,
+                           module: nn.Module | BareWeight) -> str | None:  # fmt: skip
     """Why layer ``name`` cannot become a skip layer (its parent reads its weight itself, or its
     class runs its own forward, e.g. timm's Conv2dSame or StdConv2d), or None."""
-    module = modules[name]
-    base = next(b for b in (nn.Conv1d, nn.Conv2d, nn.Linear) if isinstance(module, b))
+    parent, _, child = name.rpartition(".")
+    attention = modules.get(parent)
+    if isinstance(module, BareWeight) or (
+        isinstance(attention, nn.MultiheadAttention) and child == "out_proj"
+    ):
+        why = unsupported(attention) if parent else (
+            "the model is a bare nn.MultiheadAttention, which compile cannot replace")  # fmt: skip
+        return None if why is None else f"{why}; left dense (its mask still applies)"
+    if isinstance(module, TransposedConv):
+        module = module.module
+        try:
+            ConvGeometry.of_transposed(module)
+        except UnsupportedLayerError as err:
+            return err.problem
+    base = next(b for b in (nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
+                if isinstance(module, b))  # fmt: skip
     if type(module).forward is not base.forward:
         return (f"{type(module).__name__} has its own forward (its weight or input may be "
                 "transformed there), which a skip kernel would not run; left dense")  # fmt: skip
-    parent, _, child = name.rpartition(".")
-    if isinstance(modules.get(parent), nn.MultiheadAttention) and child == "out_proj":
-        return (
-            "nn.MultiheadAttention passes out_proj.weight to F.multi_head_attention_forward "
-            "itself, so no skip kernel would run; left dense (its mask still applies)"
-        )
     return None
+
+
+def _dense_linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
+    """A frozen nn.Linear holding ``weight`` and ``bias`` (an uncompiled attention projection)."""
+    lin = torch.nn.utils.skip_init(nn.Linear, weight.shape[1], weight.shape[0],
+                                   bias=bias is not None, device=weight.device,
+                                   dtype=weight.dtype)  # fmt: skip
+    lin.weight = nn.Parameter(weight.detach().clone(), requires_grad=False)
+    if bias is not None:
+        lin.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)
+    return lin
+
+
+def _swap_attentions(model: nn.Module, modules: Mapping[str, nn.Module],
+                     projections: Mapping[str, list[SkipLinear]]) -> None:  # fmt: skip
+    """Replace each nn.MultiheadAttention with a compiled input projection or out_proj by a
+    SkipMultiheadAttention running them (dense linears for the parts left dense)."""
+    for name, mha in modules.items():
+        if not name or not isinstance(mha, nn.MultiheadAttention) or unsupported(mha) is not None:
+            continue  # left dense by _weight_read_by_parent, with the reason
+        own = {n.rpartition(".")[2]: parts for n, parts in projections.items()
+               if n.rpartition(".")[0] == name}  # fmt: skip
+        if not own and not isinstance(mha.out_proj, SkipLinear):
+            continue  # nothing of it runs a skip kernel: the module stays as it is
+        biases = [None] * 3 if mha.in_proj_bias is None else list(mha.in_proj_bias.chunk(3))
+        if mha._qkv_same_embed_dim:
+            parts = own.get("in_proj_weight") or [
+                _dense_linear(w, b) for w, b in zip(mha.in_proj_weight.chunk(3), biases,
+                                                    strict=True)]  # fmt: skip
+        else:
+            pnames = ("q_proj_weight", "k_proj_weight", "v_proj_weight")
+            parts = [own[p][0] if p in own else _dense_linear(getattr(mha, p), b)
+                     for p, b in zip(pnames, biases, strict=True)]  # fmt: skip
+        _replace(model, name, SkipMultiheadAttention.from_module(mha, *parts, mha.out_proj))
+
+
+def _in_encoder_layer(modules: Mapping[str, nn.Module], name: str) -> bool:
+    """Whether layer ``name`` lies inside an nn.TransformerEncoderLayer (whose fused fast path
+    reads the dense weights instead of running the layers)."""
+    parts = name.split(".")
+    return any(isinstance(modules.get(".".join(parts[:i])), nn.TransformerEncoderLayer)
+               for i in range(1, len(parts)))  # fmt: skip
 
 
 def _replace(model: nn.Module, name: str, new: nn.Module) -> None:

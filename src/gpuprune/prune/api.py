@@ -18,7 +18,7 @@ from torch import nn
 
 from gpuprune.arch import Target, get_target
 from gpuprune.errors import UserError
-from gpuprune.gemm import block_grid, block_reduce, gemm_view
+from gpuprune.gemm import BareWeight, TransposedConv, block_grid, block_reduce, gemm_view
 from gpuprune.geometry import ConvGeometry
 from gpuprune.plan import LayerPlan, PrunePlan, SkippedLayer
 from gpuprune.progress import progress_bar
@@ -32,7 +32,7 @@ from gpuprune.prune.layers import (
     select_layers,
     unprunable_layers,
 )
-from gpuprune.prune.masks import get_mask, set_mask
+from gpuprune.prune.masks import get_mask, mask_buffer, set_mask, stored_layout
 from gpuprune.prune.methods import PruneMethod, get_method
 from gpuprune.prune.result import LayerResult, PruneResult
 
@@ -295,8 +295,9 @@ class Pruner:
 
     def _layer_plan(self, spec: LayerSpec, res: LayerResult) -> LayerPlan:
         module = spec.module
-        conv = isinstance(module, nn.Conv1d | nn.Conv2d)
-        geometry = ConvGeometry.of(module) if conv else None
+        conv = isinstance(module, nn.Conv1d | nn.Conv2d | TransposedConv)
+        # a transposed conv has no plan geometry: compile derives its Conv2d from the layer
+        geometry = ConvGeometry.of(module) if isinstance(module, nn.Conv1d | nn.Conv2d) else None
         tiling = spec.target if spec.target is not None and spec.target != self.target else None
         return LayerPlan(
             name=spec.name, kind="conv" if conv else "linear",
@@ -323,9 +324,11 @@ class Pruner:
         def evaluate(name: str | None, mask: torch.Tensor | None) -> float:
             buf = saved = None
             if name is not None:
-                buf = get_mask(self.specs[name].module)
+                layer = self.specs[name].module
+                buf = mask_buffer(layer)
                 saved = buf.clone()
-                buf &= mask.reshape(buf.shape).to(buf.device)  # try it on top of the current mask
+                trial = stored_layout(layer, mask.reshape(get_mask(layer).shape))
+                buf &= trial.reshape(buf.shape).to(buf.device)  # on top of the current mask
             was_training = self.model.training
             self.model.eval()
             try:
@@ -407,8 +410,8 @@ def prune(
 def sparsity_report(model: nn.Module) -> str:
     """A text table of every weight layer: shape, non-zeros, sparsity, masked or not, and why not.
 
-    Layers gpuprune does not prune (ConvTranspose, MultiheadAttention's input projection...) are
-    listed too, so the total is the model's total.
+    Layers gpuprune does not prune (Conv3d, Bilinear...) are listed too, so the total is the
+    model's total; MultiheadAttention's input projection is a row of its own.
     """
     table = Table(title="sparsity by layer")
     cols = ("layer", "type", "GEMM MxK", "non-zero", "sparsity", "masked", "left dense because")
@@ -417,7 +420,8 @@ def sparsity_report(model: nn.Module) -> str:
     plan = getattr(model, "gpuprune_plan", None)
     why = {s.name: s.reason for s in plan.skipped} if isinstance(plan, PrunePlan) else {}
     why = unprunable_layers(model) | why
-    weights = {n: gemm_view(m.weight) for n, m in gemm_layers(model).items()}
+    layers = gemm_layers(model)
+    weights = {n: gemm_view(m.weight) for n, m in layers.items()}
     modules = dict(model.named_modules())
     for name in why.keys() - weights.keys():
         owner, _, pname = name.rpartition(".")
@@ -430,9 +434,10 @@ def sparsity_report(model: nn.Module) -> str:
         w = weights[name]
         nz = int((w != 0).sum())
         total, nonzero = total + w.numel(), nonzero + nz
-        mod = modules.get(name)
+        mod = layers.get(name, modules.get(name))
         masked = "yes" if mod is not None and get_mask(mod) is not None else "no"
-        kind = type(mod).__name__ if mod is not None else name.rpartition(".")[2]
+        kind = name.rpartition(".")[2] if mod is None or isinstance(mod, BareWeight) else type(
+            getattr(mod, "module", mod)).__name__  # fmt: skip
         table.add_row(
             name,
             kind,

@@ -41,10 +41,10 @@ from torch import nn
 from gpuprune.arch import Target
 from gpuprune.errors import UserError
 from gpuprune.fileio import atomic_write_bytes
-from gpuprune.gemm import gemm_shape, is_gemm_layer
+from gpuprune.gemm import BareWeight, find_layer, gemm_shape, is_gemm_layer
 from gpuprune.models.factory import ModelSpec, create_model
 from gpuprune.plan import PrunePlan
-from gpuprune.prune.masks import get_mask, masked_layers, set_mask
+from gpuprune.prune.masks import get_mask, masked_layers, set_mask, weight_key
 from gpuprune.prune.packing import PREFIX as PACKED_PREFIX
 from gpuprune.prune.packing import pack_layer, packed_layers, unpack_layer
 from gpuprune.prune.result import PruneResult
@@ -88,8 +88,8 @@ def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
         if ".parametrizations." in key:
             prefix, rest = key.split(".parametrizations.", 1)
             if rest.endswith(".original"):
-                module = model.get_submodule(prefix)
-                out[f"{prefix}.{rest[: -len('.original')]}"] = module.weight.detach()
+                pname = rest[: -len(".original")]
+                out[f"{prefix}.{pname}"] = getattr(model.get_submodule(prefix), pname).detach()
             continue  # mask buffers are stored separately
         out[key] = value
     return out
@@ -172,8 +172,9 @@ def save_pruned(
                   "fix the model first (e.g. lower the learning rate if training diverged)")
     blocks = {lay.name: lay.block for lay in plan} if plan else {}
     for name, module in masked_layers(model).items():
-        weight = tensors.pop(f"{name}.weight")
-        tensors.update(pack_layer(name, weight, get_mask(module), blocks.get(name)))
+        weight = tensors.pop(weight_key(name, module))
+        tensors.update(pack_layer(name, weight, get_mask(module), blocks.get(name),
+                                  bare=isinstance(module, BareWeight)))  # fmt: skip
     try:
         extra_json = json.loads(json.dumps(dict(extra or {}), allow_nan=False))
     except (TypeError, ValueError) as err:
@@ -237,10 +238,11 @@ def unpack(tensors: Mapping[str, torch.Tensor], origin: str = "pruned file"
     names) plus each mask as ``mask:<layer>``; packed layers are unpacked exactly."""
     out = {k: v for k, v in tensors.items() if not k.startswith(PACKED_PREFIX)}
     for layer in packed_layers(tensors):
-        weight, mask = unpack_layer(layer, tensors, origin)
-        if f"{layer}.weight" in out or MASK_PREFIX + layer in out:
+        weight, mask, bare = unpack_layer(layer, tensors, origin)
+        key = layer if bare else f"{layer}.weight"
+        if key in out or MASK_PREFIX + layer in out:
             raise UserError(f"{origin} stores layer {layer} both packed and dense", RESAVE)
-        out[f"{layer}.weight"], out[MASK_PREFIX + layer] = weight, mask
+        out[key], out[MASK_PREFIX + layer] = weight, mask
     stray = [k for k in tensors if k.startswith(PACKED_PREFIX)
              and k.rsplit(":", 1)[0][len(PACKED_PREFIX):] not in set(packed_layers(tensors))]
     if stray:  # fmt: skip
@@ -291,12 +293,13 @@ def _load_into(path: str | os.PathLike[str], header: dict[str, Any],
         )
     check_matches(weights, plain_state_dict(model), str(path))
     modules = dict(model.named_modules())
+    layers = {name: find_layer(model, name, modules) for name in masks}
     for name, mask in masks.items():
-        if name not in modules:
+        if layers[name] is None:
             raise UserError(
                 f"{path} masks layer {name!r}, which the model lacks", "use the matching model"
             )
-        weight = getattr(modules[name], "weight", None)
+        weight = getattr(layers[name], "weight", None)
         if weight is None or mask.dtype != torch.bool or mask.shape != weight.shape:
             raise UserError(
                 f"{path} has a bad mask for {name}: {mask.dtype} {tuple(mask.shape)}, expected "
@@ -306,7 +309,7 @@ def _load_into(path: str | os.PathLike[str], header: dict[str, Any],
     if info.plan is not None:
         check_plan(info.plan, model, str(path))
     for name, mask in masks.items():
-        set_mask(modules[name], mask)
+        set_mask(layers[name], mask)
     # plain names -> the model's own keys (weights of parametrized layers live in `.original`)
     own = {}
     for key in model.state_dict():
@@ -325,17 +328,19 @@ def check_plan(plan: PrunePlan, model: nn.Module, origin: str) -> None:
 
     modules = dict(model.named_modules())
     for lay in plan:
-        module = modules.get(lay.name)
+        module = find_layer(model, lay.name, modules)
         if module is None or not is_gemm_layer(module):
             raise UserError(f"{origin}: the plan names layer {lay.name!r}, which the model lacks "
                             "as a Conv2d/Linear", RESAVE)  # fmt: skip
-        kind = "conv" if isinstance(module, nn.Conv1d | nn.Conv2d) else "linear"
+        conv = isinstance(module, nn.Conv1d | nn.Conv2d | nn.ConvTranspose2d)
+        kind = "conv" if conv else "linear"
         if kind != lay.kind or gemm_shape(module) != lay.gemm:
             raise UserError(
                 f"{origin}: the plan says {lay.name} is a {lay.kind} {lay.gemm[0]}x{lay.gemm[1]}, "
                 f"the model has a {kind} {gemm_shape(module)[0]}x{gemm_shape(module)[1]}", RESAVE,
             )  # fmt: skip
-        if lay.geometry is not None and lay.geometry != ConvGeometry.of(module):
+        if lay.geometry is not None and (isinstance(module, nn.ConvTranspose2d) or
+                                         lay.geometry != ConvGeometry.of(module)):  # fmt: skip
             raise UserError(f"{origin}: the plan's conv geometry of {lay.name} is not the "
                             "model's", RESAVE)  # fmt: skip
 

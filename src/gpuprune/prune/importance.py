@@ -19,6 +19,7 @@ from torch import nn
 
 from gpuprune.errors import UserError
 from gpuprune.gemm import gemm_view
+from gpuprune.prune.masks import gemm_layout, stored_weight
 from gpuprune.registry import Registry
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -69,12 +70,11 @@ def mean_gradients(
                     acc += g
     finally:
         model.train(was_training)
-    return {n: gemm_view(s / len(data)) for n, s in zip(layers, sums, strict=True)}
+    return {n: gemm_view(gemm_layout(m, s / len(data)))
+            for (n, m), s in zip(layers.items(), sums, strict=True)}  # fmt: skip
 
 
 def _weight_param(module: nn.Module) -> torch.Tensor:
     # With a mask parametrization the leaf is `original`; its gradient is dL/dw_eff * mask,
     # which is dL/dw_eff wherever the weight is kept (the only places a score matters).
-    if hasattr(module, "parametrizations") and "weight" in module.parametrizations:
-        return module.parametrizations.weight.original
-    return module.weight
+    return stored_weight(module)

@@ -12,20 +12,29 @@ from torch import nn
 
 from gpuprune.arch import Target
 from gpuprune.errors import UserError
-from gpuprune.gemm import WEIGHT_LAYERS, gemm_shape, groups_of, is_gemm_layer
+from gpuprune.gemm import (
+    WEIGHT_LAYERS,
+    BareWeight,
+    TransposedConv,
+    bare_weights,
+    gemm_shape,
+    groups_of,
+    is_gemm_layer,
+)
 
 
 @dataclass(frozen=True)
 class LayerSpec:
     """One prunable layer as the methods see it."""
 
-    name: str  # qualified module name, as in model.named_modules()
+    name: str  # qualified module name, as in model.named_modules(); "<module>.<param>" if bare
     shape: tuple[int, int]  # (M, K) of the GEMM view
     kernel_area: int = 1  # kh * kw: K columns per input channel (1 for Linear)
     target: Target | None = None  # the GPU whose blocks tile/simd methods use
     out_positions: int = 1  # N per sample: H_out * W_out for a conv, 1 for a Linear
     in_hw: tuple[int, int] | None = None  # input spatial size (conv only), for latency probes
-    module: nn.Module | None = field(default=None, compare=False, repr=False)
+    module: nn.Module | BareWeight | TransposedConv | None = field(default=None, compare=False,
+                                                                  repr=False)  # fmt: skip
     groups: int = 1  # a grouped conv: `shape` stacks `groups` GEMMs of group_shape along M
 
     @property
@@ -47,29 +56,31 @@ class LayerSpec:
         return 2 * self.numel * self.out_positions
 
 
-def gemm_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """Every Conv1d, Conv2d and Linear layer, in module order."""
-    return {n: m for n, m in model.named_modules() if is_gemm_layer(m)}
+def gemm_layers(model: nn.Module) -> dict[str, nn.Module | BareWeight | TransposedConv]:
+    """Every Conv1d, Conv2d, ConvTranspose2d (as its :class:`TransposedConv` view) and Linear
+    layer, and every bare weight (an nn.MultiheadAttention's input projection, named
+    ``<attention>.in_proj_weight``), in module order."""
+    out: dict[str, nn.Module | BareWeight | TransposedConv] = {}
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.ConvTranspose2d):
+            out[name] = TransposedConv(mod)
+        elif is_gemm_layer(mod):
+            out[name] = mod
+        out.update(bare_weights(mod, name))
+    return out
 
 
 def unprunable_layers(model: nn.Module) -> dict[str, str]:
-    """{name: reason} for every weight layer (or weight) gpuprune cannot prune, in module order.
+    """{name: reason} for every weight layer gpuprune cannot prune, in module order.
 
-    ConvTranspose, Conv3d, Bilinear and ``nn.MultiheadAttention``'s input projection (a bare
-    parameter that ``F.multi_head_attention_forward`` reads, not a layer) stay dense; naming them
-    keeps a report's total the model's total.
+    ConvTranspose1d/3d, Conv3d and Bilinear stay dense; naming them keeps a report's total the
+    model's total.
     """
     out = {}
     for name, mod in model.named_modules():
-        if isinstance(mod, nn.MultiheadAttention):
-            for pname in ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight"):
-                if getattr(mod, pname, None) is not None:
-                    out[f"{name}.{pname}" if name else pname] = (
-                        "MultiheadAttention input projection: a bare parameter read by "
-                        "F.multi_head_attention_forward, not a layer; left dense "
-                        "(out_proj is pruned as a Linear)"
-                    )
-        elif isinstance(mod, WEIGHT_LAYERS) and not is_gemm_layer(mod):
+        if isinstance(mod, WEIGHT_LAYERS) and not is_gemm_layer(mod) and not isinstance(
+            mod, nn.MultiheadAttention
+        ):
             out[name] = (
                 f"{type(mod).__name__}: no GEMM view the skip kernels run "
                 "(Conv1d, Conv2d and Linear are pruned); left dense"
@@ -120,7 +131,7 @@ def select_layers(
 
 def _infer_input(model: nn.Module) -> tuple[int, ...]:
     first = next(m for m in model.modules() if is_gemm_layer(m))
-    if isinstance(first, nn.Conv2d):
+    if isinstance(first, nn.Conv2d | nn.ConvTranspose2d):
         return (first.in_channels, 32, 32)  # CIFAR-sized by default
     if isinstance(first, nn.Conv1d):
         return (first.in_channels, 32)
@@ -156,12 +167,22 @@ def measure_positions(
     found: dict[str, tuple[int, tuple[int, int] | None]] = {}
     hooks = []
     for name, mod in model.named_modules():
+        for bare in wanted & set(bare_weights(mod, name)):  # N per sample: the query's length
+
+            def attention_hook(mod, args, kwargs, out, name=bare):
+                query = args[0] if args else kwargs["query"]
+                seq = 1 if query.dim() == 3 and mod.batch_first else 0  # [L, E] unbatched
+                found[name] = (int(query.shape[seq]), None)
+
+            hooks.append(mod.register_forward_hook(attention_hook, with_kwargs=True))
         if name in wanted:
 
             def hook(mod, inputs, out, name=name):
                 x = inputs[0]
                 if isinstance(mod, nn.Conv2d):
                     found[name] = (int(out.shape[-1] * out.shape[-2]), tuple(x.shape[-2:]))
+                elif isinstance(mod, nn.ConvTranspose2d):  # its work: every input position
+                    found[name] = (int(x.shape[-1] * x.shape[-2]), tuple(x.shape[-2:]))
                 elif isinstance(mod, nn.Conv1d):  # a conv with H = 1
                     found[name] = (int(out.shape[-1]), (1, int(x.shape[-1])))
                 else:
@@ -203,7 +224,7 @@ def layer_specs(
     specs = {}
     for name, mod in layers.items():
         n, hw = sizes.get(name, (1, None))  # a layer the forward pass never reached: FLOPs per N
-        conv = isinstance(mod, nn.Conv1d | nn.Conv2d)
+        conv = isinstance(mod, nn.Conv1d | nn.Conv2d | TransposedConv)
         area = int(mod.weight[0, 0].numel()) if conv else 1
         specs[name] = LayerSpec(name, gemm_shape(mod), area, target, n, hw, mod, groups_of(mod))
     return specs

@@ -3,7 +3,11 @@
 ``module.weight`` becomes ``where(mask, original, 0)``: the model trains as usual (gradients
 reach only kept weights), the boolean mask is a buffer (so optimizers never touch it and it is in
 ``state_dict`` as ``<layer>.parametrizations.weight.0.mask``), and :func:`finalize` bakes the zeros
-into a plain weight.
+into a plain weight. A bare weight (:class:`~gpuprune.gemm.BareWeight`, e.g.
+``nn.MultiheadAttention.in_proj_weight``) is parametrized the same way on its owner, under its
+own name (``<owner>.parametrizations.in_proj_weight.0.mask``). A ConvTranspose2d's mask is stored
+in its weight's own layout; through its :class:`~gpuprune.gemm.TransposedConv` view it is read
+and set in the Conv2d layout the pruner works in.
 """
 
 from __future__ import annotations
@@ -11,6 +15,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
+
+from gpuprune.gemm import BareWeight, TransposedConv, bare_weights, conv_layout, transposed_layout
+
+Layer = nn.Module | BareWeight | TransposedConv
 
 
 class WeightMask(nn.Module):
@@ -27,43 +35,95 @@ class WeightMask(nn.Module):
         )
 
 
-def _mask_param(module: nn.Module) -> WeightMask | None:
-    if not parametrize.is_parametrized(module, "weight"):
+def _slot(module: Layer) -> tuple[nn.Module, str]:
+    """(the module holding the weight, the weight's parameter name)."""
+    if isinstance(module, TransposedConv):
+        return module.module, "weight"
+    return (module.owner, module.pname) if isinstance(module, BareWeight) else (module, "weight")
+
+
+def gemm_layout(module: Layer, tensor: torch.Tensor) -> torch.Tensor:
+    """A tensor shaped like the layer's stored weight, in the layout the pruner sees."""
+    return conv_layout(tensor, module.groups) if isinstance(module, TransposedConv) else tensor
+
+
+def _mask_param(module: Layer) -> WeightMask | None:
+    owner, pname = _slot(module)
+    if not parametrize.is_parametrized(owner, pname):
         return None
-    for p in module.parametrizations.weight:
+    for p in owner.parametrizations[pname]:
         if isinstance(p, WeightMask):
             return p
     return None
 
 
-def get_mask(module: nn.Module) -> torch.Tensor | None:
-    """The boolean keep-mask (weight-shaped) of a layer, or None if it is not masked."""
+def stored_weight(module: Layer) -> torch.Tensor:
+    """The weight's leaf parameter: ``original`` under a parametrization, else the weight."""
+    owner, pname = _slot(module)
+    if parametrize.is_parametrized(owner, pname):
+        return owner.parametrizations[pname].original
+    return getattr(owner, pname)
+
+
+def stored_layout(module: Layer, mask: torch.Tensor) -> torch.Tensor:
+    """A mask given in the pruner's layout (weight-shaped or [M, K]) in the stored weight's."""
+    if isinstance(module, TransposedConv):
+        cin, cout_g, *kernel = stored_weight(module).shape
+        shape = (cout_g * module.groups, cin // module.groups, *kernel)
+        return transposed_layout(mask.reshape(shape), module.groups)
+    return mask
+
+
+def mask_buffer(module: Layer) -> torch.Tensor | None:
+    """The mask buffer itself, in the stored weight's layout (edit it to try a mask without
+    zeroing the stored weight, as :func:`set_mask` does)."""
     p = _mask_param(module)
     return None if p is None else p.mask
 
 
-def set_mask(module: nn.Module, mask: torch.Tensor) -> None:
+def get_mask(module: Layer) -> torch.Tensor | None:
+    """The boolean keep-mask (weight-shaped) of a layer, or None if it is not masked."""
+    p = _mask_param(module)
+    return None if p is None else gemm_layout(module, p.mask)
+
+
+def set_mask(module: Layer, mask: torch.Tensor) -> None:
     """Mask ``module.weight`` (adding the parametrization once) and zero the pruned originals.
 
     Zeroing the stored original too means weight decay or momentum on pruned entries can never
     bring a value back, and importance recomputed later sees them as 0.
     """
     p = _mask_param(module)
+    owner, pname = _slot(module)
     # the stored weight, not module.weight: that would evaluate the parametrization (a full pass)
-    weight = module.weight if p is None else module.parametrizations.weight.original
-    mask = mask.reshape(weight.shape).to(device=weight.device, dtype=torch.bool)
+    weight = stored_weight(module)
+    mask = stored_layout(module, mask).reshape(weight.shape)
+    mask = mask.to(device=weight.device, dtype=torch.bool)
     if p is None:
-        parametrize.register_parametrization(module, "weight", WeightMask(mask))
+        parametrize.register_parametrization(owner, pname, WeightMask(mask))
     else:
         p.mask.copy_(mask)
     if not bool(mask.all()):  # an all-kept mask (the first apply) has nothing to zero
         with torch.no_grad():
-            module.parametrizations.weight.original.masked_fill_(~mask, 0)
+            stored_weight(module).masked_fill_(~mask, 0)
 
 
-def masked_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """Every module of ``model`` whose weight carries a :class:`WeightMask`."""
-    return {n: m for n, m in model.named_modules() if _mask_param(m) is not None}
+def masked_layers(model: nn.Module) -> dict[str, Layer]:
+    """Every module of ``model`` whose weight, and every bare weight, that carries a
+    :class:`WeightMask`, in module order."""
+    out: dict[str, Layer] = {}
+    for name, module in model.named_modules():
+        if _mask_param(module) is not None:
+            out[name] = module
+        out.update({n: b for n, b in bare_weights(module, name).items()
+                    if _mask_param(b) is not None})  # fmt: skip
+    return out
+
+
+def weight_key(name: str, module: Layer) -> str:
+    """The state-dict key of layer ``name``'s weight: ``<layer>.weight``, or a bare weight's own
+    name (``attn.in_proj_weight``)."""
+    return name if isinstance(module, BareWeight) else f"{name}.weight"
 
 
 def _own_class(module: nn.Module) -> None:
@@ -83,7 +143,11 @@ def finalize(model: nn.Module) -> nn.Module:
 
     Safe on a ``copy.deepcopy`` of a masked model: the original keeps its masks.
     """
+    owned: set[int] = set()
     for module in masked_layers(model).values():
-        _own_class(module)
-        parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+        owner, pname = _slot(module)
+        if id(owner) not in owned:  # once per module: a second copy would lose the first's
+            owned.add(id(owner))
+            _own_class(owner)
+        parametrize.remove_parametrizations(owner, pname, leave_parametrized=True)
     return model

@@ -10,6 +10,8 @@ layer's GEMM view ``[M, K]`` (the weight reshaped to ``[out, -1]``):
 * bit encoding (any other mask, e.g. unstructured or N:M): ``bits`` (uint8, the mask's bits,
   ``ceil(M*K/8)`` bytes, little-endian within a byte) and ``values`` (float ``[kept weights]``, in
   row-major order).
+* ``bare`` (bool ``[1]``, only for a bare weight such as ``attn.in_proj_weight``): the layer name
+  is the weight's own state-dict key, not ``<layer>.weight``.
 
 The encoding is chosen per layer; unpacking restores the mask and the masked weight bit for bit
 (pruned weights are +0.0, as the mask parametrization makes them). Malformed parts raise a
@@ -51,11 +53,15 @@ def _is_blocky(mask: torch.Tensor, block: tuple[int, int]) -> torch.Tensor | Non
 
 
 def pack_layer(layer: str, weight: torch.Tensor, mask: torch.Tensor,
-               block: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
-    """The ``packed:`` tensors of one masked layer (``weight`` is its masked weight)."""
+               block: tuple[int, int] | None = None, bare: bool = False
+               ) -> dict[str, torch.Tensor]:  # fmt: skip
+    """The ``packed:`` tensors of one masked layer (``weight`` is its masked weight; ``bare``: a
+    bare weight, stored under the layer name itself)."""
     w = weight.detach().cpu().reshape(weight.shape[0], -1)
     m2 = mask.detach().cpu().bool().reshape(w.shape)
     out = {_key(layer, "shape"): torch.tensor(list(weight.shape), dtype=torch.int64)}
+    if bare:
+        out[_key(layer, "bare")] = torch.ones(1, dtype=torch.bool)
     grid = _is_blocky(m2, block) if block and tuple(block) != (1, 1) else None
     if grid is not None:
         bm, bk = block
@@ -79,12 +85,20 @@ def packed_layers(tensors: Mapping[str, torch.Tensor]) -> list[str]:
 
 
 def unpack_layer(layer: str, tensors: Mapping[str, torch.Tensor], origin: str
-                 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    """(masked weight, mask) of one packed layer, both of the weight's shape."""
+                 ) -> tuple[torch.Tensor, torch.Tensor, bool]:  # fmt: skip
+    """(masked weight, mask, bare) of one packed layer, both of the weight's shape; ``bare``:
+    the layer name is the weight's own key (a bare weight)."""
     where = f"{origin} has bad packed data for layer {layer}"
 
     def part(name: str) -> torch.Tensor | None:
         return tensors.get(_key(layer, name))
+
+    bare = part("bare")
+    if bare is not None and (bare.dtype != torch.bool or tuple(bare.shape) != (1,)
+                             or not bool(bare[0])):  # fmt: skip
+        raise UserError(f"{where}: its bare flag is {bare.dtype} {tuple(bare.shape)}, not "
+                        "bool [True]", FIX)  # fmt: skip
+    bare_flag = bare is not None
 
     shape, values = part("shape"), part("values")
     if shape is None or values is None or shape.dtype != torch.int64 or shape.dim() != 1 or (
@@ -115,7 +129,7 @@ def unpack_layer(layer: str, tensors: Mapping[str, torch.Tensor], origin: str
         tiles[grid] = values
         weight = tiles.permute(0, 2, 1, 3).reshape(gm * bm, gk * bk)[:m, :k].contiguous()
         mask = grid.repeat_interleave(bm, 0).repeat_interleave(bk, 1)[:m, :k].contiguous()
-        return weight.reshape(full), mask.reshape(full)
+        return weight.reshape(full), mask.reshape(full), bare_flag
     if bits.dtype != torch.uint8 or bits.dim() != 1 or bits.numel() != math.ceil(m * k / 8):
         raise UserError(f"{where}: the mask bitmap is {bits.dtype} {tuple(bits.shape)}, expected "
                         f"uint8 ({math.ceil(m * k / 8)},)", FIX)  # fmt: skip
@@ -125,4 +139,4 @@ def unpack_layer(layer: str, tensors: Mapping[str, torch.Tensor], origin: str
                         FIX)  # fmt: skip
     weight = torch.zeros(m * k, dtype=values.dtype)
     weight[flat] = values
-    return weight.reshape(full), flat.reshape(full)
+    return weight.reshape(full), flat.reshape(full), bare_flag

@@ -47,6 +47,7 @@ def ssl_penalty(
         if "shape" in kinds:
             total = total + w.norm(dim=0).sum()
         if "channel" in kinds:
-            area = mod.weight[0, 0].numel() if isinstance(mod, nn.Conv1d | nn.Conv2d) else 1
+            area = mod.weight[0, 0].numel() if mod.weight.dim() == 4 or isinstance(
+                mod, nn.Conv1d) else 1  # fmt: skip
             total = total + w.reshape(w.shape[0], -1, area).norm(dim=(0, 2)).sum()
     return total
