@@ -119,3 +119,19 @@ def test_write_report_files(run_dir: Path) -> None:
 def test_empty_folder_is_user_error(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="gpuprune run"):
         load_results(tmp_path)
+
+
+def test_oneshot_plot_and_table(run_dir: Path) -> None:
+    summary = json.loads((run_dir / "summary.json").read_text())
+    summary["oneshot"] = {"calibration_images": 256, "rows": [
+        {"method": m, "sparsity": s, "importance": i, "status": "ok", "accuracy": a,
+         "accuracy_bn": a + 0.05}
+        for m, s, i, a in [("tile", 0.5, "magnitude", 0.10), ("tile", 0.5, "obs", 0.80),
+                           ("tile", 0.75, "magnitude", 0.10), ("tile", 0.75, "obs", 0.30)]]}
+    (run_dir / "summary.json").write_text(json.dumps(summary))  # fmt: skip
+    out = write_report(run_dir)
+    md = out["markdown"].read_text()
+    assert "![One-shot accuracy, no fine-tuning](oneshot.png)" in md
+    assert (run_dir / "oneshot.png").read_bytes().startswith(PNG)
+    assert "| tile@0.5 | 10.00% | 80.00% | 15.00% | 85.00% | 85% |" in md  # (0.8-0.1)/(0.92-0.1)
+    assert "obs recovers 85%" in md and "met" in md

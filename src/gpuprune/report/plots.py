@@ -148,6 +148,37 @@ def speedup_vs_ideal(res: RunResults, path: Path) -> Path:
     return _save(fig, path)
 
 
+def oneshot_accuracy(res: RunResults, path: Path) -> Path | None:
+    """One-shot accuracy (no fine-tuning) against sparsity, per method: magnitude (dashed) vs
+    each other importance (solid), with batch-norm recalibration as hollow markers."""
+    rows = [r for r in (res.summary.get("oneshot") or {}).get("rows", [])
+            if isinstance(r, dict) and r.get("status") == "ok"]  # fmt: skip
+    if not rows:
+        return None
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    style = _style(methods)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for m in methods:
+        for imp in dict.fromkeys(r["importance"] for r in rows if r["method"] == m):
+            mine = sorted((r for r in rows if r["method"] == m and r["importance"] == imp),
+                          key=lambda r: r["sparsity"])  # fmt: skip
+            ls = "--" if imp == "magnitude" else "-"
+            xs = [r["sparsity"] for r in mine]
+            ax.plot(xs, [r["accuracy"] * 100 for r in mine], ls=ls, label=f"{m} {imp}",
+                    **style[m])  # fmt: skip
+            bn = [(r["sparsity"], r["accuracy_bn"] * 100) for r in mine if "accuracy_bn" in r]
+            if bn:
+                ax.plot(*zip(*bn, strict=True), ls=ls, lw=0.8, alpha=0.6, mfc="none",
+                        color=style[m]["color"], marker=style[m]["marker"])  # fmt: skip
+    ax.axhline(res.dense["accuracy"] * 100, color="k", ls=":", lw=1, label="dense")
+    ax.set(xlabel="sparsity of the pruned layers", ylabel="test accuracy (%), no fine-tuning",
+           title="One-shot: magnitude (dashed) vs reconstruction (solid); hollow: + BN")
+    ax.title.set_fontsize(9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    return _save(fig, path)
+
+
 def make_plots(res: RunResults, out_dir: Path) -> dict[str, Path]:
     """Write every plot; returns {title: path}."""
     plots = {"Accuracy vs sparsity": accuracy_vs_sparsity(res, out_dir / "accuracy_sparsity.png")}
@@ -157,4 +188,6 @@ def make_plots(res: RunResults, out_dir: Path) -> dict[str, Path]:
     plots["Per-layer sparsity and skippable share"] = layer_sparsity(
         res, out_dir / "layer_sparsity.png")  # fmt: skip
     plots["Speedup vs ideal"] = speedup_vs_ideal(res, out_dir / "speedup_ideal.png")
+    if (oneshot := oneshot_accuracy(res, out_dir / "oneshot.png")) is not None:
+        plots["One-shot accuracy, no fine-tuning"] = oneshot
     return plots
