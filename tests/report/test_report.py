@@ -135,3 +135,11 @@ def test_oneshot_plot_and_table(run_dir: Path) -> None:
     assert (run_dir / "oneshot.png").read_bytes().startswith(PNG)
     assert "| tile@0.5 | 10.00% | 80.00% | 15.00% | 85.00% | 85% |" in md  # (0.8-0.1)/(0.92-0.1)
     assert "obs recovers 85%" in md and "met" in md
+
+
+def test_gap_targets_per_method(run_dir: Path) -> None:
+    summary = json.loads((run_dir / "summary.json").read_text())
+    summary["config"]["targets"]["max_gap_pt"] = {"tile": 2.0, "simd": 1.0}
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    line = next(c for c in target_checks(load_results(run_dir)) if c.startswith("tile at 0.75"))
+    assert "+0.50 pt below unstructured (target <= 2)" in line and line.endswith("met")

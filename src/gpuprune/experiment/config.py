@@ -206,7 +206,16 @@ class TargetsSection(_Section):
 
     dense_accuracy: float | None = Field(None, gt=0, le=1)  # e.g. 0.91
     sparsity: float | None = Field(None, gt=0, lt=1)  # where tile/simd meet unstructured/filter
-    max_gap_pt: float = Field(1.0, ge=0)  # allowed points below unstructured at that sparsity
+    # allowed points below unstructured at that sparsity: one for both, or {tile: 2, simd: 1}
+    max_gap_pt: float | dict[Literal["tile", "simd"], float] = 1.0
+
+    @field_validator("max_gap_pt")
+    @classmethod
+    def _gap(cls, value: float | dict[str, float]) -> float | dict[str, float]:
+        values = value.values() if isinstance(value, dict) else [value]
+        if any(v < 0 for v in values):
+            raise ValueError("must be >= 0 points")
+        return value
     latency_gain_pt: float | None = None  # latency-aware tile over uniform, at equal latency
     codesign_share: float | None = Field(None, ge=0, le=1)  # layers >= 10% faster than preset
     # measured spread of accuracies across seeds and CPUs (pt): a smaller margin is "within noise"
