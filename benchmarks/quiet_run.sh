@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Every CPU measurement the README quotes, one after another, on a machine with nothing else
+# running (check `uptime` first). Each step writes its own JSON/markdown under benchmarks/results;
+# the log says when each started and the load average then.
+#   bash benchmarks/quiet_run.sh [steps...]   steps: demo runtimes profiles zoo prune-speed
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=${BIN:-.venv/bin}
+export OMP_WAIT_POLICY=PASSIVE
+steps=${*:-demo runtimes profiles zoo prune-speed}
+stamp() { echo "== $1 at $(date -u +%H:%M:%S), load $(cut -d' ' -f1-3 /proc/loadavg)"; }
+for step in $steps; do
+  stamp "$step"
+  case $step in
+    demo)
+      out=runs/demo-timed-$(date -u +%Y%m%d-%H%M%S)  # a new folder: nothing reused
+      /usr/bin/time -f "demo wall %e s" $BIN/gpuprune run configs/demo.yaml -o "$out"
+      $BIN/python benchmarks/demo_time.py "$out/summary.json" ;;
+    runtimes)
+      $BIN/gpuprune bench --no-gemm --e2e-models vgg16 --e2e-width 0.5 --e2e-batches 16,1 \
+        --e2e-methods tile,simd --e2e-sparsities 0.75 --threads 2 --repeats 15 \
+        -o benchmarks/results/runtimes/vgg16
+      $BIN/gpuprune bench --no-gemm --e2e-models resnet50 --e2e-batches 1,16 \
+        --e2e-methods tile,simd --e2e-sparsities 0.75 --threads 2 --repeats 5 \
+        -o benchmarks/results/runtimes/resnet50 ;;
+    profiles)
+      for b in 1 16; do
+        $BIN/python benchmarks/profile_cpu.py --model vgg16 --width 0.5 --batch $b --threads 2 \
+          -o benchmarks/results/profile/vgg16-w0.5-b$b-tile75.json
+      done
+      $BIN/python benchmarks/profile_cpu.py --model resnet50 --batch 1 --threads 2 --repeats 5 \
+        -o benchmarks/results/profile/resnet50-b1-tile75.json ;;
+    zoo)
+      PYTHONPATH=src $BIN/python benchmarks/zoo.py --batches 1,8 ;;
+    prune-speed)
+      $BIN/python benchmarks/prune_speed.py --label quiet --repeats 1 ;;
+  esac
+done
+stamp done
