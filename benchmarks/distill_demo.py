@@ -55,8 +55,9 @@ def main() -> None:
                 (rows["unstructured"][f"distill_{mode}"] - rows[m][f"distill_{mode}"]) * 100, 2)
     for v in rows.values():
         v["gain_pt"] = round((v["distill_on"] - v["distill_off"]) * 100, 2)
-    out = {"config": args.config, "workers": base.workers, "sparsity": args.sparsity, "dense_accuracy": dense,
-           "distill": {"alpha": args.alpha, "temperature": args.temperature}, "rows": rows}
+    out = {"config": args.config, "workers": base.workers, "sparsity": args.sparsity,
+           "dense_accuracy": dense, "rows": rows,
+           "distill": {"alpha": args.alpha, "temperature": args.temperature}}
     args.output.write_text(json.dumps(out, indent=1))
     print(json.dumps(rows, indent=1))
 
