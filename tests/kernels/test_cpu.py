@@ -333,9 +333,9 @@ def test_repeated_calls_take_the_fast_path_and_stay_exact(cpu):
         layer(x.double())
 
 
-def _pooled_ref(x, weight, bias, ks, stride, pad, dil, relu):
+def _pooled_ref(x, weight, bias, ks, stride, pad, dil, relu, pool="floor"):
     y = F.conv2d(x, weight.reshape(weight.shape[0], x.shape[1], *ks), bias, stride, pad, dil)
-    return F.max_pool2d(y.relu() if relu else y, 2)
+    return F.max_pool2d(y.relu() if relu else y, 2, ceil_mode=pool == "ceil")
 
 
 # batch, c_in, h, w, c_out, kernel, stride, padding: odd and even conv outputs, narrow (gathered)
@@ -350,22 +350,23 @@ POOL_CASES = [
 ]
 
 
+@pytest.mark.parametrize("pool", ["floor", "ceil"])
 @pytest.mark.parametrize("mode", [1, 2])
 @pytest.mark.parametrize("variant", ["tile", "simd"])
 @pytest.mark.parametrize("case", POOL_CASES, ids=lambda c: "x".join(map(str, c[:5])))
-def test_conv_with_fused_max_pool_matches(cpu, case, variant, mode):
-    """conv + bias + ReLU + 2x2 stride-2 max pool (floor mode) in one kernel call."""
+def test_conv_with_fused_max_pool_matches(cpu, case, variant, mode, pool):
+    """conv + bias + ReLU + 2x2 stride-2 max pool (floor or ceil mode) in one kernel call."""
     b, cin, h, w, cout, ks, stride, pad = case
     block = POCL.simd_block() if variant == "simd" else POCL.tile_block()
     weight = block_masked(cout, cin * ks[0] * ks[1], block, 0.4, seed=cout + cin)
     bias = torch.randn(cout)
     layer = cpu.conv2d(
         pack_for(weight, POCL, variant), bias, POCL, variant=variant,
-        geometry=ConvGeometry(cin, ks, stride, pad), relu=True, pool=True,
+        geometry=ConvGeometry(cin, ks, stride, pad), relu=True, pool=pool,
     )  # fmt: skip
     layer.mode = mode
     x = torch.randn(b, cin, h, w)
-    ref = _pooled_ref(x, weight, bias, ks, stride, pad, (1, 1), relu=True)
+    ref = _pooled_ref(x, weight, bias, ks, stride, pad, (1, 1), relu=True, pool=pool)
     layer.count_visits = True
     y = layer(x)
     assert y.shape == ref.shape and y.is_contiguous()
@@ -382,13 +383,15 @@ def test_conv_with_fused_max_pool_matches(cpu, case, variant, mode):
     h=st.integers(2, 14), w=st.integers(2, 40), kh=st.integers(1, 3), kw=st.integers(1, 3),
     stride=st.integers(1, 2), pad=st.integers(0, 2), dil=st.integers(1, 2),
     density=st.floats(0.0, 1.0), simd=st.booleans(), relu=st.booleans(), bias=st.booleans(),
+    ceil=st.booleans(),
 )  # fmt: skip
 def test_conv_with_pool_random_shapes(b, cin, cout, h, w, kh, kw, stride, pad, dil, density, simd,
-                                      relu, bias):  # fmt: skip
+                                      relu, bias, ceil):  # fmt: skip
     oh = (h + 2 * pad - dil * (kh - 1) - 1) // stride + 1
     ow = (w + 2 * pad - dil * (kw - 1) - 1) // stride + 1
-    if oh < 2 or ow < 2:
+    if oh < 1 or ow < 1 or (not ceil and (oh < 2 or ow < 2)):
         return  # no pooled pixel (refused: test_pool_needs_two_conv_pixels)
+    pool = "ceil" if ceil else "floor"
     variant = "simd" if simd else "tile"
     block = POCL.simd_block() if simd else POCL.tile_block()
     weight = block_masked(cout, cin * kh * kw, block, density, seed=b + 7 * cin + 31 * cout)
@@ -396,10 +399,10 @@ def test_conv_with_pool_random_shapes(b, cin, cout, h, w, kh, kw, stride, pad, d
     layer = get_backend("cpu").conv2d(
         pack_for(weight, POCL, variant), bias_t, POCL, variant=variant,
         geometry=ConvGeometry(cin, (kh, kw), (stride, stride), (pad, pad), (dil, dil)),
-        relu=relu, pool=True,
+        relu=relu, pool=pool,
     )  # fmt: skip
     x = torch.randn(b, cin, h, w)
-    ref = _pooled_ref(x, weight, bias_t, (kh, kw), stride, pad, dil, relu)
+    ref = _pooled_ref(x, weight, bias_t, (kh, kw), stride, pad, dil, relu, pool)
     assert_matches(layer(x), ref)
     assert_matches(layer(x), ref)  # second call: cached arguments and tap tables
 
@@ -407,14 +410,14 @@ def test_conv_with_pool_random_shapes(b, cin, cout, h, w, kh, kw, stride, pad, d
 def test_pool_needs_two_conv_pixels(cpu):
     layer = cpu.conv2d(
         pack_for(torch.randn(4, 27), POCL, "tile"), None, POCL, variant="tile",
-        geometry=ConvGeometry(3, (3, 3)), pool=True,
+        geometry=ConvGeometry(3, (3, 3)), pool="floor",
     )  # fmt: skip
     with pytest.raises(UserError, match="max pool"):
         layer(torch.randn(1, 3, 3, 9))
 
 
-@pytest.mark.parametrize("pool", [False, True])
-@pytest.mark.parametrize("side", [7, 20])  # narrow: gathered im2col, wide: copied runs
+@pytest.mark.parametrize("pool", [None, "floor", "ceil"])
+@pytest.mark.parametrize("side", [7, 20])
 def test_cached_tap_tables_repeat_over_the_batch(cpu, pool, side):
     """Tap tables are kept for one period of panels (whole images) and the partial last panel;
     a batch of 70 images covers several periods and ends mid-panel for any panel width, and
@@ -428,21 +431,22 @@ def test_cached_tap_tables_repeat_over_the_batch(cpu, pool, side):
     x = torch.randn(70, 3, side, side)
     first = layer(x)  # tables built inside the call
     _, _, tables = layer._shapes[x.shape]
-    cols = 70 * (side // 2 * 2) ** 2 if pool else 70 * side * side  # 4 columns per window
+    windows = first[0, 0].numel()  # 4 columns per pool window, 1 per pixel without a pool
+    cols = 70 * windows * (4 if pool else 1)
     assert tables.numel() < layer.panels(cols) * 9 * layer.panel  # less than one per panel
     second = layer(x)  # the cached tables
     assert torch.equal(first, second)
     y = F.conv2d(x, weight.reshape(12, 3, 3, 3), bias, 1, 1)
-    assert_matches(second, F.max_pool2d(y, 2) if pool else y)
+    assert_matches(second, F.max_pool2d(y, 2, ceil_mode=pool == "ceil") if pool else y)
 
 
 def test_channels_last_input_with_pool(cpu):
     weight = block_masked(20, 6 * 9, POCL.tile_block(), 0.6, seed=2)
     layer = cpu.conv2d(
         pack_for(weight, POCL, "tile"), None, POCL, variant="tile",
-        geometry=ConvGeometry(6, (3, 3), (1, 1), (1, 1)), relu=True, pool=True,
+        geometry=ConvGeometry(6, (3, 3), (1, 1), (1, 1)), relu=True, pool="ceil",
     )  # fmt: skip
     x = torch.randn(2, 6, 11, 13).to(memory_format=torch.channels_last)
-    ref = _pooled_ref(x.contiguous(), weight, None, (3, 3), 1, 1, (1, 1), relu=True)
+    ref = _pooled_ref(x.contiguous(), weight, None, (3, 3), 1, 1, (1, 1), relu=True, pool="ceil")
     for _ in range(2):
         assert_matches(layer(x), ref)

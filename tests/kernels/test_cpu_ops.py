@@ -50,14 +50,14 @@ def test_conv_op_with_fused_pool_passes_opcheck():
     weight = _masked(20, 36, seed=2)
     layer = get_backend("cpu").conv2d(
         pack_for(weight, POCL, "tile"), torch.randn(20), POCL, variant="tile",
-        geometry=ConvGeometry(4, (3, 3), (1, 1), (1, 1), (1, 1)), relu=True, pool=True,
+        geometry=ConvGeometry(4, (3, 3), (1, 1), (1, 1), (1, 1)), relu=True, pool="ceil",
     )  # fmt: skip
     x = torch.randn(2, 4, 9, 12)
     args = (x, layer.wt, layer.row_ptr, layer.col_idx, layer.bias, layer.used,
-            [3, 3, 1, 1, 1, 1, 1, 1], 20, 32, 32, True, 0, 1)  # fmt: skip
+            [3, 3, 1, 1, 1, 1, 1, 1], 20, 32, 32, True, 0, 2)  # fmt: skip  (2: ceil mode)
     torch.library.opcheck(torch.ops.gpuprune.cpu_conv2d, args)
     conv = torch.nn.functional.conv2d(x, weight.reshape(20, 4, 3, 3), layer.bias, 1, 1)
-    want = torch.nn.functional.max_pool2d(conv.relu(), 2)
+    want = torch.nn.functional.max_pool2d(conv.relu(), 2, ceil_mode=True)
     torch.testing.assert_close(torch.ops.gpuprune.cpu_conv2d(*args), want, rtol=1e-4, atol=1e-4)
 
 
@@ -102,7 +102,7 @@ def compiled():
             m.weight.mul_(torch.rand_like(m.weight) < 0.3)
     model = compile_model(net, target=POCL, backend="cpu", methods="tile", verbose=False)
     assert len(model.gpuprune_compile.layers) == 4
-    assert [lay.pool_fused for lay in model.gpuprune_compile.layers] == [0, 0, 1, 0]
+    assert [lay.pool_fused for lay in model.gpuprune_compile.layers] == [False, False, True, False]
     return net, model
 
 

@@ -36,8 +36,8 @@ class Backend(abc.ABC):
     name: ClassVar[str]
     # parameter/activation dtypes the kernels compute in; compile() refuses models in others
     dtypes: ClassVar[tuple[torch.dtype, ...]] = FLOAT32
-    # whether conv2d takes pool=True: a 2x2 stride-2 max pool after the activation, fused into
-    # the kernel's store (compile() fuses a following nn.MaxPool2d only then)
+    # whether conv2d takes pool="floor"/"ceil": a 2x2 stride-2 max pool after the activation,
+    # fused into the kernel's store (compile() fuses a following nn.MaxPool2d only then)
     fuses_maxpool: ClassVar[bool] = False
 
     def check_available(self) -> None:  # noqa: B027 - optional hook, default: always available
@@ -189,13 +189,13 @@ class LayerClassBackend(Backend):
         variant: str,
         geometry: ConvGeometry,
         relu: bool = False,
-        pool: bool = False,
+        pool: str | None = None,
     ) -> Forward:
         check_conv_shape(packed, geometry)
         if pool and not self.fuses_maxpool:
             raise ValueError(f"the {self.name} backend does not fuse a max pool")
         g = geometry
-        extra = {"pool": True} if pool else {}
+        extra = {"pool": pool} if pool else {}
         return self.conv_layer(
             for_variant(packed, target, variant), bias, relu, g.in_channels, g.kernel_size,
             g.stride, g.padding, g.dilation, **extra,

@@ -367,7 +367,9 @@ def compile(  # noqa: A001 - the public name the project documents (gpuprune.com
         relu = chain.relu is not None
         conv1d = isinstance(module, nn.Conv1d)
         # a pool (found after Conv2d only) fuses into one group, on a backend whose store pools
-        pool = chain.pool is not None and runner.fuses_maxpool and groups == 1
+        pool = None
+        if chain.pool is not None and runner.fuses_maxpool and groups == 1:
+            pool = "ceil" if modules[chain.pool].ceil_mode else "floor"
         if geometry is None:
             new: nn.Module = SkipLinear(packs[0], bias, runner, layer_tgt, variant=variant,
                                         relu=relu)  # fmt: skip
@@ -386,7 +388,7 @@ def compile(  # noqa: A001 - the public name the project documents (gpuprune.com
                 _replace(out, extra, nn.Identity())
         compiled.append(CompiledLayer(
             name, "conv" if geometry is not None else "linear", (gm_ * groups, gk_), variant,
-            packs[0].block, layer_tgt.name, skippable, chain.bn is not None, relu, pool,
+            packs[0].block, layer_tgt.name, skippable, chain.bn is not None, relu, bool(pool),
         ))  # fmt: skip
     fast = sorted(lay.name for lay in compiled if isinstance(
         modules.get(lay.name.rpartition(".")[0]), nn.TransformerEncoderLayer))  # fmt: skip

@@ -29,8 +29,8 @@ class Chain:
 
 def fusable_pool(module: nn.Module | None) -> bool:
     """Whether ``module`` is the max pool a kernel's store can fuse: nn.MaxPool2d with a 2x2
-    window, stride 2, no padding or dilation, floor mode, no indices (VGG's pools). Other pools
-    stay separate modules."""
+    window, stride 2, no padding or dilation, no indices, floor or ceil mode (VGG's pools).
+    Other pools stay separate modules."""
     if type(module) is not nn.MaxPool2d:
         return False
 
@@ -43,7 +43,6 @@ def fusable_pool(module: nn.Module | None) -> bool:
         and pair(stride) == (2, 2)
         and pair(module.padding) == (0, 0)
         and pair(module.dilation) == (1, 1)
-        and not module.ceil_mode
         and not module.return_indices
     )
 

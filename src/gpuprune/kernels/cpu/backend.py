@@ -102,7 +102,8 @@ class CpuLinear(CpuGemm):
 class CpuConv2d(CpuGemm):
     """Forward of a packed groups=1 Conv2d: NCHW in, NCHW out.
 
-    ``pool``: a 2x2 stride-2 max pool (floor mode) after the activation, fused into the store.
+    ``pool``: "floor" or "ceil" for a 2x2 stride-2 max pool in that mode after the activation,
+    fused into the store (None: no pool).
     ``mode`` picks the kernel's schedule: 0 automatic, 1 im2col fused per N-panel, 2 whole
     im2col buffer first (both give the same result; exposed for tests and benchmarks).
     """
@@ -117,7 +118,7 @@ class CpuConv2d(CpuGemm):
         stride: tuple[int, int],
         padding: tuple[int, int],
         dilation: tuple[int, int],
-        pool: bool = False,
+        pool: str | None = None,
     ) -> None:
         super().__init__(packed, bias, relu)
         # K blocks some row-block keeps: im2col skips the rest (e.g. channels pruned upstream)
@@ -128,7 +129,10 @@ class CpuConv2d(CpuGemm):
         self.stride = tuple(stride)
         self.padding = tuple(padding)
         self.dilation = tuple(dilation)
-        self.pool = bool(pool)
+        if pool not in ops.POOL_CODES:
+            raise ValueError(f"pool {pool!r} is not one of {list(ops.POOL_CODES)}")
+        self.pool = pool
+        self._pool_code = ops.POOL_CODES[pool]
         self.geometry = ConvGeometry(in_channels, self.kernel_size, self.stride, self.padding,
                                      self.dilation)  # fmt: skip
         self.mode = 0
@@ -165,19 +169,19 @@ class CpuConv2d(CpuGemm):
         x = _on_cpu(x)
         b, c, h, w = x.shape
         oh, ow = self.geometry.check_input(h, w)
-        if self.pool and (oh < 2 or ow < 2):
+        if self.pool == "floor" and (oh < 2 or ow < 2):
             raise UserError(
                 f"input {h}x{w} gives a {oh}x{ow} conv output, smaller than the 2x2 max pool "
                 "fused after it", "feed the input size the model was built for",
             )  # fmt: skip
         geometry = self._geometry_list()
         args = (x, self.wt, self.row_ptr, self.col_idx, self.bias, self.used, geometry,
-                self.shape[0], *self.block, self.relu, self.mode, int(self.pool))  # fmt: skip
+                self.shape[0], *self.block, self.relu, self.mode, self._pool_code)  # fmt: skip
         out = self._run(torch.ops.gpuprune.cpu_conv2d, ops.conv2d, x, args)
         if ops.tracing(x):
             return out
         if b * c * h * w < 2**31:  # one kernel call (bigger inputs are split by ops.conv2d)
-            call = ops.conv_args(x.shape, geometry, int(self.pool), self.shape[0], self.gm,
+            call = ops.conv_args(x.shape, geometry, self._pool_code, self.shape[0], self.gm,
                                  *self.block, self.k_pad, self.relu)  # fmt: skip
             # tap tables are built once per input shape, then every call reads them
             self._shapes[x.shape] = (out.shape, call, ops.conv_tables(call))

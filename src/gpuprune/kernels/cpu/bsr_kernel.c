@@ -17,7 +17,9 @@
  *   Pooled convolutions (a 2x2 stride-2 max pool fused into the store) order the columns by
  *       pool window instead: a panel holds NR / 4 windows, its first NR / 2 columns the top
  *       pixel pairs of those windows (contiguous input runs), the rest the bottom pairs, and
- *       the store reduces each window's four columns to one output pixel.
+ *       the store reduces each window's four columns to one output pixel. In ceil mode the
+ *       windows of an odd last row or column reach past the conv output: their missing pixels
+ *       repeat the last row or column, which leaves the max unchanged.
  *
  * Work split (OpenMP, thread count from the caller = torch.get_num_threads()):
  *   fused       with many N-panels, a thread im2cols one panel into its own buffer and runs
@@ -235,8 +237,9 @@ static int64_t gemm_all(const gp_weight *w, const float *x, int64_t N, float *ou
 }
 
 /* The integer arguments of a convolution call, as the caller passes them (one int64 array in
- * this order, built once per input shape): the geometry, pool (1: a 2x2 stride-2 max pool
- * after the activation), then the weight's (M, row-blocks, block, padded K, ReLU). */
+ * this order, built once per input shape): the geometry, pool (a 2x2 stride-2 max pool after
+ * the activation: 0 none, 1 floor mode, 2 ceil mode), then the weight's (M, row-blocks, block,
+ * padded K, ReLU). */
 typedef struct {
     int64_t B, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, OH, OW, pool;
     int64_t M, gm, bm, bk, k_pad, relu;
@@ -267,9 +270,14 @@ static int64_t gcd64(int64_t a, int64_t b) {
  * where a gathered column costs about one, so copying pays while runs average >= 4 columns. */
 #define MAX_RUNS (NR / 4 > 6 ? NR / 4 : 6)
 
+/* Pooled output height and width (floor or ceil mode). */
+static inline int64_t pooled(const gp_geom *g, int64_t size) {
+    return g->pool == 2 ? (size + 1) / 2 : size / 2;
+}
+
 static gp_cols columns(const gp_geom *g) {
     gp_cols c;
-    c.per_image = g->pool ? (g->OH / 2) * (g->OW / 2) : g->OH * g->OW;
+    c.per_image = g->pool ? pooled(g, g->OH) * pooled(g, g->OW) : g->OH * g->OW;
     c.groups = g->B * c.per_image;
     c.per_panel = g->pool ? NR / 4 : NR;
     c.panels = (c.groups + c.per_panel - 1) / c.per_panel;
@@ -317,9 +325,11 @@ static void tap_table(const gp_geom *g, const gp_cols *cs, int64_t p, int32_t *t
         if (grp < cs->groups) {
             b = grp / cs->per_image;
             const int64_t l = grp % cs->per_image;
-            if (g->pool) {
-                oh = l / (g->OW / 2) * 2 + dy;
-                ow = l % (g->OW / 2) * 2 + dx;
+            if (g->pool) { /* ceil mode: a pixel past the edge repeats the last one */
+                oh = l / pooled(g, g->OW) * 2 + dy;
+                ow = l % pooled(g, g->OW) * 2 + dx;
+                oh = oh < g->OH ? oh : g->OH - 1;
+                ow = ow < g->OW ? ow : g->OW - 1;
             } else {
                 oh = l / g->OW;
                 ow = l % g->OW;

@@ -33,11 +33,19 @@ def tracing(x: Tensor) -> bool:
     return torch.compiler.is_compiling() or type(x) is not Tensor
 
 
+# ``pool`` codes of the kernel: no pool, or a fused 2x2 stride-2 max pool in floor / ceil mode
+POOL_CODES = {None: 0, "floor": 1, "ceil": 2}
+
+
 def conv_out_hw(h: int, w: int, geometry: list[int], pool: int) -> tuple[int, int]:
-    """Output height and width: the convolution's, halved (floor) by a fused 2x2 max pool."""
+    """Output height and width: the convolution's, halved by a fused 2x2 max pool (``pool`` 1:
+    floor mode, 2: ceil mode)."""
     kh, kw, sh, sw, ph, pw, dh, dw = geometry
     oh, ow = out_size(h, kh, sh, ph, dh), out_size(w, kw, sw, pw, dw)
-    return (oh // 2, ow // 2) if pool else (oh, ow)
+    if pool:
+        up = int(pool == 2)
+        return (oh + up) // 2, (ow + up) // 2
+    return oh, ow
 
 
 def conv_args(shape: tuple[int, ...], geometry: list[int], pool: int, m: int, gm: int, bm: int,
@@ -137,7 +145,7 @@ def cpu_conv2d(
     pool: int = 0,
 ) -> Tensor:
     """``act(conv2d(x, W) + bias)`` over the kept blocks of W (BSR, k-major blocks ``wt``),
-    then with ``pool`` = 1 a 2x2 stride-2 max pool (floor mode).
+    then with ``pool`` = 1 (2) a 2x2 stride-2 max pool in floor (ceil) mode.
 
     ``geometry`` is (kh, kw, sh, sw, ph, pw, dh, dw); ``used`` flags the K blocks some
     row-block keeps (one byte per K block); ``mode`` the schedule (0 automatic).
