@@ -29,7 +29,8 @@
  * Inside a task, micro-tiles of MR rows x NR columns stay in registers while the task walks its
  * kept blocks only; bias, ReLU and the optional max pool are fused into the store.
  *
- * im2col reads through tap tables (per panel and tap, the input offset of every column) that
+ * im2col reads through tap tables (per panel and tap, the input offset of every column, and
+ * whether the row is one contiguous run, two half runs, zeros or a gather) that
  * depend only on the layer's geometry and input shape: the caller builds them once per shape
  * (gp_conv_tables) and passes them to every call. Panel tables repeat with a period of P
  * panels (Bp whole images), so only min(panels, P) tables (plus the last, partial panel's)
@@ -252,7 +253,7 @@ typedef struct {
     int64_t period, period_images; /* panel tables repeat every `period` panels */
     int64_t tables;                /* tables kept: min(panels, period), + 1 for a partial tail */
     int tail;                      /* a partial last panel past the first period: own table */
-    int taps, use_seg, nseg;
+    int taps;
     int64_t table_ints; /* int32s per panel: offsets, then (dst, src, len) runs */
 } gp_cols;
 
@@ -264,11 +265,6 @@ static int64_t gcd64(int64_t a, int64_t b) {
     }
     return a;
 }
-
-/* Most runs a tap's panel row is copied in; a row with more (short runs: narrow outputs with
- * padding) is gathered through the table instead. A run costs a few cycles of loop overhead
- * where a gathered column costs about one, so copying pays while runs average >= 4 columns. */
-#define MAX_RUNS (NR / 4 > 6 ? NR / 4 : 6)
 
 /* Pooled output height and width (floor or ceil mode). */
 static inline int64_t pooled(const gp_geom *g, int64_t size) {
@@ -287,9 +283,7 @@ static gp_cols columns(const gp_geom *g) {
     c.tail = c.panels > c.period && c.groups % c.per_panel != 0;
     c.tables = (c.panels < c.period ? c.panels : c.period) + c.tail;
     c.taps = (int)(g->kh * g->kw);
-    c.use_seg = 1; /* runs where they are long enough (see MAX_RUNS), per panel and tap */
-    c.nseg = MAX_RUNS + 1;
-    c.table_ints = (int64_t)c.taps * NR + (c.use_seg ? 3 * (int64_t)c.taps * c.nseg : 0);
+    c.table_ints = (int64_t)c.taps * (NR + 2); /* offsets, then a row kind and offset per tap */
     return c;
 }
 
@@ -349,41 +343,43 @@ static void tap_table(const gp_geom *g, const gp_cols *cs, int64_t p, int32_t *t
     }
 }
 
-/* A tap's panel row is often a few long runs (wide outputs, 1x1 convolutions): copy them
- * instead of gathering. seg[tap] lists (dst column, source offset or -1 for zeros, length)
- * runs, ended by len 0, or holds len -1: gather this row. */
-typedef struct {
-    int32_t dst, src, len;
-} seg_t;
+/* How a tap's panel row is filled. Most rows are one contiguous input run (a plain panel
+ * inside one output row, 1x1 convolutions) or two half-panel runs (a pooled panel: the top and
+ * bottom pixel pairs of its windows), copied as whole vectors; rows with padding, stride or a
+ * row break are gathered through the table (on AVX2 a gather of short runs was measured faster
+ * than copying them one by one). */
+enum { ROW_GATHER = 0, ROW_RUN = 1, ROW_HALVES = 2, ROW_ZERO = 3 };
 
-static void tap_segments(const int32_t *table, int taps, int sw, int nseg, seg_t *seg) {
+static int contiguous(const int32_t *t, int n) {
+    if (t[0] < 0) return 0;
+    for (int c = 1; c < n; c++)
+        if (t[c] != t[0] + c) return 0;
+    return 1;
+}
+
+/* kinds[tap] = (kind, offset of the second half for ROW_HALVES) */
+static void row_kinds(const int32_t *table, int taps, int32_t *kinds) {
     for (int tap = 0; tap < taps; tap++) {
         const int32_t *t = table + tap * NR;
-        seg_t *out = seg + tap * nseg;
-        int cnt = 0;
-        for (int c = 0; c < NR && cnt >= 0;) {
-            int e = c + 1;
-            if (t[c] < 0) {
-                while (e < NR && t[e] < 0) e++;
-            } else {
-                while (e < NR && t[e] == t[e - 1] + sw) e++;
-            }
-            if (cnt < nseg - 1)
-                out[cnt++] = (seg_t){c, t[c], e - c};
-            else
-                cnt = -1; /* more runs than room: this tap's row is gathered instead */
-            c = e;
+        int zero = 1;
+        for (int c = 0; c < NR; c++) zero &= t[c] < 0;
+        int32_t kind = ROW_GATHER, second = 0;
+        if (zero) {
+            kind = ROW_ZERO;
+        } else if (contiguous(t, NR)) {
+            kind = ROW_RUN;
+        } else if (contiguous(t, NR / 2) && contiguous(t + NR / 2, NR / 2)) {
+            kind = ROW_HALVES;
+            second = t[NR / 2];
         }
-        if (cnt < 0)
-            out[0] = (seg_t){0, -1, -1};
-        else
-            out[cnt] = (seg_t){NR, -1, 0};
+        kinds[2 * tap] = kind;
+        kinds[2 * tap + 1] = second;
     }
 }
 
 static void panel_tables(const gp_geom *g, const gp_cols *c, int64_t p, int32_t *dst) {
     tap_table(g, c, p, dst);
-    if (c->use_seg) tap_segments(dst, c->taps, (int)g->sw, c->nseg, (seg_t *)(dst + c->taps * NR));
+    row_kinds(dst, c->taps, dst + c->taps * NR);
 }
 
 /* Fill the tables of every kept panel (0 .. min(panels, period) - 1, then the partial last). */
@@ -397,53 +393,32 @@ void gp_conv_tables(const int64_t *geom, int32_t *tables, int nthreads) {
     }
 }
 
-static inline void im2col_rows_seg(const float *img, const int32_t *table, const seg_t *seg,
-                                   int nseg, int64_t HW, int64_t K, int taps, int sw, int64_t k0,
-                                   int64_t k1, const uint8_t *used, int bk, float *panel) {
-    for (int64_t k = k0; k < k1; k++) {
-        if (!used[k / bk]) continue; /* no row-block keeps this K block: never read */
-        float *row = panel + k * NR;
-        if (k >= K) {
-            for (int c = 0; c < NR; c++) row[c] = 0.0f;
-            continue;
-        }
-        const float *src = img + k / taps * HW;
-        const seg_t *g = seg + k % taps * nseg;
-        if (g->len < 0) { /* too many runs to list: gather */
-            const int32_t *t = table + k % taps * NR;
-            for (int c = 0; c < NR; c++) row[c] = t[c] >= 0 ? src[t[c]] : 0.0f;
-            continue;
-        }
-        for (; g->len > 0; g++) {
-            float *d = row + g->dst;
-            if (g->src < 0) {
-                for (int c = 0; c < g->len; c++) d[c] = 0.0f;
-            } else if (sw == 1) {
-                const float *q = src + g->src;
-                for (int c = 0; c < g->len; c++) d[c] = q[c];
-            } else {
-                const float *q = src + g->src;
-                for (int c = 0; c < g->len; c++) d[c] = q[c * sw];
-            }
-        }
-    }
-}
-
 /* Rows k0..k1 of one panel (zero rows past K). */
-static inline void im2col_rows(const float *img, const int32_t *table, int64_t HW, int64_t K,
-                               int taps, int64_t k0, int64_t k1, const uint8_t *used, int bk,
-                               float *panel) {
+static inline void im2col_rows(const float *img, const int32_t *table, const int32_t *kinds,
+                               int64_t HW, int64_t K, int taps, int64_t k0, int64_t k1,
+                               const uint8_t *used, int bk, float *panel) {
     for (int64_t k = k0; k < k1; k++) {
         if (!used[k / bk]) continue; /* no row-block keeps this K block: never read */
         float *row = panel + k * NR;
-        if (k >= K) {
+        const int tap = (int)(k % taps);
+        const int kind = k < K ? kinds[2 * tap] : ROW_ZERO;
+        if (kind == ROW_ZERO) {
             for (int c = 0; c < NR; c++) row[c] = 0.0f;
             continue;
         }
         const float *src = img + k / taps * HW;
-        const int32_t *t = table + k % taps * NR;
+        const int32_t *t = table + tap * NR;
+        if (kind == ROW_RUN) {
+            const float *q = src + t[0];
+            for (int c = 0; c < NR; c++) row[c] = q[c];
+        } else if (kind == ROW_HALVES) {
+            const float *q = src + t[0], *q2 = src + kinds[2 * tap + 1];
+            for (int c = 0; c < NR / 2; c++) row[c] = q[c];
+            for (int c = 0; c < NR / 2; c++) row[NR / 2 + c] = q2[c];
+        } else {
 #pragma GCC ivdep
-        for (int c = 0; c < NR; c++) row[c] = t[c] >= 0 ? src[t[c]] : 0.0f;
+            for (int c = 0; c < NR; c++) row[c] = t[c] >= 0 ? src[t[c]] : 0.0f;
+        }
     }
 }
 
@@ -454,11 +429,7 @@ static inline void fill_panel(const gp_geom *g, const gp_cols *c, const int32_t 
     int64_t base;
     const int32_t *t = tables + table_of(g, c, p, &base) * c->table_ints;
     const int64_t K = g->C * c->taps, HW = g->H * g->W;
-    if (c->use_seg)
-        im2col_rows_seg(img + base, t, (const seg_t *)(t + c->taps * NR), c->nseg, HW, K,
-                        c->taps, (int)g->sw, k0, k1, used, bk, dst);
-    else
-        im2col_rows(img + base, t, HW, K, c->taps, k0, k1, used, bk, dst);
+    im2col_rows(img + base, t, t + c->taps * NR, HW, K, c->taps, k0, k1, used, bk, dst);
 }
 
 /* A groups=1 convolution, NCHW in and out, with the integer arguments `geom` (gp_geom) and
