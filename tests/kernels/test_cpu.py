@@ -450,3 +450,25 @@ def test_channels_last_input_with_pool(cpu):
     ref = _pooled_ref(x.contiguous(), weight, None, (3, 3), 1, 1, (1, 1), relu=True, pool="ceil")
     for _ in range(2):
         assert_matches(layer(x), ref)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_lone_panel_rows_split_between_threads(cpu, threads):
+    """With fewer panels than threads the im2col of a panel is split by rows: splits that start
+    mid-channel and mid-block, K blocks no row keeps, and a ragged last block."""
+    weight = block_masked(40, 11 * 9, POCL.tile_block(), 0.6, seed=threads)
+    weight[:, 32:64] = 0  # K block 1 pruned in every row-block
+    layer = cpu.conv2d(
+        pack_for(weight, POCL, "tile"), torch.randn(40), POCL, variant="tile",
+        geometry=ConvGeometry(11, (3, 3), (1, 1), (1, 1)), relu=True,
+    )  # fmt: skip
+    x = torch.randn(1, 11, 2, 3)  # 6 output columns: one panel for any SIMD width
+    ref = F.conv2d(x, weight.reshape(40, 11, 3, 3), layer.bias, padding=1).relu()
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        for mode in (0, 2):
+            layer.mode = mode
+            assert_matches(layer(x), ref)
+    finally:
+        torch.set_num_threads(before)

@@ -131,12 +131,11 @@ static void store(int rows, int m0, int64_t n0, int64_t N, int64_t M, int64_t L,
         const float b = bias ? bias[m] : 0.0f;
         float *a = acc[r];
         if (pool) { /* window j: columns 2j, 2j+1 (top row) and NR/2 + 2j, NR/2 + 2j + 1 */
-            for (int j = 0; j < NR / 4; j++) {
-                const float t0 = a[2 * j] > a[2 * j + 1] ? a[2 * j] : a[2 * j + 1];
-                const float *q = a + NR / 2 + 2 * j;
-                const float t1 = q[0] > q[1] ? q[0] : q[1];
-                a[j] = t0 > t1 ? t0 : t1; /* in place: a[j] is read before it is written */
-            }
+            float rows_max[NR / 2]; /* top against bottom row: whole vectors */
+            for (int c = 0; c < NR / 2; c++)
+                rows_max[c] = a[c] > a[NR / 2 + c] ? a[c] : a[NR / 2 + c];
+            for (int j = 0; j < NR / 4; j++)
+                a[j] = rows_max[2 * j] > rows_max[2 * j + 1] ? rows_max[2 * j] : rows_max[2 * j + 1];
         }
         for (int c = 0; c < cols; c++) {
             float v = a[c] + b; /* max commutes with the per-row bias and with ReLU */
@@ -393,31 +392,43 @@ void gp_conv_tables(const int64_t *geom, int32_t *tables, int nthreads) {
     }
 }
 
-/* Rows k0..k1 of one panel (zero rows past K). */
+/* Rows k0..k1 of one panel (zero rows past K). The channel and tap of row k advance by
+ * counting, and `used` is read once per K block: a division per row cost more than copying it. */
 static inline void im2col_rows(const float *img, const int32_t *table, const int32_t *kinds,
                                int64_t HW, int64_t K, int taps, int64_t k0, int64_t k1,
                                const uint8_t *used, int bk, float *panel) {
-    for (int64_t k = k0; k < k1; k++) {
-        if (!used[k / bk]) continue; /* no row-block keeps this K block: never read */
-        float *row = panel + k * NR;
-        const int tap = (int)(k % taps);
-        const int kind = k < K ? kinds[2 * tap] : ROW_ZERO;
-        if (kind == ROW_ZERO) {
-            for (int c = 0; c < NR; c++) row[c] = 0.0f;
+    int tap = (int)(k0 % taps);
+    const float *src = img + k0 / taps * HW; /* channel k / taps (past K: never read) */
+    for (int64_t k = k0; k < k1;) {
+        const int64_t kb = k / bk, end = (kb + 1) * bk < k1 ? (kb + 1) * bk : k1;
+        if (!used[kb]) { /* no row-block keeps this K block: never read */
+            const int64_t skip = tap + (end - k);
+            src += skip / taps * HW;
+            tap = (int)(skip % taps);
+            k = end;
             continue;
         }
-        const float *src = img + k / taps * HW;
-        const int32_t *t = table + tap * NR;
-        if (kind == ROW_RUN) {
-            const float *q = src + t[0];
-            for (int c = 0; c < NR; c++) row[c] = q[c];
-        } else if (kind == ROW_HALVES) {
-            const float *q = src + t[0], *q2 = src + kinds[2 * tap + 1];
-            for (int c = 0; c < NR / 2; c++) row[c] = q[c];
-            for (int c = 0; c < NR / 2; c++) row[NR / 2 + c] = q2[c];
-        } else {
+        for (; k < end; k++) {
+            float *row = panel + k * NR;
+            const int kind = k < K ? kinds[2 * tap] : ROW_ZERO;
+            const int32_t *t = table + tap * NR;
+            if (kind == ROW_RUN) {
+                const float *q = src + t[0];
+                for (int c = 0; c < NR; c++) row[c] = q[c];
+            } else if (kind == ROW_HALVES) {
+                const float *q = src + t[0], *q2 = src + kinds[2 * tap + 1];
+                for (int c = 0; c < NR / 2; c++) row[c] = q[c];
+                for (int c = 0; c < NR / 2; c++) row[NR / 2 + c] = q2[c];
+            } else if (kind == ROW_ZERO) {
+                for (int c = 0; c < NR; c++) row[c] = 0.0f;
+            } else {
 #pragma GCC ivdep
-            for (int c = 0; c < NR; c++) row[c] = t[c] >= 0 ? src[t[c]] : 0.0f;
+                for (int c = 0; c < NR; c++) row[c] = t[c] >= 0 ? src[t[c]] : 0.0f;
+            }
+            if (++tap == taps) {
+                tap = 0;
+                src += HW;
+            }
         }
     }
 }
