@@ -331,3 +331,144 @@ def test_repeated_calls_take_the_fast_path_and_stay_exact(cpu):
     torch.testing.assert_close(layer(other), want(other), rtol=1e-4, atol=1e-4)
     with pytest.raises(UserError, match="float32"):
         layer(x.double())
+
+
+def _pooled_ref(x, weight, bias, ks, stride, pad, dil, relu, pool="floor"):
+    y = F.conv2d(x, weight.reshape(weight.shape[0], x.shape[1], *ks), bias, stride, pad, dil)
+    return F.max_pool2d(y.relu() if relu else y, 2, ceil_mode=pool == "ceil")
+
+
+# batch, c_in, h, w, c_out, kernel, stride, padding: odd and even conv outputs, narrow (gathered)
+# and wide (copied runs) rows, a window row split across panels
+POOL_CASES = [
+    (1, 3, 9, 7, 5, (3, 3), (1, 1), (1, 1)),
+    (2, 13, 17, 11, 37, (3, 3), (1, 1), (1, 1)),
+    (3, 7, 10, 35, 70, (3, 2), (1, 2), (2, 0)),
+    (1, 40, 6, 6, 33, (1, 1), (1, 1), (0, 0)),
+    (2, 4, 19, 40, 9, (3, 3), (1, 1), (1, 1)),
+    (2, 5, 33, 33, 20, (3, 3), (2, 1), (1, 1)),
+]
+
+
+@pytest.mark.parametrize("pool", ["floor", "ceil"])
+@pytest.mark.parametrize("mode", [1, 2])
+@pytest.mark.parametrize("variant", ["tile", "simd"])
+@pytest.mark.parametrize("case", POOL_CASES, ids=lambda c: "x".join(map(str, c[:5])))
+def test_conv_with_fused_max_pool_matches(cpu, case, variant, mode, pool):
+    """conv + bias + ReLU + 2x2 stride-2 max pool (floor or ceil mode) in one kernel call."""
+    b, cin, h, w, cout, ks, stride, pad = case
+    block = POCL.simd_block() if variant == "simd" else POCL.tile_block()
+    weight = block_masked(cout, cin * ks[0] * ks[1], block, 0.4, seed=cout + cin)
+    bias = torch.randn(cout)
+    layer = cpu.conv2d(
+        pack_for(weight, POCL, variant), bias, POCL, variant=variant,
+        geometry=ConvGeometry(cin, ks, stride, pad), relu=True, pool=pool,
+    )  # fmt: skip
+    layer.mode = mode
+    x = torch.randn(b, cin, h, w)
+    ref = _pooled_ref(x, weight, bias, ks, stride, pad, (1, 1), relu=True, pool=pool)
+    layer.count_visits = True
+    y = layer(x)
+    assert y.shape == ref.shape and y.is_contiguous()
+    assert_matches(y, ref)
+    # the kernel computes only the conv pixels some window reads: 4 columns per window
+    assert layer.visited_blocks == layer.nnzb * layer.panels(4 * ref[:, 0].numel())
+    layer.count_visits = False
+    assert torch.equal(layer(x), y)  # the cached fast path gives the same bits
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    b=st.integers(1, 3), cin=st.integers(1, 9), cout=st.integers(1, 40),
+    h=st.integers(2, 14), w=st.integers(2, 40), kh=st.integers(1, 3), kw=st.integers(1, 3),
+    stride=st.integers(1, 2), pad=st.integers(0, 2), dil=st.integers(1, 2),
+    density=st.floats(0.0, 1.0), simd=st.booleans(), relu=st.booleans(), bias=st.booleans(),
+    ceil=st.booleans(),
+)  # fmt: skip
+def test_conv_with_pool_random_shapes(b, cin, cout, h, w, kh, kw, stride, pad, dil, density, simd,
+                                      relu, bias, ceil):  # fmt: skip
+    oh = (h + 2 * pad - dil * (kh - 1) - 1) // stride + 1
+    ow = (w + 2 * pad - dil * (kw - 1) - 1) // stride + 1
+    if oh < 1 or ow < 1 or (not ceil and (oh < 2 or ow < 2)):
+        return  # no pooled pixel (refused: test_pool_needs_two_conv_pixels)
+    pool = "ceil" if ceil else "floor"
+    variant = "simd" if simd else "tile"
+    block = POCL.simd_block() if simd else POCL.tile_block()
+    weight = block_masked(cout, cin * kh * kw, block, density, seed=b + 7 * cin + 31 * cout)
+    bias_t = torch.randn(cout) if bias else None
+    layer = get_backend("cpu").conv2d(
+        pack_for(weight, POCL, variant), bias_t, POCL, variant=variant,
+        geometry=ConvGeometry(cin, (kh, kw), (stride, stride), (pad, pad), (dil, dil)),
+        relu=relu, pool=pool,
+    )  # fmt: skip
+    x = torch.randn(b, cin, h, w)
+    ref = _pooled_ref(x, weight, bias_t, (kh, kw), stride, pad, dil, relu, pool)
+    assert_matches(layer(x), ref)
+    assert_matches(layer(x), ref)  # second call: cached arguments and tap tables
+
+
+def test_pool_needs_two_conv_pixels(cpu):
+    layer = cpu.conv2d(
+        pack_for(torch.randn(4, 27), POCL, "tile"), None, POCL, variant="tile",
+        geometry=ConvGeometry(3, (3, 3)), pool="floor",
+    )  # fmt: skip
+    with pytest.raises(UserError, match="max pool"):
+        layer(torch.randn(1, 3, 3, 9))
+
+
+@pytest.mark.parametrize("pool", [None, "floor", "ceil"])
+@pytest.mark.parametrize("side", [7, 20])
+def test_cached_tap_tables_repeat_over_the_batch(cpu, pool, side):
+    """Tap tables are kept for one period of panels (whole images) and the partial last panel;
+    a batch of 70 images covers several periods and ends mid-panel for any panel width, and
+    every image must still read its own pixels."""
+    weight = block_masked(12, 3 * 9, POCL.tile_block(), 1.0, seed=side)
+    bias = torch.randn(12)
+    layer = cpu.conv2d(
+        pack_for(weight, POCL, "tile"), bias, POCL, variant="tile",
+        geometry=ConvGeometry(3, (3, 3), (1, 1), (1, 1)), pool=pool,
+    )  # fmt: skip
+    x = torch.randn(70, 3, side, side)
+    first = layer(x)  # tables built inside the call
+    _, _, tables = layer._shapes[x.shape]
+    windows = first[0, 0].numel()  # 4 columns per pool window, 1 per pixel without a pool
+    cols = 70 * windows * (4 if pool else 1)
+    assert tables.numel() < layer.panels(cols) * 9 * layer.panel  # less than one per panel
+    second = layer(x)  # the cached tables
+    assert torch.equal(first, second)
+    y = F.conv2d(x, weight.reshape(12, 3, 3, 3), bias, 1, 1)
+    assert_matches(second, F.max_pool2d(y, 2, ceil_mode=pool == "ceil") if pool else y)
+
+
+def test_channels_last_input_with_pool(cpu):
+    weight = block_masked(20, 6 * 9, POCL.tile_block(), 0.6, seed=2)
+    layer = cpu.conv2d(
+        pack_for(weight, POCL, "tile"), None, POCL, variant="tile",
+        geometry=ConvGeometry(6, (3, 3), (1, 1), (1, 1)), relu=True, pool="ceil",
+    )  # fmt: skip
+    x = torch.randn(2, 6, 11, 13).to(memory_format=torch.channels_last)
+    ref = _pooled_ref(x.contiguous(), weight, None, (3, 3), 1, 1, (1, 1), relu=True, pool="ceil")
+    for _ in range(2):
+        assert_matches(layer(x), ref)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_lone_panel_rows_split_between_threads(cpu, threads):
+    """With fewer panels than threads the im2col of a panel is split by rows: splits that start
+    mid-channel and mid-block, K blocks no row keeps, and a ragged last block."""
+    weight = block_masked(40, 11 * 9, POCL.tile_block(), 0.6, seed=threads)
+    weight[:, 32:64] = 0  # K block 1 pruned in every row-block
+    layer = cpu.conv2d(
+        pack_for(weight, POCL, "tile"), torch.randn(40), POCL, variant="tile",
+        geometry=ConvGeometry(11, (3, 3), (1, 1), (1, 1)), relu=True,
+    )  # fmt: skip
+    x = torch.randn(1, 11, 2, 3)  # 6 output columns: one panel for any SIMD width
+    ref = F.conv2d(x, weight.reshape(40, 11, 3, 3), layer.bias, padding=1).relu()
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        for mode in (0, 2):
+            layer.mode = mode
+            assert_matches(layer(x), ref)
+    finally:
+        torch.set_num_threads(before)

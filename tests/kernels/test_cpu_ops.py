@@ -46,6 +46,21 @@ def test_conv_op_passes_opcheck_on_an_awkward_shape():
     torch.testing.assert_close(torch.ops.gpuprune.cpu_conv2d(*args), want, rtol=1e-4, atol=1e-4)
 
 
+def test_conv_op_with_fused_pool_passes_opcheck():
+    weight = _masked(20, 36, seed=2)
+    layer = get_backend("cpu").conv2d(
+        pack_for(weight, POCL, "tile"), torch.randn(20), POCL, variant="tile",
+        geometry=ConvGeometry(4, (3, 3), (1, 1), (1, 1), (1, 1)), relu=True, pool="ceil",
+    )  # fmt: skip
+    x = torch.randn(2, 4, 9, 12)
+    args = (x, layer.wt, layer.row_ptr, layer.col_idx, layer.bias, layer.used,
+            [3, 3, 1, 1, 1, 1, 1, 1], 20, 32, 32, True, 0, 2)  # fmt: skip  (2: ceil mode)
+    torch.library.opcheck(torch.ops.gpuprune.cpu_conv2d, args)
+    conv = torch.nn.functional.conv2d(x, weight.reshape(20, 4, 3, 3), layer.bias, 1, 1)
+    want = torch.nn.functional.max_pool2d(conv.relu(), 2, ceil_mode=True)
+    torch.testing.assert_close(torch.ops.gpuprune.cpu_conv2d(*args), want, rtol=1e-4, atol=1e-4)
+
+
 def test_linear_op_passes_opcheck():
     weight = _masked(20, 70, seed=1)
     layer = get_backend("cpu").linear(pack_for(weight, POCL, "simd"), None, POCL, variant="simd")
@@ -65,11 +80,14 @@ class _Net(nn.Module):
         self.relu1 = nn.ReLU()
         self.conv2 = nn.Conv2d(32, 32, 3, padding=1)
         self.pool = nn.MaxPool2d(2)
-        self.fc = nn.Linear(32 * 4 * 4, 10)
+        self.conv3 = nn.Conv2d(32, 32, 3, padding=1)
+        self.pool3 = nn.MaxPool2d(2)  # fused into conv3's kernel
+        self.fc = nn.Linear(32 * 2 * 2, 10)
 
     def forward(self, x):
         y = self.relu1(self.bn1(self.conv1(x)))
         y = self.pool(self.conv2(y) + y)
+        y = self.pool3(self.conv3(y))
         return self.fc(y.flatten(1))
 
 
@@ -80,10 +98,11 @@ def compiled():
     torch.manual_seed(0)
     net = _Net().eval()
     with torch.no_grad():
-        for m in (net.conv2, net.fc):
+        for m in (net.conv2, net.conv3, net.fc):
             m.weight.mul_(torch.rand_like(m.weight) < 0.3)
     model = compile_model(net, target=POCL, backend="cpu", methods="tile", verbose=False)
-    assert len(model.gpuprune_compile.layers) == 3
+    assert len(model.gpuprune_compile.layers) == 4
+    assert [lay.pool_fused for lay in model.gpuprune_compile.layers] == [False, False, True, False]
     return net, model
 
 

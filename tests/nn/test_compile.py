@@ -19,6 +19,19 @@ from gpuprune.nn import SkipConv2d, SkipLinear, compile
 POCL = get_target("cpu-pocl")
 
 
+def _has_cc() -> bool:
+    from gpuprune.kernels.cpu import build
+
+    try:
+        build.find_compiler()
+    except UserError:
+        return False
+    return True
+
+
+needs_cc = pytest.mark.skipif(not _has_cc(), reason="no C compiler for the cpu backend")
+
+
 def _net() -> nn.Module:
     torch.manual_seed(0)
     net = nn.Sequential(
@@ -195,3 +208,69 @@ def test_model_pruned_for_one_target_compiled_for_another():
             outs[name, method] = model(x)
     for out in outs.values():
         torch.testing.assert_close(out, net(x), rtol=1e-4, atol=1e-4)
+
+
+def _vgg_like() -> nn.Module:
+    """Conv-BN-ReLU-pool, conv-ReLU-ceil-mode pool, conv-pool without a ReLU (all fusable), a 3x3
+    stride-2 pool (not), on odd spatial sizes."""
+    torch.manual_seed(4)
+    net = nn.Sequential(
+        nn.Conv2d(3, 24, 3, padding=1), nn.BatchNorm2d(24), nn.ReLU(inplace=True),
+        nn.MaxPool2d(2, 2),
+        nn.Conv2d(24, 40, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True),
+        nn.Conv2d(40, 36, 3, padding=1), nn.MaxPool2d(kernel_size=(2, 2)),
+        nn.Conv2d(36, 20, 1), nn.ReLU(), nn.MaxPool2d(3, 2),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(20, 5),
+    )  # fmt: skip
+    net[1].running_mean.uniform_(-1, 1)
+    net[1].running_var.uniform_(0.5, 2)
+    for idx in (0, 4, 7, 9):
+        _prune_blocks(net[idx], POCL.tile_block(), seed=idx)
+    return net.eval()
+
+
+@needs_cc
+def test_cpu_compile_fuses_2x2_max_pools():
+    net = _vgg_like()
+    convs = {"0": "tile", "4": "tile", "7": "simd", "9": "tile"}
+    out = compile(net, POCL, backend="cpu", kernels=convs, verbose=False)
+    layers = {lay.name: lay for lay in out.gpuprune_compile.layers}
+    assert {n for n, lay in layers.items() if lay.pool_fused} == {"0", "4", "7"}
+    assert all(isinstance(out[i], nn.Identity) for i in (3, 6, 8))
+    assert isinstance(out[11], nn.MaxPool2d) and not out[9].pool
+    assert (out[0].pool, out[4].pool) == ("floor", "ceil")
+    cols, rows = out.gpuprune_compile.table()
+    fused = {row[0]: row[cols.index("fused")] for row in rows}
+    assert fused["0"] == "bn+relu+maxpool" and fused["7"] == "maxpool"
+    assert "2x2 max pool fused" in out.gpuprune_compile.summary()
+    for shape in ((1, 3, 29, 27), (3, 3, 33, 35)):
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            want = net(x)
+            torch.testing.assert_close(out(x), want, rtol=1e-4, atol=1e-4)
+            cl = x.to(memory_format=torch.channels_last)
+            torch.testing.assert_close(out(cl), want, rtol=1e-4, atol=1e-4)
+
+
+@needs_cc
+def test_pool_is_fused_only_where_the_backend_pools_and_nothing_else_reads_its_input():
+    net = _vgg_like()
+    out = compile(net, POCL, backend="reference", kernels="tile", verbose=False)
+    assert not any(lay.pool_fused for lay in out.gpuprune_compile.layers)
+    assert isinstance(out[3], nn.MaxPool2d)
+
+    class Both(nn.Module):  # the ReLU's output is pooled and also read by the mean
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.relu, self.pool = nn.Conv2d(3, 8, 3), nn.ReLU(), nn.MaxPool2d(2)
+
+        def forward(self, x):
+            y = self.relu(self.conv(x))
+            return self.pool(y).sum((1, 2, 3)) + y.mean((1, 2, 3))
+
+    both = Both().eval()
+    out = compile(both, POCL, backend="cpu", kernels="tile", verbose=False)
+    assert not out.gpuprune_compile.layers[0].pool_fused and isinstance(out.pool, nn.MaxPool2d)
+    x = torch.randn(2, 3, 9, 9)
+    with torch.no_grad():
+        torch.testing.assert_close(out(x), both(x), rtol=1e-4, atol=1e-4)

@@ -36,6 +36,9 @@ class Backend(abc.ABC):
     name: ClassVar[str]
     # parameter/activation dtypes the kernels compute in; compile() refuses models in others
     dtypes: ClassVar[tuple[torch.dtype, ...]] = FLOAT32
+    # whether conv2d takes pool="floor"/"ceil": a 2x2 stride-2 max pool after the activation,
+    # fused into the kernel's store (compile() fuses a following nn.MaxPool2d only then)
+    fuses_maxpool: ClassVar[bool] = False
 
     def check_available(self) -> None:  # noqa: B027 - optional hook, default: always available
         """Raise a :class:`UserError` naming the fix (setup step, other backend) if unusable."""
@@ -163,7 +166,8 @@ class LayerClassBackend(Backend):
     (plus the convolution geometry): subclasses only name the two classes."""
 
     linear_layer: ClassVar[type]  # called as (weight, bias, relu)
-    conv_layer: ClassVar[type]  # (weight, bias, relu, in_channels, kernel, stride, pad, dilation)
+    # (weight, bias, relu, in_channels, kernel, stride, pad, dilation[, pool])
+    conv_layer: ClassVar[type]
 
     def linear(
         self,
@@ -185,10 +189,14 @@ class LayerClassBackend(Backend):
         variant: str,
         geometry: ConvGeometry,
         relu: bool = False,
+        pool: str | None = None,
     ) -> Forward:
         check_conv_shape(packed, geometry)
+        if pool and not self.fuses_maxpool:
+            raise ValueError(f"the {self.name} backend does not fuse a max pool")
         g = geometry
+        extra = {"pool": pool} if pool else {}
         return self.conv_layer(
             for_variant(packed, target, variant), bias, relu, g.in_channels, g.kernel_size,
-            g.stride, g.padding, g.dilation,
+            g.stride, g.padding, g.dilation, **extra,
         )  # fmt: skip

@@ -49,6 +49,7 @@ class CompiledLayer:
     skippable: float  # pruned blocks' share
     bn_folded: bool
     relu_fused: bool
+    pool_fused: bool = False  # a 2x2 stride-2 MaxPool2d after it, pooled in the kernel's store
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,8 @@ class CompileReport:
         cols = ["layer", "GEMM MxK", "variant", "block", "skippable", "fused"]
         rows = []
         for lay in self.layers:
-            fused = "+".join(x for x, on in (("bn", lay.bn_folded), ("relu", lay.relu_fused)) if on)
+            fused = "+".join(x for x, on in (("bn", lay.bn_folded), ("relu", lay.relu_fused),
+                                             ("maxpool", lay.pool_fused)) if on)  # fmt: skip
             rows.append([
                 lay.name, f"{lay.gemm[0]}x{lay.gemm[1]}", lay.variant,
                 f"{lay.block[0]}x{lay.block[1]}", f"{lay.skippable:.3f}", fused or "-",
@@ -81,6 +83,7 @@ class CompileReport:
             lines.append(
                 f"  {lay.name}: {lay.kind} {lay.gemm[0]}x{lay.gemm[1]} {lay.variant} "
                 f"block {lay.block[0]}x{lay.block[1]}, skippable {lay.skippable:.3f}"
+                + (", 2x2 max pool fused" if lay.pool_fused else "")
             )
         for skip in self.dense:
             lines.append(f"  left dense: {skip.name}: {skip.reason}")
@@ -250,7 +253,9 @@ def compile(  # noqa: A001 - the public name the project documents (gpuprune.com
     Which layers are compiled, and with which kernel, comes from the pruning plan
     (``model.gpuprune_plan``, set by :func:`gpuprune.prune` and :func:`gpuprune.load`): each
     planned layer runs the kernel variant its pruning method declares, built for its tiling.
-    BatchNorm2d after a conv is folded into it, a ReLU right after is fused into the kernel.
+    BatchNorm2d after a conv is folded into it, a ReLU right after is fused into the kernel,
+    and on the cpu backend a 2x2 stride-2 MaxPool2d after those is pooled in the kernel's store
+    (``CompiledLayer.pool_fused``; docs/design/cpu-backend.md).
     A planned layer whose zeros the kernel cannot skip (no all-zero block) stays dense; it, and
     a model with nothing to skip, are named in a warning and in the report's ``notes``.
     Without a plan, layers with at least one all-zero tile are compiled with the tile kernel.
@@ -367,6 +372,10 @@ def compile(  # noqa: A001 - the public name the project documents (gpuprune.com
             continue
         relu = chain.relu is not None
         conv1d = isinstance(module, nn.Conv1d)
+        # a pool (found after Conv2d only) fuses into one group, on a backend whose store pools
+        pool = None
+        if chain.pool is not None and runner.fuses_maxpool and groups == 1:
+            pool = "ceil" if modules[chain.pool].ceil_mode else "floor"
         if isinstance(module, BareWeight):  # q, k, v: built into the attention below
             biases = bias.detach().chunk(groups) if bias is not None else [None] * groups
             projections[name] = [SkipLinear(p, b, runner, layer_tgt, variant=variant)
@@ -376,7 +385,7 @@ def compile(  # noqa: A001 - the public name the project documents (gpuprune.com
                                         relu=relu)  # fmt: skip
         elif groups == 1:
             new = SkipConv2d(packs[0], bias, runner, layer_tgt, variant=variant,
-                             geometry=geometry, relu=relu, conv1d=conv1d)  # fmt: skip
+                             geometry=geometry, relu=relu, conv1d=conv1d, pool=pool)  # fmt: skip
         else:  # one skip-kernel call per group, on that group's input channels
             biases = bias.detach().chunk(groups) if bias is not None else [None] * groups
             parts = [SkipConv2d(p, b, runner, layer_tgt, variant=variant,
@@ -385,12 +394,12 @@ def compile(  # noqa: A001 - the public name the project documents (gpuprune.com
             new = SkipGroupedConv2d(parts, geometry, conv1d=conv1d)
         if not isinstance(module, BareWeight):
             _replace(out, name, new)
-        for extra in (chain.bn, chain.relu):
+        for extra in (chain.bn, chain.relu, chain.pool if pool else None):
             if extra:
                 _replace(out, extra, nn.Identity())
         compiled.append(CompiledLayer(
             name, "conv" if geometry is not None else "linear", (gm_ * groups, gk_), variant,
-            packs[0].block, layer_tgt.name, skippable, chain.bn is not None, relu,
+            packs[0].block, layer_tgt.name, skippable, chain.bn is not None, relu, bool(pool),
         ))  # fmt: skip
     _swap_attentions(out, modules, projections)
     fast = sorted(lay.name for lay in compiled if _in_encoder_layer(modules, lay.name))

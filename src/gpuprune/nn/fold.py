@@ -1,8 +1,11 @@
-"""Find what compile() can fuse: BatchNorm after a conv (folded into it) and a ReLU after that.
+"""Find what compile() can fuse: BatchNorm after a conv (folded into it), a ReLU after that, and
+a 2x2 stride-2 MaxPool2d after those (pooled in the kernel's store, on backends that can).
 
-The chains come from a ``torch.fx`` trace: a conv whose only user is a BatchNorm2d, and a ReLU
-module whose only input is that conv (or its BatchNorm). Models fx cannot trace fall back to
-consecutive ``Conv2d, BatchNorm2d[, ReLU]`` children of an ``nn.Sequential``.
+The chains come from a ``torch.fx`` trace: a conv whose only user is a BatchNorm2d, a ReLU
+module whose only input is that conv (or its BatchNorm), a MaxPool2d whose only input is the
+last of them. Each module is fused only if nothing else reads its input. Models fx cannot trace
+fall back to consecutive ``Conv2d[, BatchNorm2d][, ReLU][, MaxPool2d]`` children of an
+``nn.Sequential``.
 """
 
 from __future__ import annotations
@@ -21,6 +24,27 @@ class Chain:
     layer: str
     bn: str | None = None  # BatchNorm2d folded into the conv
     relu: str | None = None  # ReLU applied in the kernel's epilogue
+    pool: str | None = None  # 2x2 stride-2 MaxPool2d applied in the epilogue, after the ReLU
+
+
+def fusable_pool(module: nn.Module | None) -> bool:
+    """Whether ``module`` is the max pool a kernel's store can fuse: nn.MaxPool2d with a 2x2
+    window, stride 2, no padding or dilation, no indices, floor or ceil mode (VGG's pools).
+    Other pools stay separate modules."""
+    if type(module) is not nn.MaxPool2d:
+        return False
+
+    def pair(v: object) -> tuple:
+        return tuple(v) if isinstance(v, list | tuple) else (v, v)
+
+    stride = module.kernel_size if module.stride in (None, ()) else module.stride
+    return (
+        pair(module.kernel_size) == (2, 2)
+        and pair(stride) == (2, 2)
+        and pair(module.padding) == (0, 0)
+        and pair(module.dilation) == (1, 1)
+        and not module.return_indices
+    )
 
 
 def _fx_chains(model: nn.Module) -> dict[str, Chain]:
@@ -57,7 +81,11 @@ def _fx_chains(model: nn.Module) -> dict[str, Chain]:
                 chain.bn, tail = bn.target, bn
         relu = only_user(tail, nn.ReLU)
         if relu is not None:
-            chain.relu = relu.target
+            chain.relu, tail = relu.target, relu
+        if isinstance(modules[node.target], nn.Conv2d):
+            pool = only_user(tail, nn.MaxPool2d)
+            if pool is not None and fusable_pool(modules[pool.target]):
+                chain.pool = pool.target
     return chains
 
 
@@ -79,12 +107,15 @@ def _sequential_chains(model: nn.Module) -> dict[str, Chain]:
                 j += 1
             if j < len(names) and isinstance(seq[j], nn.ReLU):
                 chain.relu = f"{prefix}.{names[j]}" if prefix else names[j]
+                j += 1
+            if j < len(names) and conv and fusable_pool(seq[j]):
+                chain.pool = f"{prefix}.{names[j]}" if prefix else names[j]
             chains[full] = chain
     return chains
 
 
 def find_chains(model: nn.Module) -> dict[str, Chain]:
-    """Per GEMM layer name, the BatchNorm and ReLU that can be fused into it."""
+    """Per GEMM layer name, the BatchNorm, ReLU and max pool that can be fused into it."""
     try:
         return _fx_chains(model)
     except Exception:  # fx cannot trace data-dependent control flow; use the simple rule

@@ -105,6 +105,9 @@ class SkipConv2d(_SkipLayer):
 
     One group of ``groups=1``; :class:`SkipGroupedConv2d` runs a grouped conv as one per group.
     A ``pre_pad`` of the geometry (string, uneven or non-zero-mode padding) is applied first.
+    With ``pool`` = "floor" or "ceil" (backends with ``fuses_maxpool`` only) the layer's output
+    is that of a 2x2 stride-2 ``nn.MaxPool2d`` in that mode after it: the kernel pools in its
+    store.
 
     Example:
         >>> layer = SkipConv2d.from_conv(conv, target, get_backend("opencl"), variant="tile")
@@ -113,22 +116,31 @@ class SkipConv2d(_SkipLayer):
     def __init__(
         self, packed: BlockSparseWeight, bias: Tensor | None, backend: Backend, target: Target, *,
         variant: str, geometry: ConvGeometry, relu: bool = False, conv1d: bool = False,
+        pool: str | None = None,
     ) -> None:
         super().__init__(packed, bias, backend, target, variant, relu)
         if geometry.groups != 1:
             raise ValueError("SkipConv2d runs one group; use SkipGroupedConv2d")
+        if pool and conv1d:
+            raise ValueError("a fused 2x2 max pool needs a Conv2d")
         self.geometry = geometry
         self.conv1d = conv1d
+        self.pool = pool
         self.in_channels, self.out_channels = geometry.in_channels, packed.shape[0]
         (kh, kw) = geometry.kernel_size
         self._weight_shape = (self.out_channels, self.in_channels, *((kw,) if conv1d else (kh, kw)))
+        extra = {"pool": pool} if pool else {}  # asked of backends that fuse it only
         self._run = backend.conv2d(
-            packed, self.bias, target, variant=variant, geometry=geometry.kernel(), relu=relu
+            packed, self.bias, target, variant=variant, geometry=geometry.kernel(), relu=relu,
+            **extra,
         )
 
     def forward(self, x: Tensor) -> Tensor:
         y = super().forward(_as_2d(x, self.geometry, self.conv1d))
         return y.squeeze(2) if self.conv1d else y
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (f", maxpool=2x2 {self.pool}" if self.pool else "")
 
     @classmethod
     def from_conv(

@@ -75,12 +75,6 @@ class CpuGemm:
         """N-panels the kernel cuts ``n`` output columns into."""
         return -(-n // self.panel)
 
-    def _weight_args(self) -> tuple:
-        return (
-            self.shape[0], self.gm, self.block[0], self.block[1], self.k_pad,
-            _ptr(self.row_ptr), _ptr(self.col_idx), _ptr(self.wt), _ptr(self.bias), int(self.relu),
-        )  # fmt: skip
-
     def _run(self, op: Callable[..., Tensor], direct: Callable[..., Tensor], x: Tensor,
              args: tuple) -> Tensor:  # fmt: skip
         """``op(*args)`` (the custom op) while ``x`` is traced by torch.compile/export, else the
@@ -108,6 +102,8 @@ class CpuLinear(CpuGemm):
 class CpuConv2d(CpuGemm):
     """Forward of a packed groups=1 Conv2d: NCHW in, NCHW out.
 
+    ``pool``: "floor" or "ceil" for a 2x2 stride-2 max pool in that mode after the activation,
+    fused into the store (None: no pool).
     ``mode`` picks the kernel's schedule: 0 automatic, 1 im2col fused per N-panel, 2 whole
     im2col buffer first (both give the same result; exposed for tests and benchmarks).
     """
@@ -122,6 +118,7 @@ class CpuConv2d(CpuGemm):
         stride: tuple[int, int],
         padding: tuple[int, int],
         dilation: tuple[int, int],
+        pool: str | None = None,
     ) -> None:
         super().__init__(packed, bias, relu)
         # K blocks some row-block keeps: im2col skips the rest (e.g. channels pruned upstream)
@@ -132,12 +129,19 @@ class CpuConv2d(CpuGemm):
         self.stride = tuple(stride)
         self.padding = tuple(padding)
         self.dilation = tuple(dilation)
+        if pool not in ops.POOL_CODES:
+            raise ValueError(f"pool {pool!r} is not one of {list(ops.POOL_CODES)}")
+        self.pool = pool
+        self._pool_code = ops.POOL_CODES[pool]
         self.geometry = ConvGeometry(in_channels, self.kernel_size, self.stride, self.padding,
                                      self.dilation)  # fmt: skip
         self.mode = 0
-        # per input shape seen: (output shape, the kernel's integer arguments); ints only, so a
-        # copied layer never calls with another layer's pointers
-        self._shapes: dict[torch.Size, tuple] = {}
+        # per input shape seen: (output shape, the kernel's integer arguments as an int64 array,
+        # its tap tables). Tensors, not pointers: a copied layer copies them with it.
+        self._shapes: dict[torch.Size, tuple[torch.Size, Tensor, Tensor]] = {}
+
+    def _geometry_list(self) -> list[int]:
+        return [*self.kernel_size, *self.stride, *self.padding, *self.dilation]
 
     def _fast(self, x: Tensor) -> Tensor | None:
         """The eager call for an input shape already checked once: no per-call Python beyond
@@ -145,12 +149,12 @@ class CpuConv2d(CpuGemm):
         known = self._shapes.get(x.shape)
         if known is None or x.dtype != torch.float32 or not x.is_contiguous() or not x.is_cpu:
             return None
-        out_shape, head, tail = known
+        out_shape, args, tables = known
         out = torch.empty(out_shape)
         status = self.lib.gp_conv2d(
-            x.data_ptr(), *head, self.row_ptr.data_ptr(), self.col_idx.data_ptr(),
-            self.wt.data_ptr(), _ptr(self.bias), tail, out.data_ptr(), self.used.data_ptr(),
-            torch.get_num_threads(), self.mode, None,
+            args.data_ptr(), x.data_ptr(), self.row_ptr.data_ptr(), self.col_idx.data_ptr(),
+            self.wt.data_ptr(), _ptr(self.bias), out.data_ptr(), self.used.data_ptr(),
+            tables.data_ptr(), torch.get_num_threads(), self.mode, None,
         )  # fmt: skip
         if status != 0:
             raise MemoryError("the cpu kernel could not allocate its im2col buffer")
@@ -164,22 +168,23 @@ class CpuConv2d(CpuGemm):
         check_input(x, 4, self.in_channels, "Conv2d")
         x = _on_cpu(x)
         b, c, h, w = x.shape
-        (kh, kw), (sh, sw) = self.kernel_size, self.stride
-        (ph, pw), (dh, dw) = self.padding, self.dilation
         oh, ow = self.geometry.check_input(h, w)
-        args = (x, self.wt, self.row_ptr, self.col_idx, self.bias, self.used,
-                [kh, kw, sh, sw, ph, pw, dh, dw], self.shape[0], *self.block, self.relu,
-                self.mode)  # fmt: skip
+        if self.pool == "floor" and (oh < 2 or ow < 2):
+            raise UserError(
+                f"input {h}x{w} gives a {oh}x{ow} conv output, smaller than the 2x2 max pool "
+                "fused after it", "feed the input size the model was built for",
+            )  # fmt: skip
+        geometry = self._geometry_list()
+        args = (x, self.wt, self.row_ptr, self.col_idx, self.bias, self.used, geometry,
+                self.shape[0], *self.block, self.relu, self.mode, self._pool_code)  # fmt: skip
         out = self._run(torch.ops.gpuprune.cpu_conv2d, ops.conv2d, x, args)
         if ops.tracing(x):
             return out
         if b * c * h * w < 2**31:  # one kernel call (bigger inputs are split by ops.conv2d)
-            m, gm, bm, bk, k_pad = self.shape[0], self.gm, *self.block, self.k_pad
-            self._shapes[x.shape] = (
-                out.shape,
-                (b, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, m, gm, bm, bk, k_pad),
-                int(self.relu),
-            )
+            call = ops.conv_args(x.shape, geometry, self._pool_code, self.shape[0], self.gm,
+                                 *self.block, self.k_pad, self.relu)  # fmt: skip
+            # tap tables are built once per input shape, then every call reads them
+            self._shapes[x.shape] = (out.shape, call, ops.conv_tables(call))
         return out
 
 
@@ -188,6 +193,7 @@ class CpuBackend(LayerClassBackend):
     """Compiled C kernel (OpenMP threads, SIMD micro-tiles) that skips pruned blocks on the CPU."""
 
     name = "cpu"
+    fuses_maxpool = True
     linear_layer = CpuLinear
     conv_layer = CpuConv2d
 

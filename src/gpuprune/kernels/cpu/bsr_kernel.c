@@ -14,6 +14,12 @@
  *       skipping the rows of K blocks no row-block keeps (never read).
  *   Out scattered to NCHW: element (m, n) goes to out[(n / L) * M * L + m * L + n % L],
  *       L = H_out * W_out pixels per image (L = 1 gives a Linear layer's [B, M]).
+ *   Pooled convolutions (a 2x2 stride-2 max pool fused into the store) order the columns by
+ *       pool window instead: a panel holds NR / 4 windows, its first NR / 2 columns the top
+ *       pixel pairs of those windows (contiguous input runs), the rest the bottom pairs, and
+ *       the store reduces each window's four columns to one output pixel. In ceil mode the
+ *       windows of an odd last row or column reach past the conv output: their missing pixels
+ *       repeat the last row or column, which leaves the max unchanged.
  *
  * Work split (OpenMP, thread count from the caller = torch.get_num_threads()):
  *   fused       with many N-panels, a thread im2cols one panel into its own buffer and runs
@@ -21,7 +27,14 @@
  *   two-phase   with few N-panels (small images), the whole X is built first, then
  *               (N-panel, row-block) tasks are scheduled dynamically.
  * Inside a task, micro-tiles of MR rows x NR columns stay in registers while the task walks its
- * kept blocks only; bias and ReLU are fused into the store.
+ * kept blocks only; bias, ReLU and the optional max pool are fused into the store.
+ *
+ * im2col reads through tap tables (per panel and tap, the input offset of every column, and
+ * whether the row is one contiguous run, two half runs, zeros or a gather) that
+ * depend only on the layer's geometry and input shape: the caller builds them once per shape
+ * (gp_conv_tables) and passes them to every call. Panel tables repeat with a period of P
+ * panels (Bp whole images), so only min(panels, P) tables (plus the last, partial panel's)
+ * are kept, and later panels add an image offset.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -106,15 +119,26 @@ static inline __attribute__((always_inline)) void micro(
             for (int v = 0; v < NV; v++) *(vf *)(acc_out[r] + v * VL) = acc[r][v];
 }
 
+/* Bias, ReLU (and the 2x2 max pool) of a row-block's NR columns, scattered to NCHW. Without
+ * pooling a column is an output pixel (n0 = first column, N columns, L pixels per image); with
+ * pooling the NR / 4 windows of the panel are (n0 = first window, N windows, L per image). */
 static void store(int rows, int m0, int64_t n0, int64_t N, int64_t M, int64_t L,
-                  float (*acc)[NR], const float *bias, int relu, float *out) {
-    int64_t cols = N - n0 < NR ? N - n0 : NR;
+                  float (*acc)[NR], const float *bias, int relu, int pool, float *out) {
+    const int width = pool ? NR / 4 : NR;
+    int64_t cols = N - n0 < width ? N - n0 : width;
     for (int r = 0; r < rows; r++) {
         const int64_t m = m0 + r;
         const float b = bias ? bias[m] : 0.0f;
         float *a = acc[r];
+        if (pool) { /* window j: columns 2j, 2j+1 (top row) and NR/2 + 2j, NR/2 + 2j + 1 */
+            float rows_max[NR / 2]; /* top against bottom row: whole vectors */
+            for (int c = 0; c < NR / 2; c++)
+                rows_max[c] = a[c] > a[NR / 2 + c] ? a[c] : a[NR / 2 + c];
+            for (int j = 0; j < NR / 4; j++)
+                a[j] = rows_max[2 * j] > rows_max[2 * j + 1] ? rows_max[2 * j] : rows_max[2 * j + 1];
+        }
         for (int c = 0; c < cols; c++) {
-            float v = a[c] + b;
+            float v = a[c] + b; /* max commutes with the per-row bias and with ReLU */
             a[c] = relu && v < 0.0f ? 0.0f : v;
         }
         int64_t img = n0 / L, pix = n0 % L;
@@ -150,8 +174,8 @@ static float *scratch(size_t floats) {
 /* One (N-panel p, row-block i) task: every micro-tile of the row-block over the panel. */
 static inline void gemm_task(int64_t p, int64_t i, const float *panel, int64_t M, int64_t N,
                              int bm, int bk, const int32_t *row_ptr, const int32_t *col_idx,
-                             const float *wt, const float *bias, int relu, float *out, int64_t L,
-                             int mrmax) {
+                             const float *wt, const float *bias, int relu, int pool, float *out,
+                             int64_t L, int mrmax) {
     static __thread float (*acc)[NR] = NULL; /* partial sums of the row-block: [bm][NR] */
     static __thread int acc_rows = 0;
     if (bm > acc_rows) {
@@ -184,7 +208,7 @@ static inline void gemm_task(int64_t p, int64_t i, const float *panel, int64_t M
         }
         ja = jb;
     } while (ja < j1);
-    store(rows_valid, (int)(i * bm), p * NR, N, M, L, acc, bias, relu, out);
+    store(rows_valid, (int)(i * bm), p * (pool ? NR / 4 : NR), N, M, L, acc, bias, relu, pool, out);
 }
 
 /* The weight and epilogue of one layer, as passed from Python. */
@@ -207,150 +231,257 @@ static int64_t gemm_all(const gp_weight *w, const float *x, int64_t N, float *ou
         const int64_t p = t / w->gm, i = t % w->gm;
         walked += w->row_ptr[i + 1] - w->row_ptr[i];
         gemm_task(p, i, x + p * w->k_pad * NR, w->M, N, w->bm, w->bk, w->row_ptr, w->col_idx,
-                  w->wt, w->bias, w->relu, out, L, mrmax);
+                  w->wt, w->bias, w->relu, 0, out, L, mrmax);
     }
     return walked;
+}
+
+/* The integer arguments of a convolution call, as the caller passes them (one int64 array in
+ * this order, built once per input shape): the geometry, pool (a 2x2 stride-2 max pool after
+ * the activation: 0 none, 1 floor mode, 2 ceil mode), then the weight's (M, row-blocks, block,
+ * padded K, ReLU). */
+typedef struct {
+    int64_t B, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, OH, OW, pool;
+    int64_t M, gm, bm, bk, k_pad, relu;
+} gp_geom;
+
+/* How the N columns of a call are laid out: groups of one column (an output pixel) or, pooled,
+ * of four (a 2x2 window); `per_image` groups per image, `per_panel` groups per panel. */
+typedef struct {
+    int64_t per_image, groups, panels, per_panel;
+    int64_t period, period_images; /* panel tables repeat every `period` panels */
+    int64_t tables;                /* tables kept: min(panels, period), + 1 for a partial tail */
+    int tail;                      /* a partial last panel past the first period: own table */
+    int taps;
+    int64_t table_ints; /* int32s per panel: offsets, then (dst, src, len) runs */
+} gp_cols;
+
+static int64_t gcd64(int64_t a, int64_t b) {
+    while (b) {
+        const int64_t t = a % b;
+        a = b;
+        b = t;
+    }
+    return a;
+}
+
+/* Pooled output height and width (floor or ceil mode). */
+static inline int64_t pooled(const gp_geom *g, int64_t size) {
+    return g->pool == 2 ? (size + 1) / 2 : size / 2;
+}
+
+static gp_cols columns(const gp_geom *g) {
+    gp_cols c;
+    c.per_image = g->pool ? pooled(g, g->OH) * pooled(g, g->OW) : g->OH * g->OW;
+    c.groups = g->B * c.per_image;
+    c.per_panel = g->pool ? NR / 4 : NR;
+    c.panels = (c.groups + c.per_panel - 1) / c.per_panel;
+    const int64_t d = c.per_image > 0 ? gcd64(c.per_image, c.per_panel) : 1;
+    c.period = c.per_image > 0 ? c.per_image / d : 1;
+    c.period_images = c.per_panel / d;
+    c.tail = c.panels > c.period && c.groups % c.per_panel != 0;
+    c.tables = (c.panels < c.period ? c.panels : c.period) + c.tail;
+    c.taps = (int)(g->kh * g->kw);
+    c.table_ints = (int64_t)c.taps * (NR + 2); /* offsets, then a row kind and offset per tap */
+    return c;
+}
+
+/* The table a panel reads, and the offset of its images from the table's. */
+static inline int64_t table_of(const gp_geom *g, const gp_cols *c, int64_t p, int64_t *base) {
+    *base = 0;
+    if (p < c->period) return p;
+    if (c->tail && p == c->panels - 1) return c->tables - 1;
+    *base = p / c->period * c->period_images * g->C * g->H * g->W;
+    return p % c->period;
+}
+
+/* Ints the tables of one call take (the caller allocates them). */
+int64_t gp_conv_table_ints(const int64_t *geom) {
+    const gp_cols c = columns((const gp_geom *)geom);
+    return c.tables * c.table_ints;
 }
 
 /* im2col source table: for tap (i, j) and panel column c, the offset of the input pixel in
  * the batch (channel 0), or -1 where the window reads padding or the column is past N. Row
  * k = (ch, i, j) of the panel is then one gather, img[ch * H * W + table[tap][c]]. */
-static void tap_table(int64_t p, int64_t N, int64_t L, int64_t OW, int64_t C, int64_t H,
-                      int64_t W, int kh, int kw, int sh, int sw, int ph, int pw, int dh, int dw,
-                      int32_t *table) {
-    for (int tap = 0; tap < kh * kw; tap++) {
-        const int i = tap / kw, j = tap % kw;
-        for (int c = 0; c < NR; c++) {
-            const int64_t n = p * NR + c;
+static void tap_table(const gp_geom *g, const gp_cols *cs, int64_t p, int32_t *table) {
+    for (int c = 0; c < NR; c++) {
+        int64_t grp, dy = 0, dx = 0;
+        if (g->pool) { /* see the column order of pooled convolutions at the top */
+            grp = p * cs->per_panel + (c % (NR / 2)) / 2;
+            dy = c / (NR / 2);
+            dx = c % 2;
+        } else {
+            grp = p * cs->per_panel + c;
+        }
+        int64_t b = -1, oh = 0, ow = 0;
+        if (grp < cs->groups) {
+            b = grp / cs->per_image;
+            const int64_t l = grp % cs->per_image;
+            if (g->pool) { /* ceil mode: a pixel past the edge repeats the last one */
+                oh = l / pooled(g, g->OW) * 2 + dy;
+                ow = l % pooled(g, g->OW) * 2 + dx;
+                oh = oh < g->OH ? oh : g->OH - 1;
+                ow = ow < g->OW ? ow : g->OW - 1;
+            } else {
+                oh = l / g->OW;
+                ow = l % g->OW;
+            }
+        }
+        for (int tap = 0; tap < cs->taps; tap++) {
+            const int64_t i = tap / g->kw, j = tap % g->kw;
             int32_t v = -1;
-            if (n < N) {
-                const int64_t b = n / L, l = n % L;
-                const int64_t ih = l / OW * sh - ph + (int64_t)i * dh;
-                const int64_t iw = l % OW * sw - pw + (int64_t)j * dw;
-                if (ih >= 0 && ih < H && iw >= 0 && iw < W) v = (int32_t)((b * C * H + ih) * W + iw);
+            if (b >= 0) {
+                const int64_t ih = oh * g->sh - g->ph + i * g->dh;
+                const int64_t iw = ow * g->sw - g->pw + j * g->dw;
+                if (ih >= 0 && ih < g->H && iw >= 0 && iw < g->W)
+                    v = (int32_t)((b * g->C * g->H + ih) * g->W + iw);
             }
             table[tap * NR + c] = v;
         }
     }
 }
 
-/* For wide outputs a tap's panel row is a few long runs: copy them instead of gathering.
- * seg[tap] lists (dst column, source offset or -1 for zeros, length) runs, ended by len 0. */
-typedef struct {
-    int32_t dst, src, len;
-} seg_t;
+/* How a tap's panel row is filled. Most rows are one contiguous input run (a plain panel
+ * inside one output row, 1x1 convolutions) or two half-panel runs (a pooled panel: the top and
+ * bottom pixel pairs of its windows), copied as whole vectors; rows with padding, stride or a
+ * row break are gathered through the table (on AVX2 a gather of short runs was measured faster
+ * than copying them one by one). */
+enum { ROW_GATHER = 0, ROW_RUN = 1, ROW_HALVES = 2, ROW_ZERO = 3 };
 
-/* runs per panel <= NR / OW + 2, each at most zeros + copy with neighbouring zeros merged */
-static int max_segs(int64_t OW) { return (int)(2 * (NR / OW) + 8); }
+static int contiguous(const int32_t *t, int n) {
+    if (t[0] < 0) return 0;
+    for (int c = 1; c < n; c++)
+        if (t[c] != t[0] + c) return 0;
+    return 1;
+}
 
-static void tap_segments(const int32_t *table, int taps, int sw, int nseg, seg_t *seg) {
+/* kinds[tap] = (kind, offset of the second half for ROW_HALVES) */
+static void row_kinds(const int32_t *table, int taps, int32_t *kinds) {
     for (int tap = 0; tap < taps; tap++) {
         const int32_t *t = table + tap * NR;
-        seg_t *out = seg + tap * nseg;
-        int cnt = 0;
-        for (int c = 0; c < NR;) {
-            int e = c + 1;
-            if (t[c] < 0) {
-                while (e < NR && t[e] < 0) e++;
-            } else {
-                while (e < NR && t[e] == t[e - 1] + sw) e++;
-            }
-            if (cnt < nseg - 1) out[cnt++] = (seg_t){c, t[c], e - c};
-            c = e;
+        int zero = 1;
+        for (int c = 0; c < NR; c++) zero &= t[c] < 0;
+        int32_t kind = ROW_GATHER, second = 0;
+        if (zero) {
+            kind = ROW_ZERO;
+        } else if (contiguous(t, NR)) {
+            kind = ROW_RUN;
+        } else if (contiguous(t, NR / 2) && contiguous(t + NR / 2, NR / 2)) {
+            kind = ROW_HALVES;
+            second = t[NR / 2];
         }
-        out[cnt] = (seg_t){NR, -1, 0};
+        kinds[2 * tap] = kind;
+        kinds[2 * tap + 1] = second;
     }
 }
 
-static inline void im2col_rows_seg(const float *img, const seg_t *seg, int nseg, int64_t HW,
-                                   int64_t K, int taps, int sw, int64_t k0, int64_t k1,
-                                   const uint8_t *used, int bk, float *panel) {
-    for (int64_t k = k0; k < k1; k++) {
-        if (!used[k / bk]) continue; /* no row-block keeps this K block: never read */
-        float *row = panel + k * NR;
-        if (k >= K) {
-            for (int c = 0; c < NR; c++) row[c] = 0.0f;
-            continue;
-        }
-        const float *src = img + k / taps * HW;
-        for (const seg_t *g = seg + k % taps * nseg; g->len > 0; g++) {
-            float *d = row + g->dst;
-            if (g->src < 0) {
-                for (int c = 0; c < g->len; c++) d[c] = 0.0f;
-            } else if (sw == 1) {
-                const float *q = src + g->src;
-                for (int c = 0; c < g->len; c++) d[c] = q[c];
-            } else {
-                const float *q = src + g->src;
-                for (int c = 0; c < g->len; c++) d[c] = q[c * sw];
-            }
-        }
+static void panel_tables(const gp_geom *g, const gp_cols *c, int64_t p, int32_t *dst) {
+    tap_table(g, c, p, dst);
+    row_kinds(dst, c->taps, dst + c->taps * NR);
+}
+
+/* Fill the tables of every kept panel (0 .. min(panels, period) - 1, then the partial last). */
+void gp_conv_tables(const int64_t *geom, int32_t *tables, int nthreads) {
+    const gp_geom *g = (const gp_geom *)geom;
+    const gp_cols c = columns(g);
+#pragma omp parallel for schedule(static) num_threads(nthreads)
+    for (int64_t t = 0; t < c.tables; t++) {
+        const int64_t p = c.tail && t == c.tables - 1 ? c.panels - 1 : t;
+        panel_tables(g, &c, p, tables + t * c.table_ints);
     }
 }
 
-/* Rows k0..k1 of one panel (zero rows past K). */
-static inline void im2col_rows(const float *img, const int32_t *table, int64_t HW, int64_t K,
-                               int taps, int64_t k0, int64_t k1, const uint8_t *used, int bk,
-                               float *panel) {
-    for (int64_t k = k0; k < k1; k++) {
-        if (!used[k / bk]) continue; /* no row-block keeps this K block: never read */
-        float *row = panel + k * NR;
-        if (k >= K) {
-            for (int c = 0; c < NR; c++) row[c] = 0.0f;
+/* Rows k0..k1 of one panel (zero rows past K). The channel and tap of row k advance by
+ * counting, and `used` is read once per K block: a division per row cost more than copying it. */
+static inline void im2col_rows(const float *img, const int32_t *table, const int32_t *kinds,
+                               int64_t HW, int64_t K, int taps, int64_t k0, int64_t k1,
+                               const uint8_t *used, int bk, float *panel) {
+    int tap = (int)(k0 % taps);
+    const float *src = img + k0 / taps * HW; /* channel k / taps (past K: never read) */
+    for (int64_t k = k0; k < k1;) {
+        const int64_t kb = k / bk, end = (kb + 1) * bk < k1 ? (kb + 1) * bk : k1;
+        if (!used[kb]) { /* no row-block keeps this K block: never read */
+            const int64_t skip = tap + (end - k);
+            src += skip / taps * HW;
+            tap = (int)(skip % taps);
+            k = end;
             continue;
         }
-        const float *src = img + k / taps * HW;
-        const int32_t *t = table + k % taps * NR;
+        for (; k < end; k++) {
+            float *row = panel + k * NR;
+            const int kind = k < K ? kinds[2 * tap] : ROW_ZERO;
+            const int32_t *t = table + tap * NR;
+            if (kind == ROW_RUN) {
+                const float *q = src + t[0];
+                for (int c = 0; c < NR; c++) row[c] = q[c];
+            } else if (kind == ROW_HALVES) {
+                const float *q = src + t[0], *q2 = src + kinds[2 * tap + 1];
+                for (int c = 0; c < NR / 2; c++) row[c] = q[c];
+                for (int c = 0; c < NR / 2; c++) row[NR / 2 + c] = q2[c];
+            } else if (kind == ROW_ZERO) {
+                for (int c = 0; c < NR; c++) row[c] = 0.0f;
+            } else {
 #pragma GCC ivdep
-        for (int c = 0; c < NR; c++) row[c] = t[c] >= 0 ? src[t[c]] : 0.0f;
+                for (int c = 0; c < NR; c++) row[c] = t[c] >= 0 ? src[t[c]] : 0.0f;
+            }
+            if (++tap == taps) {
+                tap = 0;
+                src += HW;
+            }
+        }
     }
 }
 
-/* A groups=1 convolution, NCHW in and out. Input offsets must fit int32 (the caller splits
- * bigger batches). mode 0 picks: with enough N-panels for every thread, each thread builds one
- * panel at a time in its own buffer and runs all row-blocks on it while it is in cache (fused);
- * otherwise the whole X is built first and (panel, row-block) tasks share it. */
-int gp_conv2d(const float *img, int64_t B, int64_t C, int64_t H, int64_t W, int kh, int kw,
-              int sh, int sw, int ph, int pw, int dh, int dw, int64_t OH, int64_t OW,
-              int64_t M, int64_t gm, int bm, int bk, int64_t k_pad, const int32_t *row_ptr,
-              const int32_t *col_idx, const float *wt, const float *bias, int relu, float *out,
-              const uint8_t *used, int nthreads, int mode, int64_t *visits) {
-    const int taps = kh * kw;
-    const int64_t K = C * taps, L = OH * OW, N = B * L, HW = H * W;
-    const int64_t panels = (N + NR - 1) / NR;
-    /* cached per calling thread; workers see it through the local pointers below */
+/* Rows k0..k1 of panel p of X, from its tables. */
+static inline void fill_panel(const gp_geom *g, const gp_cols *c, const int32_t *tables,
+                              int64_t p, const float *img, int64_t k0, int64_t k1,
+                              const uint8_t *used, int bk, float *dst) {
+    int64_t base;
+    const int32_t *t = tables + table_of(g, c, p, &base) * c->table_ints;
+    const int64_t K = g->C * c->taps, HW = g->H * g->W;
+    im2col_rows(img + base, t, t + c->taps * NR, HW, K, c->taps, k0, k1, used, bk, dst);
+}
+
+/* A groups=1 convolution, NCHW in and out, with the integer arguments `geom` (gp_geom) and
+ * `tables` from gp_conv_tables for them, or NULL to build them in this call. Input offsets must
+ * fit int32 (the caller splits bigger batches). mode 0 picks: with enough N-panels for every
+ * thread, each thread builds one panel at a time in its own buffer and runs all row-blocks on
+ * it while it is in cache (fused); otherwise the whole X is built first and (panel, row-block)
+ * tasks share it. */
+int gp_conv2d(const int64_t *geom, const float *img, const int32_t *row_ptr,
+              const int32_t *col_idx, const float *wt, const float *bias, float *out,
+              const uint8_t *used, const int32_t *tables, int nthreads, int mode,
+              int64_t *visits) {
+    const gp_geom *g = (const gp_geom *)geom;
+    const gp_cols c = columns(g);
+    const int64_t M = g->M, gm = g->gm, k_pad = g->k_pad;
+    const int bm = (int)g->bm, bk = (int)g->bk, relu = (int)g->relu;
+    const int64_t panels = c.panels;
+    if (panels == 0) return 0;
+    /* built here when the caller has none: cached per calling thread, workers see it through
+     * the local pointer below */
     static __thread int32_t *table_cache = NULL;
     static __thread int64_t table_size = 0;
-    const int use_seg = OW >= 16; /* long runs: copy them (else gather through the table) */
-    const int nseg = max_segs(OW);
-    const int64_t table_ints = taps * NR * panels;
-    const int64_t need = table_ints + (use_seg ? 3 * (int64_t)taps * nseg * panels : 0);
-    if (need > table_size) {
-        free(table_cache);
-        table_cache = (int32_t *)malloc(sizeof(int32_t) * need);
-        table_size = table_cache ? need : 0;
-        if (!table_cache) return 1;
+    const int build = tables == NULL;
+    if (build) {
+        const int64_t need = c.tables * c.table_ints;
+        if (need > table_size) {
+            free(table_cache);
+            table_cache = (int32_t *)malloc(sizeof(int32_t) * need);
+            table_size = table_cache ? need : 0;
+            if (!table_cache) return 1;
+        }
+        tables = table_cache;
     }
-    int32_t *const table = table_cache;
-    seg_t *const segs = (seg_t *)(table + table_ints);
-    /* a panel's tap table (and runs), then its rows: each panel needs only its own table */
-#define GP_FILL(p, dst)                                                                        \
-    do {                                                                                       \
-        int32_t *t_ = table + (p) * taps * NR;                                                 \
-        tap_table(p, N, L, OW, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, t_);                   \
-        if (use_seg) {                                                                         \
-            seg_t *s_ = segs + (p) * taps * nseg;                                              \
-            tap_segments(t_, taps, sw, nseg, s_);                                              \
-            im2col_rows_seg(img, s_, nseg, HW, K, taps, sw, 0, k_pad, used, bk, dst);          \
-        } else {                                                                               \
-            im2col_rows(img, t_, HW, K, taps, 0, k_pad, used, bk, dst);                        \
-        }                                                                                      \
-    } while (0)
+    int32_t *const own = table_cache;
     if (mode == 0) mode = panels >= 4 * (int64_t)nthreads ? 1 : 2;
     int64_t walked = 0;
     int status = 0;
     const int mrmax = gp_max_rows();
     float *x = NULL;
+    const int64_t splits = panels < nthreads ? (nthreads + panels - 1) / panels : 1;
+    const int64_t rows = (k_pad + splits - 1) / splits;
     if (mode == 2) {
         x = scratch((size_t)(panels * k_pad * NR));
         if (!x) return 1;
@@ -359,6 +490,13 @@ int gp_conv2d(const float *img, int64_t B, int64_t C, int64_t H, int64_t W, int 
      * whole GEMM at batch 1, so the phases below are separated by barriers, not new regions */
 #pragma omp parallel num_threads(nthreads) reduction(+ : walked)
     {
+        if (build) {
+#pragma omp for schedule(static)
+            for (int64_t t = 0; t < c.tables; t++) {
+                const int64_t p = c.tail && t == c.tables - 1 ? c.panels - 1 : t;
+                panel_tables(g, &c, p, own + t * c.table_ints);
+            }
+        }
         if (mode == 1) {
             /* fused: a thread builds one panel in its own buffer, runs every row-block on it */
             float *panel = scratch((size_t)(k_pad * NR));
@@ -369,28 +507,33 @@ int gp_conv2d(const float *img, int64_t B, int64_t C, int64_t H, int64_t W, int 
 #pragma omp for schedule(dynamic, 1)
             for (int64_t p = 0; p < panels; p++) {
                 if (!panel) continue;
-                GP_FILL(p, panel);
+                fill_panel(g, &c, tables, p, img, 0, k_pad, used, bk, panel);
                 for (int64_t i = 0; i < gm; i++) {
                     walked += row_ptr[i + 1] - row_ptr[i];
-                    gemm_task(p, i, panel, M, N, bm, bk, row_ptr, col_idx, wt, bias, relu, out,
-                              L, mrmax);
+                    gemm_task(p, i, panel, M, c.groups, bm, bk, row_ptr, col_idx, wt, bias,
+                              relu, (int)g->pool, out, c.per_image, mrmax);
                 }
             }
         } else {
-            /* two-phase: the whole X first (implicit barrier), then (panel, row-block) tasks */
+            /* two-phase: the whole X first (implicit barrier), then (panel, row-block) tasks;
+             * with fewer panels than threads (batch 1, small images) the panels' rows are
+             * split too, so no thread idles through the im2col */
 #pragma omp for schedule(static)
-            for (int64_t p = 0; p < panels; p++) GP_FILL(p, x + p * k_pad * NR);
+            for (int64_t t = 0; t < panels * splits; t++) {
+                const int64_t p = t / splits, s = t % splits;
+                const int64_t k0 = s * rows, k1 = k0 + rows < k_pad ? k0 + rows : k_pad;
+                fill_panel(g, &c, tables, p, img, k0, k1, used, bk, x + p * k_pad * NR);
+            }
             const int64_t tasks = panels * gm;
 #pragma omp for schedule(dynamic, 1)
             for (int64_t t = 0; t < tasks; t++) {
                 const int64_t p = t / gm, i = t % gm;
                 walked += row_ptr[i + 1] - row_ptr[i];
-                gemm_task(p, i, x + p * k_pad * NR, M, N, bm, bk, row_ptr, col_idx, wt, bias,
-                          relu, out, L, mrmax);
+                gemm_task(p, i, x + p * k_pad * NR, M, c.groups, bm, bk, row_ptr, col_idx, wt,
+                          bias, relu, (int)g->pool, out, c.per_image, mrmax);
             }
         }
     }
-#undef GP_FILL
     if (visits) *visits += walked;
     return status;
 }

@@ -32,16 +32,20 @@ BASE_FLAGS = ("-O3", "-fopenmp", "-shared", "-fPIC")
 DEFAULT_ARCH = "-march=native"
 
 _I64, _INT, _PTR = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
+# name: (argument types, result type)
 _SIGNATURES = {
-    "gp_panel_width": [],
-    "gp_max_rows": [],
-    # img, B, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, OH, OW,
-    # M, gm, bm, bk, k_pad, row_ptr, col_idx, wt, bias, relu, out, used, nthreads, mode, visits
-    "gp_conv2d": [_PTR, _I64, _I64, _I64, _I64] + [_INT] * 8 + [_I64, _I64]
-    + [_I64, _I64, _INT, _INT, _I64] + [_PTR] * 4 + [_INT, _PTR, _PTR, _INT, _INT, _PTR],
+    "gp_panel_width": ([], ctypes.c_int),
+    "gp_max_rows": ([], ctypes.c_int),
+    # args (int64: B, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, OH, OW, pool, M, gm, bm, bk,
+    # k_pad, relu; see ops.conv_args), img, row_ptr, col_idx, wt, bias, out, used, tables,
+    # nthreads, mode, visits
+    "gp_conv2d": ([_PTR] * 9 + [_INT, _INT, _PTR], ctypes.c_int),
+    # int32s of the tap tables for args, and the call that fills them (args, tables, nthreads)
+    "gp_conv_table_ints": ([_PTR], ctypes.c_int64),
+    "gp_conv_tables": ([_PTR, _PTR, _INT], None),
     # in, N, K, M, gm, bm, bk, k_pad, row_ptr, col_idx, wt, bias, relu, out, nthreads, visits
-    "gp_linear": [_PTR, _I64, _I64, _I64, _I64, _INT, _INT, _I64] + [_PTR] * 4
-    + [_INT, _PTR, _INT, _PTR],
+    "gp_linear": ([_PTR, _I64, _I64, _I64, _I64, _INT, _INT, _I64] + [_PTR] * 4
+                  + [_INT, _PTR, _INT, _PTR], ctypes.c_int),
 }
 
 
@@ -124,8 +128,8 @@ def load_library() -> ctypes.CDLL:
                 )
             os.replace(built, target)
     lib = ctypes.CDLL(str(target))
-    for name, args in _SIGNATURES.items():
+    for name, (args, result) in _SIGNATURES.items():
         fn = getattr(lib, name)
         fn.argtypes = args
-        fn.restype = ctypes.c_int
+        fn.restype = result
     return lib

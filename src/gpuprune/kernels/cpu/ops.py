@@ -33,6 +33,40 @@ def tracing(x: Tensor) -> bool:
     return torch.compiler.is_compiling() or type(x) is not Tensor
 
 
+# ``pool`` codes of the kernel: no pool, or a fused 2x2 stride-2 max pool in floor / ceil mode
+POOL_CODES = {None: 0, "floor": 1, "ceil": 2}
+
+
+def conv_out_hw(h: int, w: int, geometry: list[int], pool: int) -> tuple[int, int]:
+    """Output height and width: the convolution's, halved by a fused 2x2 max pool (``pool`` 1:
+    floor mode, 2: ceil mode)."""
+    kh, kw, sh, sw, ph, pw, dh, dw = geometry
+    oh, ow = out_size(h, kh, sh, ph, dh), out_size(w, kw, sw, pw, dw)
+    if pool:
+        up = int(pool == 2)
+        return (oh + up) // 2, (ow + up) // 2
+    return oh, ow
+
+
+def conv_args(shape: tuple[int, ...], geometry: list[int], pool: int, m: int, gm: int, bm: int,
+              bk: int, k_pad: int, relu: bool) -> Tensor:  # fmt: skip
+    """The kernel's integer arguments for an input of ``shape``, as one int64 array
+    (``gp_geom`` in bsr_kernel.c): the geometry, the pool flag, then the weight's."""
+    b, c, h, w = shape
+    kh, kw, sh, sw, ph, pw, dh, dw = geometry
+    oh, ow = out_size(h, kh, sh, ph, dh), out_size(w, kw, sw, pw, dw)
+    return torch.tensor([b, c, h, w, *geometry, oh, ow, int(pool), m, gm, bm, bk, k_pad,
+                         int(relu)], dtype=torch.int64)  # fmt: skip
+
+
+def conv_tables(args: Tensor) -> Tensor:
+    """The im2col tap tables for the call ``args`` describes (depend on the input shape only)."""
+    lib = load_library()
+    tables = torch.empty(max(1, lib.gp_conv_table_ints(_ptr(args))), dtype=torch.int32)
+    lib.gp_conv_tables(_ptr(args), _ptr(tables), torch.get_num_threads())
+    return tables
+
+
 def conv2d(
     x: Tensor,
     wt: Tensor,
@@ -46,13 +80,13 @@ def conv2d(
     bk: int,
     relu: bool,
     mode: int,
+    pool: int = 0,
     visits: Tensor | None = None,
 ) -> Tensor:
     """The kernel call behind ``gpuprune::cpu_conv2d``; ``visits`` (int64 [1]) counts blocks."""
     x = x.contiguous()
     b, c, h, w = x.shape
-    kh, kw, sh, sw, ph, pw, dh, dw = geometry
-    oh, ow = out_size(h, kh, sh, ph, dh), out_size(w, kw, sw, pw, dw)
+    oh, ow = conv_out_hw(h, w, geometry, pool)
     out = torch.empty(b, m, oh, ow, dtype=torch.float32)
     gm, k_pad = row_ptr.numel() - 1, used.numel() * bk
     lib = load_library()
@@ -60,10 +94,10 @@ def conv2d(
     step = max(1, (2**31 - 1) // max(1, c * h * w))
     for start in range(0, b, step):
         xs, ys = x[start : start + step], out[start : start + step]
+        args = conv_args(xs.shape, geometry, pool, m, gm, bm, bk, k_pad, relu)
         _check(lib.gp_conv2d(
-            _ptr(xs), xs.shape[0], c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow,
-            m, gm, bm, bk, k_pad, _ptr(row_ptr), _ptr(col_idx), _ptr(wt), _ptr(bias), int(relu),
-            _ptr(ys), _ptr(used), torch.get_num_threads(), mode, _ptr(visits),
+            _ptr(args), _ptr(xs), _ptr(row_ptr), _ptr(col_idx), _ptr(wt), _ptr(bias), _ptr(ys),
+            _ptr(used), None, torch.get_num_threads(), mode, _ptr(visits),
         ))  # fmt: skip
     return out
 
@@ -108,20 +142,20 @@ def cpu_conv2d(
     bk: int,
     relu: bool,
     mode: int,
+    pool: int = 0,
 ) -> Tensor:
-    """``act(conv2d(x, W) + bias)`` over the kept blocks of W (BSR, k-major blocks ``wt``).
+    """``act(conv2d(x, W) + bias)`` over the kept blocks of W (BSR, k-major blocks ``wt``),
+    then with ``pool`` = 1 (2) a 2x2 stride-2 max pool in floor (ceil) mode.
 
     ``geometry`` is (kh, kw, sh, sw, ph, pw, dh, dw); ``used`` flags the K blocks some
     row-block keeps (one byte per K block); ``mode`` the schedule (0 automatic).
     """
-    return conv2d(x, wt, row_ptr, col_idx, bias, used, geometry, m, bm, bk, relu, mode)
+    return conv2d(x, wt, row_ptr, col_idx, bias, used, geometry, m, bm, bk, relu, mode, pool)
 
 
 @cpu_conv2d.register_fake
-def _(x, wt, row_ptr, col_idx, bias, used, geometry, m, bm, bk, relu, mode):
-    kh, kw, sh, sw, ph, pw, dh, dw = geometry
-    oh = out_size(x.shape[2], kh, sh, ph, dh)
-    ow = out_size(x.shape[3], kw, sw, pw, dw)
+def _(x, wt, row_ptr, col_idx, bias, used, geometry, m, bm, bk, relu, mode, pool=0):
+    oh, ow = conv_out_hw(x.shape[2], x.shape[3], geometry, pool)
     return x.new_empty((x.shape[0], m, oh, ow))
 
 
