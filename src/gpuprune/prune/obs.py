@@ -173,18 +173,18 @@ def _allowed_in_banks(score: torch.Tensor, order: torch.Tensor, pattern: Pattern
 class _Trace:
     """Greedy removal traces of all groups, and what refits any prefix of them without a solve.
 
-    ``factor`` (only when all groups fit one memory chunk) holds, per group, the rows of ``U^T``
+    Only when all groups fit one memory chunk: ``factor`` holds, per group, the rows of ``U^T``
     with ``Hinv - U U^T`` the inverse on the columns still kept, one row per removed column in
-    trace order (``cols``): ``U[cols]`` is the Cholesky factor of ``Hinv`` on the removed columns.
-    Traces of the global rule may stop early (``cost`` inf past that point, see
-    :func:`_selection_known`).
+    trace order (``L = U[removed, :]`` is the Cholesky factor of ``Hinv`` on the removed
+    columns), and ``solved`` the matching rows of ``L^-1 w_removed``. Traces of the global rule
+    may stop early (``cost`` inf past that point, see :func:`_selection_known`).
     """
 
     order: torch.Tensor  # [G, n] units, in removal order
     cost: torch.Tensor  # [G, n] error increase of each removal
     weight: torch.Tensor  # [G, rows, Kp] padded original weights
     factor: torch.Tensor | None = None  # [G, traced * k, Kp]
-    cols: torch.Tensor | None = None  # [G, traced * k]
+    solved: torch.Tensor | None = None  # [G, traced * k, rows]
 
 
 def _selection_known(cost: torch.Tensor, order: torch.Tensor, sizes: torch.Tensor,
@@ -228,7 +228,7 @@ def _trace(weight: torch.Tensor, h: torch.Tensor, pattern: Pattern, removals: in
         gc = w.shape[0]
         # current inverse = hi - U U^T; only U grows, the shared hi is never copied per group
         ut = torch.empty(gc, removals * k, kp, dtype=torch.float64)
-        cols_all = torch.empty(gc, removals * k, dtype=torch.long)
+        solved = torch.empty(gc, removals * k, rows, dtype=torch.float64)
         diag = diag0.expand(gc, *diag0.shape).clone()
         removed = torch.zeros(gc, units, dtype=torch.bool)
         gi = torch.arange(gc)[:, None]
@@ -256,9 +256,11 @@ def _trace(weight: torch.Tensor, h: torch.Tensor, pattern: Pattern, removals: in
             linv = torch.linalg.solve_triangular(chol, eye_t, upper=False)
             new = ut[:, n : n + tk]
             new.copy_(torch.bmm(linv, hs))
-            cols_all[:, n : n + tk] = cols
             ws = w.gather(2, cols[:, None, :].expand(gc, rows, tk))  # [G, rows, tk]
-            w.baddbmm_(ws @ linv.transpose(1, 2), new, alpha=-1)
+            # rows n..n+tk of L^-1 w_removed (forward substitution: ``w`` is already downdated)
+            z = solved[:, n : n + tk]
+            z.copy_(torch.bmm(linv, ws.transpose(1, 2)))
+            w.baddbmm_(z.transpose(1, 2), new, alpha=-1)
             # removed columns leave the problem: zero weight, a harmless unit inverse block
             w.scatter_(2, cols[:, None, :].expand(gc, rows, tk), 0.0)
             if k == 1:
@@ -275,7 +277,7 @@ def _trace(weight: torch.Tensor, h: torch.Tensor, pattern: Pattern, removals: in
                 order[:, done:] = (~removed).nonzero()[:, 1].view(gc, units - done)
                 break
         if one_chunk:
-            return _Trace(order, cost, wp, ut[:, : done * k], cols_all[:, : done * k])
+            return _Trace(order, cost, wp, ut[:, : done * k], solved[:, : done * k])
     return _Trace(order, cost, wp)
 
 
@@ -297,21 +299,13 @@ def _refit(tr: _Trace, removed_units: torch.Tensor, k: int, shape: tuple[int, in
 
     Dropping the columns ``R`` moves a row by ``-Hinv[:, R] (Hinv_RR)^-1 w_R``; with
     ``U[:, :n] = Hinv[:, R] L^-T`` and ``L = U[R, :n]`` lower triangular this is
-    ``-U[:, :n] L^-1 w_R``, one triangular solve per group instead of a Cholesky per mask.
+    ``-U[:, :n] L^-1 w_R``. ``L`` is triangular, so the first ``n`` rows of the trace's
+    ``L^-1 w`` are those of the prefix: no solve at all, instead of a Cholesky per mask.
     """
-    assert tr.factor is not None and tr.cols is not None
+    assert tr.factor is not None and tr.solved is not None
     g, rows, kp = tr.weight.shape
-    n_all = tr.cols.shape[1]
-    out = tr.weight.clone()
-    per = max(1, MEMORY_BYTES // (8 * max(1, n_all) * max(1, n_all)))
-    for g0 in range(0, g, per):
-        ut, cols = tr.factor[g0 : g0 + per], tr.cols[g0 : g0 + per]
-        gc = ut.shape[0]
-        low = ut.gather(2, cols[:, None, :].expand(gc, n_all, n_all)).transpose(1, 2)
-        wr = tr.weight[g0 : g0 + per].gather(2, cols[:, None, :].expand(gc, rows, n_all))
-        z = torch.linalg.solve_triangular(low, wr.transpose(1, 2), upper=False)  # [G, n, rows]
-        z *= (torch.arange(n_all) < removed_units[g0 : g0 + per, None] * k)[:, :, None]
-        out[g0 : g0 + per].baddbmm_(z.transpose(1, 2), ut, alpha=-1)
+    z = tr.solved * (torch.arange(tr.solved.shape[1]) < removed_units[:, None] * k)[:, :, None]
+    out = tr.weight.baddbmm(z.transpose(1, 2), tr.factor, alpha=-1)
     m, kk = shape
     return out.reshape(g * rows, kp)[:m, :kk]
 
