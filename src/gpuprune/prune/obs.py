@@ -46,7 +46,7 @@ from gpuprune.prune.methods import (
 )
 
 DAMP = 0.01  # H += DAMP * mean(diag H) * I, as in OBC/SparseGPT: X X^T is often singular
-MEMORY_BYTES = 256 << 20  # per-layer cap on the stacked per-group inverse Hessians
+MEMORY_BYTES = 256 << 20  # per-layer cap on the stacked per-group factors of the inverse Hessian
 OBS_METHODS = ("tile", "simd", "simd-balanced", "unstructured", "nm", "balanced")
 
 
