@@ -11,8 +11,18 @@ from torch import nn
 import gpuprune.prune as gp
 from gpuprune.errors import UserError
 from gpuprune.gemm import expand_blocks, gemm_view
+from gpuprune.prune import obs
 from gpuprune.prune.methods import get_method, real_sizes, select_lowest
-from gpuprune.prune.obs import DAMP, _columns, obs_layer, pattern_for
+from gpuprune.prune.obs import (
+    DAMP,
+    _columns,
+    _trace,
+    damped,
+    greedy_trace,
+    least_squares,
+    obs_layer,
+    pattern_for,
+)
 
 # ---- brute force: every cost is a least-squares fit on the (damped) inputs, nothing downdated ----
 
@@ -130,6 +140,34 @@ def test_several_units_per_round_keep_counts_and_exact_weights(method, shape):
         assert bool((banks == 2).all()) and bool(keep[:, 20:].all())
     else:
         assert int((~keep).sum()) == m * kk // 2
+
+
+@pytest.mark.parametrize(("method", "shape", "sparsity"),
+                         [("unstructured", (12, 40), 0.3), ("simd", (24, 30), 0.6),
+                          ("tile", (40, 72), 0.5)])  # fmt: skip
+def test_early_stop_and_factor_refit_match_full_traces_and_a_direct_solve(
+    method, shape, sparsity, monkeypatch
+):
+    torch.manual_seed(3)
+    m, kk = shape
+    x = _inputs(kk, 3 * kk)
+    w = torch.randn(m, kk)
+    pattern = pattern_for(get_method(method), spec(m, kk, SMALL), sparsity)
+    rows, k = pattern.rows, pattern.k
+    units = -(-kk // k)
+    keep, new = obs_layer(w, x @ x.T, pattern, sparsity, per_round=2)  # cuts inside rounds too
+    h = damped(x @ x.T)
+    assert not bool(torch.isfinite(_trace(w, h, pattern, units, 2, sparsity).cost).all())
+    order, cost = greedy_trace(w, h, pattern, units, per_round=2)  # whole traces
+    size = real_sizes((m, kk), (rows, k)).gather(1, order)
+    take = ~select_lowest((cost / size).cummax(dim=1).values, size, sparsity)
+    removed = torch.zeros(order.shape, dtype=torch.bool).scatter_(1, order, take)
+    assert torch.equal(keep, expand_blocks(~removed, (rows, k), (m, kk)))
+    assert torch.allclose(new.double(), least_squares(w, h, keep), atol=1e-6, rtol=0)
+    monkeypatch.setattr(obs, "MEMORY_BYTES", 1)  # one group per chunk: whole traces, a solve
+    keep_chunked, new_chunked = obs_layer(w, x @ x.T, pattern, sparsity, per_round=2)
+    assert torch.equal(keep_chunked, keep)
+    assert torch.allclose(new_chunked, new, atol=1e-6, rtol=0)
 
 
 def test_reconstruction_beats_magnitude_on_the_layer_error():

@@ -46,7 +46,7 @@ from gpuprune.prune.methods import (
 )
 
 DAMP = 0.01  # H += DAMP * mean(diag H) * I, as in OBC/SparseGPT: X X^T is often singular
-MEMORY_BYTES = 256 << 20  # per-layer cap on the stacked per-group inverse Hessians
+MEMORY_BYTES = 256 << 20  # per-layer cap on the stacked per-group factors of the inverse Hessian
 OBS_METHODS = ("tile", "simd", "simd-balanced", "unstructured", "nm", "balanced")
 
 
@@ -135,13 +135,22 @@ def _pad(weight: torch.Tensor, hinv: torch.Tensor, rows: int, k: int):
 ROUNDS = 48  # removal rounds per layer: each group removes ceil(units / ROUNDS) units a round
 
 
-def _unit_costs(hi: torch.Tensor, w: torch.Tensor, units: int, k: int) -> torch.Tensor:
-    """[G, U] error increase of removing each unit alone: sum over rows of w_S^T Hinv_SS^-1 w_S."""
+def _block_diag(hi: torch.Tensor, units: int, k: int) -> torch.Tensor:
+    """[U, k, k] diagonal blocks of the [U*k, U*k] ``hi`` ([U*k] diagonal when k is 1)."""
+    if k == 1:
+        return hi.diagonal().clone()
+    return hi.view(units, k, units, k).diagonal(dim1=0, dim2=2).permute(2, 0, 1).clone()
+
+
+def _unit_costs(diag: torch.Tensor, w: torch.Tensor, k: int) -> torch.Tensor:
+    """[G, U] error increase of removing each unit alone: sum over rows of w_S^T Hinv_SS^-1 w_S.
+
+    ``diag``: the current inverse's diagonal ([G, U] for k = 1) or its k x k blocks ([G, U, k, k]).
+    """
     g, rows, _ = w.shape
     if k == 1:
-        return w.square().sum(1) / hi.diagonal(dim1=1, dim2=2)
-    diag = hi.view(g, units, k, units, k).diagonal(dim1=1, dim2=3).permute(0, 3, 1, 2)
-    ws = w.view(g, rows, units, k)
+        return w.square().sum(1) / diag
+    ws = w.view(g, rows, -1, k)
     return torch.einsum("grua,guab,grub->gu", ws, torch.linalg.inv(diag), ws)
 
 
@@ -160,6 +169,118 @@ def _allowed_in_banks(score: torch.Tensor, order: torch.Tensor, pattern: Pattern
     return rank < (quota - done)[:, bank_of]
 
 
+@dataclass
+class _Trace:
+    """Greedy removal traces of all groups, and what refits any prefix of them without a solve.
+
+    Only when all groups fit one memory chunk: ``factor`` holds, per group, the rows of ``U^T``
+    with ``Hinv - U U^T`` the inverse on the columns still kept, one row per removed column in
+    trace order (``L = U[removed, :]`` is the Cholesky factor of ``Hinv`` on the removed
+    columns), and ``solved`` the matching rows of ``L^-1 w_removed``. Traces of the global rule
+    may stop early (``cost`` inf past that point, see :func:`_selection_known`).
+    """
+
+    order: torch.Tensor  # [G, n] units, in removal order
+    cost: torch.Tensor  # [G, n] error increase of each removal
+    weight: torch.Tensor  # [G, rows, Kp] padded original weights
+    factor: torch.Tensor | None = None  # [G, traced * k, Kp]
+    solved: torch.Tensor | None = None  # [G, traced * k, rows]
+
+
+def _selection_known(cost: torch.Tensor, order: torch.Tensor, sizes: torch.Tensor,
+                     goal: float) -> bool:  # fmt: skip
+    """Whether the global selection of ``obs_layer`` is decided by these trace prefixes.
+
+    Scores are made non-decreasing along each trace, so every untraced score is at least the
+    smallest last traced score ``b``; traced scores below ``b`` come first in the full ranking.
+    Once their elements reach ``goal`` (sparsity times the layer's elements), the selected prefix
+    lies among them, and untraced entries cannot change it.
+    """
+    size = sizes.gather(1, order)
+    score = (cost / size).cummax(dim=1).values
+    return float(size[score < score[:, -1].min()].sum()) >= goal
+
+
+def _trace(weight: torch.Tensor, h: torch.Tensor, pattern: Pattern, removals: int,
+           per_round: int | None = None, sparsity: float | None = None) -> _Trace:  # fmt: skip
+    """Greedy OBS traces (see :func:`greedy_trace`); with ``sparsity`` (global rule) they may stop
+    as soon as the layer's selection is decided."""
+    rows, k = pattern.rows, pattern.k
+    m, kk = weight.shape
+    hinv = torch.cholesky_inverse(torch.linalg.cholesky(h))
+    wp, hi = _pad(weight.double(), hinv, rows, k)
+    g_all, _, kp = wp.shape
+    units = kp // k
+    step = per_round or -(-units // ROUNDS)
+    sizes = real_sizes((m, kk), (rows, k))  # [G, U]
+    order = torch.zeros(g_all, removals, dtype=torch.long)
+    cost = torch.full((g_all, removals), math.inf, dtype=torch.float64)
+    per = max(1, MEMORY_BYTES // (8 * removals * k * kp))
+    one_chunk = per >= g_all
+    goal = None
+    if one_chunk and sparsity is not None and pattern.rule == "global":
+        goal = sparsity * float(sizes.sum())
+    span = torch.arange(k)
+    diag0 = _block_diag(hi, units, k)
+    eye = torch.eye(k, dtype=torch.float64)
+    for g0 in range(0, g_all, per):
+        w = wp[g0 : g0 + per].clone()
+        gc = w.shape[0]
+        # current inverse = hi - U U^T; only U grows, the shared hi is never copied per group
+        ut = torch.empty(gc, removals * k, kp, dtype=torch.float64)
+        solved = torch.empty(gc, removals * k, rows, dtype=torch.float64)
+        diag = diag0.expand(gc, *diag0.shape).clone()
+        removed = torch.zeros(gc, units, dtype=torch.bool)
+        gi = torch.arange(gc)[:, None]
+        done = 0
+        while done < removals:
+            take = min(step, removals - done)
+            err = _unit_costs(diag, w, k)
+            score = (err / sizes[g0 : g0 + gc]).masked_fill(removed, math.inf)
+            if pattern.rule == "banks":
+                allowed = _allowed_in_banks(score, order[g0 : g0 + gc, :done], pattern)
+                score = score.masked_fill(~allowed, math.inf)
+            pick = score.argsort(dim=1, stable=True)[:, :take]  # ties: the lowest index
+            order[g0 : g0 + gc, done : done + take] = pick
+            cost[g0 : g0 + gc, done : done + take] = err.gather(1, pick)
+            cols = (pick[:, :, None] * k + span).reshape(gc, take * k)
+            tk, n = cols.shape[1], done * k
+            # rows of the current inverse at the removed columns: [G, tk, Kp]
+            hs = hi.index_select(0, cols.flatten()).view(gc, tk, kp)
+            if n:
+                un = ut[:, :n]
+                hs.baddbmm_(un[gi, :, cols], un, alpha=-1)  # un[gi, :, cols]: [G, tk, n]
+            chol = torch.linalg.cholesky(hs.gather(2, cols[:, None, :].expand(gc, tk, tk)))
+            # L^-1 as a small matrix: a product keeps ``new`` row-major (fast to copy and square)
+            eye_t = torch.eye(tk, dtype=torch.float64).expand(gc, tk, tk)
+            linv = torch.linalg.solve_triangular(chol, eye_t, upper=False)
+            new = ut[:, n : n + tk]
+            new.copy_(torch.bmm(linv, hs))
+            ws = w.gather(2, cols[:, None, :].expand(gc, rows, tk))  # [G, rows, tk]
+            # rows n..n+tk of L^-1 w_removed (forward substitution: ``w`` is already downdated)
+            z = solved[:, n : n + tk]
+            z.copy_(torch.bmm(linv, ws.transpose(1, 2)))
+            w.baddbmm_(z.transpose(1, 2), new, alpha=-1)
+            # removed columns leave the problem: zero weight, a harmless unit inverse block
+            w.scatter_(2, cols[:, None, :].expand(gc, rows, tk), 0.0)
+            if k == 1:
+                diag.sub_(new.square().sum(1)).scatter_(1, pick, 1.0)
+            else:
+                nb = new.view(gc, tk, units, k)
+                diag.sub_(torch.einsum("gtua,gtub->guab", nb, nb))
+                diag[gi, pick] = eye
+            removed.scatter_(1, pick, True)
+            done += take
+            if goal is not None and done < removals and _selection_known(
+                cost[:, :done], order[:, :done], sizes, goal
+            ):
+                order[:, done:] = (~removed).nonzero()[:, 1].view(gc, units - done)
+                break
+        if one_chunk:
+            return _Trace(order, cost, wp, ut[:, : done * k], solved[:, : done * k])
+    return _Trace(order, cost, wp)
+
+
 def greedy_trace(weight: torch.Tensor, h: torch.Tensor, pattern: Pattern, removals: int,
                  per_round: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """Greedy OBS removal of ``removals`` units per group: (order [G, n], cost [G, n]).
@@ -169,51 +290,24 @@ def greedy_trace(weight: torch.Tensor, h: torch.Tensor, pattern: Pattern, remova
     unit competes per weight; the removal is jointly optimal for the set, and ``Hinv`` is
     downdated to the columns still kept. ``cost`` is each unit's error increase when chosen.
     """
-    rows, k = pattern.rows, pattern.k
-    m, kk = weight.shape
-    hinv = torch.cholesky_inverse(torch.linalg.cholesky(h))
-    wp, hi_full = _pad(weight.double(), hinv, rows, k)
-    g_all, _, kp = wp.shape
-    units = kp // k
-    step = per_round or -(-units // ROUNDS)
-    sizes = real_sizes((m, kk), (rows, k))  # [G, U]
-    order = torch.zeros(g_all, removals, dtype=torch.long)
-    cost = torch.zeros(g_all, removals, dtype=torch.float64)
-    per = max(1, MEMORY_BYTES // (8 * kp * kp))
-    span = torch.arange(k)
-    for g0 in range(0, g_all, per):
-        w = wp[g0 : g0 + per].clone()
-        gc = w.shape[0]
-        hi = hi_full.expand(gc, kp, kp).clone()
-        removed = torch.zeros(gc, units, dtype=torch.bool)
-        gi = torch.arange(gc)[:, None]
-        done = 0
-        while done < removals:
-            take = min(step, removals - done)
-            err = _unit_costs(hi, w, units, k)
-            score = (err / sizes[g0 : g0 + gc]).masked_fill(removed, math.inf)
-            if pattern.rule == "banks":
-                allowed = _allowed_in_banks(score, order[g0 : g0 + gc, :done], pattern)
-                score = score.masked_fill(~allowed, math.inf)
-            pick = score.argsort(dim=1, stable=True)[:, :take]  # ties: the lowest index
-            order[g0 : g0 + gc, done : done + take] = pick
-            cost[g0 : g0 + gc, done : done + take] = err.gather(1, pick)
-            cols = (pick[:, :, None] * k + span).reshape(gc, take * k)
-            tk = cols.shape[1]
-            hs = hi.gather(2, cols[:, None, :].expand(gc, kp, tk))  # [G, Kp, tk]
-            dinv = torch.linalg.inv(hs.gather(1, cols[:, :, None].expand(gc, tk, tk)))
-            ws = w.gather(2, cols[:, None, :].expand(gc, rows, tk))  # [G, rows, tk]
-            hd = hs @ dinv
-            w.baddbmm_(ws @ dinv, hs.transpose(1, 2), alpha=-1)
-            hi.baddbmm_(hd, hs.transpose(1, 2), alpha=-1)
-            # removed columns leave the problem exactly: zero weight, decoupled unit inverse
-            w.scatter_(2, cols[:, None, :].expand(gc, rows, tk), 0.0)
-            hi[gi, cols, :] = 0.0
-            hi[gi, :, cols] = 0.0
-            hi[gi[:, :, None], cols[:, :, None], cols[:, None, :]] = torch.eye(tk, dtype=hi.dtype)
-            removed.scatter_(1, pick, True)
-            done += take
-    return order, cost
+    tr = _trace(weight, h, pattern, removals, per_round)
+    return tr.order, tr.cost
+
+
+def _refit(tr: _Trace, removed_units: torch.Tensor, k: int, shape: tuple[int, int]) -> torch.Tensor:
+    """Least-squares weights ([M, K], float64) when each group drops a prefix of its trace.
+
+    Dropping the columns ``R`` moves a row by ``-Hinv[:, R] (Hinv_RR)^-1 w_R``; with
+    ``U[:, :n] = Hinv[:, R] L^-T`` and ``L = U[R, :n]`` lower triangular this is
+    ``-U[:, :n] L^-1 w_R``. ``L`` is triangular, so the first ``n`` rows of the trace's
+    ``L^-1 w`` are those of the prefix: no solve at all, instead of a Cholesky per mask.
+    """
+    assert tr.factor is not None and tr.solved is not None
+    g, rows, kp = tr.weight.shape
+    z = tr.solved * (torch.arange(tr.solved.shape[1]) < removed_units[:, None] * k)[:, :, None]
+    out = tr.weight.baddbmm(z.transpose(1, 2), tr.factor, alpha=-1)
+    m, kk = shape
+    return out.reshape(g * rows, kp)[:m, :kk]
 
 
 def obs_layer(
@@ -236,16 +330,20 @@ def obs_layer(
     else:
         rounds = units if sparsity > 0 else 0
     removed = torch.zeros(g, units, dtype=torch.bool)
-    if rounds > 0:
-        order, cost = greedy_trace(weight, h, pattern, rounds, per_round)
-        take = torch.ones(g, rounds, dtype=torch.bool)
-        if pattern.rule == "global":
-            size = real_sizes((m, kk), (rows, k)).gather(1, order)
-            score = (cost / size).cummax(dim=1).values  # prefixes of each trace, cheapest first
-            take = ~select_lowest(score, size, sparsity)
-        removed.scatter_(1, order, take)
+    if rounds == 0:
+        return torch.ones(m, kk, dtype=torch.bool), weight.clone()
+    tr = _trace(weight, h, pattern, rounds, per_round,
+                sparsity if pattern.rule == "global" else None)  # fmt: skip
+    take = torch.ones(g, rounds, dtype=torch.bool)
+    if pattern.rule == "global":
+        size = real_sizes((m, kk), (rows, k)).gather(1, tr.order)
+        score = (tr.cost / size).cummax(dim=1).values  # prefixes of each trace, cheapest first
+        take = ~select_lowest(score, size, sparsity)
+    removed.scatter_(1, tr.order, take)
     keep = expand_blocks(~removed, (rows, k), (m, kk))
-    return keep, least_squares(weight, h, keep).to(weight.dtype)
+    if tr.factor is None:  # traced in several chunks: solve for the mask directly
+        return keep, least_squares(weight, h, keep).to(weight.dtype)
+    return keep, (_refit(tr, take.sum(1), k, (m, kk)) * keep).to(weight.dtype)
 
 
 # ---- a whole model ------------------------------------------------------------------------------
