@@ -165,18 +165,17 @@ def keep_top_per_row(scores: torch.Tensor, counts: torch.Tensor) -> torch.Tensor
         values = torch.topk(scores, top, dim=-1, sorted=True).values
         index = (counts - 1).clamp(min=0).view(1, -1, 1).expand(scores.shape[0], -1, 1)
         thr = values.gather(-1, index)
-    keep = scores > thr
-    tied = scores == thr
-    # per-bank counts as bytes when they fit: a bool sum widens to int64, several times slower
-    small = torch.uint8 if size < 256 else torch.int32
-    # ties at the threshold: keep the first (count - strictly higher) of them, by index
-    need = counts.to(small).view(1, -1) - keep.view(torch.uint8).sum(-1, dtype=small)
-    crowded = tied.view(torch.uint8).sum(-1, dtype=small) > need  # more ties than room (rare)
+    # keep everything at or above it; a bank with more ties at the threshold than room
+    # ("crowded", rare unless many scores are equal) keeps the first of them by index instead
+    keep = scores >= thr
+    small = torch.uint8 if size < 256 else torch.int32  # a bool sum widens to int64: slower
+    crowded = keep.view(torch.uint8).sum(-1, dtype=small) > counts.to(small).view(1, -1)
     where = crowded.nonzero(as_tuple=True)
-    fix = tied[where]  # the crowded banks' ties, taken before `tied` is overwritten
-    keep.logical_or_(tied.logical_and_(crowded.logical_not_().unsqueeze(-1)))
     if where[0].numel():
-        keep[where] |= fix & (fix.cumsum(-1) <= need[where].unsqueeze(-1))
+        s, t = scores[where], thr[where]
+        above, tied = s > t, s == t
+        need = counts[where[1]].unsqueeze(-1) - above.sum(-1, keepdim=True)
+        keep[where] = above | (tied & (tied.cumsum(-1) <= need))
     return keep
 
 
