@@ -273,8 +273,9 @@ class Pruner:
                     blocks_total=spec.groups * math.prod(block_grid(spec.group_shape, block)),
                     blocks_kept=kept
                     if block == (1, 1)
-                    else sum(int(torch.count_nonzero(block_reduce(g, block, "any")))
-                             for g in groups),  # fmt: skip
+                    else sum(
+                        int(torch.count_nonzero(block_reduce(g, block, "any"))) for g in groups
+                    ),
                     flops_dense=spec.dense_flops,
                     flops_kept=2 * kept * spec.out_positions,
                 )

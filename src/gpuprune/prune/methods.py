@@ -95,18 +95,20 @@ _BAND_MIN = 1 << 18  # below this many scores, kthvalue on all of them is cheap 
 _BAND_SAMPLE = 1 << 16
 
 
-def _band_select(x: torch.Tensor, j: int) -> tuple[torch.Tensor, int, torch.Tensor] | None:
+def _band_select(
+    x: torch.Tensor, j: int, flags: torch.Tensor
+) -> tuple[torch.Tensor, int, torch.Tensor] | None:
     """(v, how many values are < v, indices of the values == v) for the j-th smallest v of ``x``.
 
     ``kthvalue`` on 100M values takes seconds, so a strided sample brackets the answer between
     two values, comparison passes count what lies below the bracket and find the indices inside
     it, and only those values go to ``kthvalue``; the ties of v are among them too. If the
     bracket misses, it is widened; None when even the widest misses (NaN, or a freak sample).
+    ``flags`` (bool, like ``x``) is scratch space, free again on return.
     """
     n = x.numel()
     sample = torch.sort(x[:: max(1, n // _BAND_SAMPLE)]).values
     s, q = sample.numel(), j / n
-    flags = torch.empty(x.shape, dtype=torch.bool)  # comparison results, one buffer reused
     inside = torch.empty(x.shape, dtype=torch.bool)
     for margin in (0.002, 0.02, 0.2):
         lo = sample[max(0, int((q - margin) * s))]
@@ -130,7 +132,9 @@ def _prune_lowest(scores: torch.Tensor, j: int) -> torch.Tensor:
     flat = scores.flatten()
     if j == 0:
         return torch.ones(scores.shape, dtype=torch.bool)
-    band = _band_select(flat, j) if flat.numel() > _BAND_MIN else None
+    # one bool buffer, first scratch for the selection, then the mask (fresh pages are costly)
+    keep = torch.empty(flat.shape, dtype=torch.bool)
+    band = _band_select(flat, j, keep) if flat.numel() > _BAND_MIN else None
     if band is None:
         v = torch.kthvalue(flat, j).values
         if bool(v.isnan()):  # NaNs among the pruned (argsort puts them last): sort, as reference
@@ -141,8 +145,8 @@ def _prune_lowest(scores: torch.Tensor, j: int) -> torch.Tensor:
         lower = int(torch.count_nonzero(flat < v))
     else:
         v, lower, ties = band
-    keep = torch.le(flat, v).logical_not_()  # not `flat > v`: a NaN sorts last, so it is kept
-    keep[ties[j - lower:]] = True  # equal to the j-th: only the first few by index are pruned
+    torch.le(flat, v, out=keep).logical_not_()  # not `flat > v`: a NaN sorts last: it is kept
+    keep[ties[j - lower :]] = True  # equal to the j-th: only the first few by index are pruned
     return keep.reshape(scores.shape)
 
 
