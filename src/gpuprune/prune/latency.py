@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from gpuprune.prune.layers import LayerSpec
@@ -17,27 +18,25 @@ def measure_latency(layer: LayerSpec, channels: int, repeats: int = 10) -> float
     the least disturbed by other work, and one thread avoids the thread pool's wake-up jitter.
     """
     mod = layer.module
-    # built on the meta device and filled with one value: the random init of a 100M-weight
-    # probe costs more than timing it, and a dense pass takes as long whatever the values
-    if isinstance(mod, nn.Conv2d):
-        probe = nn.Conv2d(
-            mod.in_channels,
-            channels,
-            mod.kernel_size,
-            mod.stride,
-            mod.padding,
-            mod.dilation,
-            bias=mod.bias is not None,
-            device="meta",
-        )
+    conv = isinstance(mod, nn.Conv2d)
+    # The probe's tensors are filled with one value: a random init of a 100M-weight probe costs
+    # more than timing it, and a dense pass takes as long whatever the (normal) values.
+    if conv:
+        weight = torch.empty(channels, mod.in_channels, *mod.kernel_size)
+        bias = torch.empty(channels) if mod.bias is not None else None
         x = torch.randn(1, mod.in_channels, *(layer.in_hw or (32, 32)))
     else:
-        probe = nn.Linear(layer.shape[1], channels, device="meta")
+        weight, bias = torch.empty(channels, layer.shape[1]), torch.empty(channels)
         x = torch.randn(1, layer.shape[1])
-    probe = probe.to_empty(device="cpu")
-    with torch.no_grad():
-        for p in probe.parameters():
-            p.fill_(0.01)
+    for t in (weight, bias):
+        if t is not None:
+            t.fill_(0.01)
+
+    def probe(x: torch.Tensor) -> torch.Tensor:  # what nn.Conv2d / nn.Linear's forward calls
+        if conv:
+            return F.conv2d(x, weight, bias, mod.stride, mod.padding, mod.dilation)
+        return F.linear(x, weight, bias)
+
     best = float("inf")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
