@@ -73,9 +73,10 @@ def main() -> None:
     ap.add_argument("--models", default="vgg11_bn,resnet50")
     ap.add_argument("--table", action="store_true", help="print the markdown table and exit")
     ap.add_argument("--labels", default="", help="with --table: these labels only (a,b)")
+    ap.add_argument("-o", "--output", type=Path, default=RESULTS, help="results JSON")
     args = ap.parse_args()
     if args.table:
-        out = json.loads(RESULTS.read_text())
+        out = json.loads(args.output.read_text())
         keep = [lab for lab in args.labels.split(",") if lab] or list(out)
         print(table({lab: out[lab] for lab in keep}))
         return
@@ -103,7 +104,7 @@ def main() -> None:
             run.setdefault("cpu_seconds", {}).setdefault(name, {})[method] = round(cpu, 3)
             print(f"{name:20s} {method:14s} {sec:8.2f} s wall {cpu:8.2f} s CPU", flush=True)
             run["load_average_end"] = os.getloadavg()
-            save(args.label, run)  # after every cell: an interrupted run keeps what it measured
+            save(args.output, args.label, run)  # every cell: an interrupted run keeps its work
 
 
 def table(out: dict) -> str:
@@ -137,13 +138,13 @@ def table(out: dict) -> str:
     return "\n".join(lines) + f"\n\n1-minute load average at start-end ({loads}).\n"
 
 
-def save(label: str, run: dict) -> None:
-    out = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}  # other labels are kept
+def save(path: Path, label: str, run: dict) -> None:
+    out = json.loads(path.read_text()) if path.exists() else {}  # other labels are kept
     out[label] = run
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS.with_suffix(".tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(out, indent=2) + "\n")
-    tmp.replace(RESULTS)
+    tmp.replace(path)
 
 
 if __name__ == "__main__":

@@ -109,7 +109,7 @@ def _band_select(
     n = x.numel()
     sample = torch.sort(x[:: max(1, n // _BAND_SAMPLE)]).values
     s, q = sample.numel(), j / n
-    inside = torch.empty(x.shape, dtype=torch.bool)
+    inside = torch.empty(x.shape, dtype=torch.bool, device=x.device)
     for margin in (0.002, 0.02, 0.2):
         lo = sample[max(0, int((q - margin) * s))]
         hi = sample[min(s - 1, int((q + margin) * s) + 1)]
@@ -133,7 +133,7 @@ def _prune_lowest(scores: torch.Tensor, j: int) -> torch.Tensor:
     if j == 0:
         return torch.ones(scores.shape, dtype=torch.bool)
     # one bool buffer, first scratch for the selection, then the mask (fresh pages are costly)
-    keep = torch.empty(flat.shape, dtype=torch.bool)
+    keep = torch.empty(flat.shape, dtype=torch.bool, device=flat.device)
     band = _band_select(flat, j, keep) if flat.numel() > _BAND_MIN else None
     if band is None:
         v = torch.kthvalue(flat, j).values
