@@ -1,14 +1,14 @@
 """How long ``prune()`` takes on big layers and real models, per method (wall and CPU seconds).
 
-    PYTHONPATH=src python benchmarks/prune_speed.py [--label after] [--repeats 3] [--quick]
+    PYTHONPATH=src python benchmarks/prune_speed.py [--label after] [--repeats 3] [--quick] [-o F]
 
 Workloads: one Linear(25088, 4096) (103M weights, VGG's first classifier layer) pruned alone,
 and torchvision's vgg11_bn and resnet50 (random weights; see zoo_models.py) at 224x224. Each
-(workload, method) is timed ``--repeats`` times on a fresh copy; the median goes to
-``benchmarks/results/prune_speed.json`` under ``--label`` (so a run before and after a change
-sit side by side), with the 1-minute load average at start and end. Only ``prune()`` is timed
-(building and copying the model are not), including the dummy forward pass that measures FLOPs,
-as users see it.
+(workload, method) is timed ``--repeats`` times on a fresh copy; the median goes to ``-o``
+(``benchmarks/results/prune_speed.json`` by default) under ``--label`` (so a run before and
+after a change sit side by side), with the 1-minute load average at start and end. Only
+``prune()`` is timed (building and copying the model are not), including the dummy forward pass
+that measures FLOPs, as users see it.
 
 CPU seconds (all threads) are what a busy host inflates least. They would also count OpenMP's
 worker threads spinning between parallel ops, a few milliseconds per op: on a model of 50 layers
