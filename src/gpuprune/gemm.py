@@ -217,12 +217,27 @@ def to_blocks(matrix: torch.Tensor, block: tuple[int, int], pad: float = 0.0) ->
 
 def block_reduce(matrix: torch.Tensor, block: tuple[int, int], op: str = "sum") -> torch.Tensor:
     """Reduce each block to one value: ``sum``, ``max`` (of values) or ``any`` (non-zero)."""
-    blocks = to_blocks(matrix.float() if op != "any" else (matrix != 0).float(), block)
+    if op == "any":
+        return _block_any(matrix if matrix.dtype == torch.bool else matrix != 0, block)
+    blocks = to_blocks(matrix.float(), block)
     if op == "sum":
         return blocks.sum(dim=(2, 3))
-    if op in ("max", "any"):
-        return blocks.amax(dim=(2, 3)) if op == "max" else blocks.amax(dim=(2, 3)) > 0
+    if op == "max":
+        return blocks.amax(dim=(2, 3))
     raise ValueError(f"unknown block reduction {op!r}")
+
+
+def _block_any(nonzero: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:
+    """[gm, gk] bool: does the block hold a True? On bytes, one axis at a time (a float copy of
+    a 100M-weight mask and a two-axis reduction took seconds)."""
+    (m, k), (bm, bk) = nonzero.shape, block
+    gm, gk = block_grid((m, k), block)
+    if (gm * bm, gk * bk) != (m, k):
+        padded = torch.zeros((gm * bm, gk * bk), dtype=torch.bool, device=nonzero.device)
+        padded[:m, :k] = nonzero
+        nonzero = padded
+    blocks = nonzero.view(torch.uint8).reshape(gm, bm, gk, bk)
+    return blocks.amax(dim=3).amax(dim=1) > 0
 
 
 def block_sizes(shape: tuple[int, int], block: tuple[int, int]) -> torch.Tensor:

@@ -48,3 +48,18 @@ def test_l2_and_magnitude_rank_alike_per_weight():
 def test_unknown_importance_lists_the_valid_ones():
     with pytest.raises(UserError, match="magnitude"):
         Pruner(nn.Sequential(nn.Linear(4, 4)), "unstructured", importance="hessian")
+
+
+def test_finite_check_takes_huge_weights_for_finite_and_catches_inf():
+    # the check is one float32 sum first: huge finite weights overflow it, and must still pass
+    model = nn.Sequential(nn.Linear(8, 8))
+    with torch.no_grad():
+        model[0].weight.fill_(3e38)
+        model[0].weight[0, :4] = 1.0
+    result = Pruner(model, "unstructured", exclude_first_last=False, input_size=(8,)).apply(0.25)
+    assert result.layers[0].sparsity == 0.25
+    model = nn.Sequential(nn.Linear(8, 8))
+    with torch.no_grad():
+        model[0].weight[3, 5] = float("-inf")
+    with pytest.raises(UserError, match="NaN or infinite"):
+        Pruner(model, "unstructured", exclude_first_last=False, input_size=(8,)).apply(0.25)

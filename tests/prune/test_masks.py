@@ -102,3 +102,19 @@ def test_pruning_does_not_change_a_copy():
     clone = copy.deepcopy(model)
     Pruner(model, "filter", input_size=(3, 8, 8)).apply(0.5)
     assert not masked_layers(clone)
+
+
+def test_masked_weight_is_the_stored_weight_only_while_everything_is_kept():
+    from gpuprune.prune.masks import masked_weight
+
+    layer = nn.Linear(6, 4)
+    assert masked_weight(layer) is layer.weight  # no mask: the plain weight
+    set_mask(layer, torch.ones(4, 6, dtype=torch.bool))
+    stored = layer.parametrizations.weight.original
+    assert masked_weight(layer) is stored  # all kept: no parametrization pass
+    keep = torch.rand(4, 6, generator=torch.Generator().manual_seed(0)) > 0.5
+    set_mask(layer, keep)
+    with torch.no_grad():
+        stored.add_(1.0)  # as a training step may leave pruned originals non-zero
+    got = masked_weight(layer)
+    assert got is not stored and torch.equal(got, torch.where(keep, stored, 0.0))

@@ -32,7 +32,7 @@ from gpuprune.prune.layers import (
     select_layers,
     unprunable_layers,
 )
-from gpuprune.prune.masks import get_mask, mask_buffer, set_mask, stored_layout
+from gpuprune.prune.masks import get_mask, mask_buffer, masked_weight, set_mask, stored_layout
 from gpuprune.prune.methods import PruneMethod, get_method
 from gpuprune.prune.result import LayerResult, PruneResult
 
@@ -243,9 +243,9 @@ class Pruner:
         )
         imps = {}
         for name, mod in modules.items():
-            w = gemm_view(mod.weight).detach()
+            w = gemm_view(masked_weight(mod)).detach()
             imps[name] = self.importance.score(w, grads.get(name)).detach().float().cpu()
-            if not bool(torch.isfinite(imps[name]).all()):  # NaN ranks anywhere: a wrong mask
+            if not _all_finite(imps[name]):  # NaN ranks anywhere: a wrong mask
                 raise UserError(
                     f"layer {name} has NaN or infinite weights (or gradients)",
                     "prune a model whose training did not diverge (lower the learning rate)",
@@ -261,7 +261,7 @@ class Pruner:
                 torch.ones(spec.shape, dtype=torch.bool) if mask is None else gemm_view(mask).cpu()
             )
             block = tuple(self.method.unit(spec.group_spec()))
-            kept = int(mask.sum())
+            kept = int(torch.count_nonzero(mask))
             groups = mask.reshape(spec.groups, *spec.group_shape)  # blocks never span groups
             layers.append(
                 LayerResult(
@@ -273,7 +273,9 @@ class Pruner:
                     blocks_total=spec.groups * math.prod(block_grid(spec.group_shape, block)),
                     blocks_kept=kept
                     if block == (1, 1)
-                    else sum(int(block_reduce(g, block, "any").sum()) for g in groups),
+                    else sum(
+                        int(torch.count_nonzero(block_reduce(g, block, "any"))) for g in groups
+                    ),
                     flops_dense=spec.dense_flops,
                     flops_kept=2 * kept * spec.out_positions,
                 )
@@ -358,6 +360,12 @@ class Pruner:
         return tick
 
 
+def _all_finite(x: torch.Tensor) -> bool:
+    """No NaN or inf in ``x``; a finite sum proves it in one pass without a bool copy (an
+    inf or NaN anywhere makes the sum inf or NaN), else (overflow, or a real inf) look closer."""
+    return math.isfinite(float(x.sum())) or bool(torch.isfinite(x).all())
+
+
 def _module_order(model: nn.Module, names: Iterable[str]) -> list[str]:
     """``names`` in module order ("<module>.<param>" placed at its module)."""
     order = {n: i for i, (n, _) in enumerate(model.named_modules())}
@@ -432,7 +440,7 @@ def sparsity_report(model: nn.Module) -> str:
     total = nonzero = 0
     for name in _module_order(model, weights):
         w = weights[name]
-        nz = int((w != 0).sum())
+        nz = int(torch.count_nonzero(w))
         total, nonzero = total + w.numel(), nonzero + nz
         mod = layers.get(name, modules.get(name))
         masked = "yes" if mod is not None and get_mask(mod) is not None else "no"

@@ -30,6 +30,9 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 class Importance:
     """``score(weight, grad) -> [M, K]``; ``grad`` is None unless ``needs_grad``.
 
+    ``score`` returns a new tensor and must not modify ``weight``: it may be the layer's stored
+    weight itself (while its mask keeps everything).
+
     ``reconstructs``: the pruner hands mask choice and weight update to :mod:`gpuprune.prune.obs`.
     """
 

@@ -100,12 +100,36 @@ def set_mask(module: Layer, mask: torch.Tensor) -> None:
     mask = stored_layout(module, mask).reshape(weight.shape)
     mask = mask.to(device=weight.device, dtype=torch.bool)
     if p is None:
-        parametrize.register_parametrization(owner, pname, WeightMask(mask))
+        # unsafe skips torch's shape/dtype check, which would evaluate the parametrization (a
+        # weight-sized copy); WeightMask keeps shape and dtype by construction
+        parametrize.register_parametrization(owner, pname, WeightMask(mask), unsafe=True)
     else:
         p.mask.copy_(mask)
-    if not bool(mask.all()):  # an all-kept mask (the first apply) has nothing to zero
-        with torch.no_grad():
-            stored_weight(module).masked_fill_(~mask, 0)
+    if not keeps_all(mask):  # an all-kept mask (the first apply) has nothing to zero
+        original = stored_weight(module)
+        with torch.no_grad():  # in place, as masked_fill_(~mask, 0) but without the ~mask copy
+            zero = torch.zeros((), dtype=original.dtype, device=original.device)
+            torch.where(mask, original, zero, out=original)
+
+
+def keeps_all(mask: torch.Tensor) -> bool:
+    """True when the boolean ``mask`` keeps every weight (count_nonzero: far faster than all)."""
+    return int(torch.count_nonzero(mask)) == mask.numel()
+
+
+def masked_weight(module: Layer) -> torch.Tensor:
+    """``module.weight`` as the forward pass sees it, not recomputed when the mask keeps all.
+
+    Evaluating the parametrization writes a weight-sized copy; with an all-kept mask (a layer
+    just wrapped for pruning) the stored original is that weight already, so it is returned
+    itself: callers must not modify the result. Views (bare weights, transposed convs) are
+    read through ``.weight`` as they are.
+    """
+    p = _mask_param(module)
+    if (p is None or not isinstance(module, nn.Module)
+            or len(module.parametrizations.weight) != 1 or not keeps_all(p.mask)):  # fmt: skip
+        return module.weight
+    return module.parametrizations.weight.original
 
 
 def masked_layers(model: nn.Module) -> dict[str, Layer]:
