@@ -55,3 +55,13 @@ def test_distill_is_for_finetuning_only(tiny_config) -> None:
     tiny_config["oneshot"] = {"methods": ["tile"], "importances": ["obs", "obs"]}
     with pytest.raises(UserError, match="oneshot.importances: must not repeat"):
         parse_config(tiny_config)
+
+
+def test_oneshot_on_a_test_subset_reads_dense_on_it_too(tiny_config, tmp_path: Path) -> None:
+    tiny_config["prune"].update(methods=["tile"], calibration=32)
+    tiny_config["oneshot"] = {"methods": ["tile"], "sparsities": [0.5],
+                              "importances": ["magnitude"], "test_images": 20}  # fmt: skip
+    rec = run_experiment(parse_config(tiny_config), tmp_path / "run", progress=False)["oneshot"]
+    assert rec["test_images"] == 20
+    for acc in [rec["dense_accuracy"], *(r["accuracy"] for r in rec["rows"])]:
+        assert abs(acc * 20 - round(acc * 20)) < 1e-9  # read on 20 images

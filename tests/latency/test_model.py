@@ -48,6 +48,7 @@ def test_cache_round_trip_and_invalidation(tmp_path):
         make_key("dev", "opencl", t, "simd", CONV.key(), (0.5, 1.0)),
         make_key("dev", "opencl", t, "tile", CONV.with_batch(3).key(), (0.5, 1.0)),
         make_key("dev", "opencl", t, "tile", CONV.key(), (0.25, 1.0)),
+        {**key, "kernels": "other kernel code"},  # the kernels' sources changed
     ):
         assert cache.get(changed) is None
     # a renamed target with the same tiling is the same kernel: a hit

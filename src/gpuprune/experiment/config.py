@@ -128,6 +128,8 @@ class OneShotSection(_Section):
     sparsities: list[Sparsity] = Field(default_factory=lambda: [0.5, 0.75])
     importances: list[str] = Field(default_factory=lambda: ["magnitude", "obs"])
     bn_batches: int = Field(0, ge=0)  # batch-norm recalibration batches after pruning (0: off)
+    # evaluate on this many test images (class-stratified, fixed; None: the whole test split)
+    test_images: int | None = Field(None, ge=1)
 
     @field_validator("methods", "sparsities", "importances")
     @classmethod

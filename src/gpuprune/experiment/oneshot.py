@@ -84,9 +84,19 @@ def run_oneshot(cfg: ExperimentConfig, run_dir: Path, data: ImageData,
     started = time.perf_counter()
     calib = calibration_batches(cfg, data)
     bn = calibration_batches(cfg, data, o.bn_batches * 128) if o.bn_batches else []
+    data = data.subset(test=o.test_images, seed=cfg.seed)  # the images every row is read on
+    dense_acc = None
+    if o.test_images is not None:  # the dense model on the same images, for "recovered"
+        from gpuprune.train import evaluate
+
+        model = build_model(cfg, data)
+        model.load_state_dict(load_file(str(run_dir / DENSE_DIR / "model.safetensors")))
+        dense_acc = evaluate(model, data, cfg.finetune.eval_batch_size)[1]
     cells = [(m, s, i) for m in o.methods for s in o.sparsities for i in o.importances]
     record: dict[str, Any] = {"key": key, "calibration_images": sum(len(b[1]) for b in calib),
-                              "rows": [], "complete": False}  # fmt: skip
+                              "test_images": len(data.test_y), "dense_accuracy": dense_acc,
+                              "rows": [],
+                              "complete": False}  # fmt: skip
     with progress_bar("one-shot {task.description}", disable=not progress) as bar:
         task = bar.add_task("", total=len(cells))
         for method, sparsity, importance in cells:

@@ -2,12 +2,13 @@
 
 The folder is ``~/.cache/gpuprune/latency/`` unless ``GPUPRUNE_LATENCY_CACHE`` names another.
 A file is named by a hash of its key and also stores the key, so a changed device, backend,
-tiling, variant, layer shape, batch or probe set is a miss (the invalidation), and a hash
+kernel source, tiling, variant, layer shape, batch or probe set is a miss (the invalidation), and a hash
 collision or a file from an older format is ignored rather than trusted.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -34,6 +35,21 @@ def target_key(target: Target) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
+@functools.cache
+def kernel_sources_digest() -> str:
+    """A hash of the kernels' source files: a curve timed with other kernel code is a miss
+    (a faster kernel must not be priced by the old one's curves)."""
+    import gpuprune.kernels
+
+    root = Path(gpuprune.kernels.__file__).parent
+    h = hashlib.sha256()
+    for f in sorted(root.rglob("*")):
+        if f.is_file() and f.suffix in (".c", ".h", ".cl", ".py"):
+            h.update(f.relative_to(root).as_posix().encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def make_key(
     device: str, backend: str, target: Target, variant: str, shape: str, points: tuple[float, ...]
 ) -> dict[str, Any]:
@@ -41,6 +57,7 @@ def make_key(
     return {
         "device": device,
         "backend": backend,
+        "kernels": kernel_sources_digest(),
         "target": target_key(target),
         "variant": variant,
         "shape": shape,

@@ -36,7 +36,9 @@ def _acc(rows: list[dict[str, Any]], method: str, sparsity: float, importance: s
 
 def recovered(res: RunResults, method: str, sparsity: float, field: str = "accuracy") -> float:
     """Share of magnitude's one-shot accuracy loss that obs wins back (NaN if not measured)."""
-    rows, dense = _rows(res), float(res.dense.get("accuracy", math.nan))
+    rows = _rows(res)
+    rec = res.summary.get("oneshot") or {}
+    dense = float(rec.get("dense_accuracy") or res.dense.get("accuracy", math.nan))  # same images
     mag = _acc(rows, method, sparsity, "magnitude", field)
     obs = _acc(rows, method, sparsity, "obs", field)
     lost = dense - mag
@@ -71,8 +73,11 @@ def oneshot_section(res: RunResults) -> Section | None:
     rec = res.summary.get("oneshot") or {}
     failed = [f"{r['method']}@{r['sparsity']:g} {r['importance']}: {r.get('error')}"
               for r in rows if r.get("status") != "ok"]  # fmt: skip
-    note = (f"The dense model ({_pct(float(res.dense.get('accuracy', math.nan)))}) pruned once, "
-            "uniformly, and evaluated without any training. `obs` chooses the blocks by the layer "
+    dense = float(rec.get("dense_accuracy") or res.dense.get("accuracy", math.nan))
+    note = (f"The dense model ({_pct(dense)}) pruned once, "
+            "uniformly, and evaluated without any training"
+            + (f" on {rec['test_images']} test images" if rec.get("test_images") else "")
+            + ". `obs` chooses the blocks by the layer "
             f"output error on {rec.get('calibration_images', '?')} calibration images and re-fits "
             "the kept weights, layer by layer; `+ BN` re-estimates batch-norm statistics after. "
             "Recovered: the share of magnitude's accuracy loss that obs wins back.")  # fmt: skip

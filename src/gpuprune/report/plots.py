@@ -170,7 +170,8 @@ def oneshot_accuracy(res: RunResults, path: Path) -> Path | None:
             if bn:
                 ax.plot(*zip(*bn, strict=True), ls=ls, lw=0.8, alpha=0.6, mfc="none",
                         color=style[m]["color"], marker=style[m]["marker"])  # fmt: skip
-    ax.axhline(res.dense["accuracy"] * 100, color="k", ls=":", lw=1, label="dense")
+    dense = (res.summary.get("oneshot") or {}).get("dense_accuracy") or res.dense["accuracy"]
+    ax.axhline(dense * 100, color="k", ls=":", lw=1, label="dense")
     ax.set(xlabel="sparsity of the pruned layers", ylabel="test accuracy (%), no fine-tuning",
            title="One-shot: magnitude (dashed) vs reconstruction (solid); hollow: + BN")
     ax.title.set_fontsize(9)
