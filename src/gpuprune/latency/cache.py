@@ -2,8 +2,8 @@
 
 The folder is ``~/.cache/gpuprune/latency/`` unless ``GPUPRUNE_LATENCY_CACHE`` names another.
 A file is named by a hash of its key and also stores the key, so a changed device, backend,
-kernel source, tiling, variant, layer shape, batch or probe set is a miss (the invalidation), and a hash
-collision or a file from an older format is ignored rather than trusted.
+kernel source, tiling, variant, layer shape, batch or probe set is a miss (the invalidation),
+and a hash collision or a file from an older format is ignored rather than trusted.
 """
 
 from __future__ import annotations
