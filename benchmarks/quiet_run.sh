@@ -16,20 +16,27 @@ for step in $steps; do
       out=runs/demo-timed-$(date -u +%Y%m%d-%H%M%S)  # a new folder: nothing reused
       /usr/bin/time -f "demo wall %e s" $BIN/gpuprune run configs/demo.yaml -o "$out"
       $BIN/python benchmarks/demo_time.py "$out/summary.json" ;;
-    runtimes)
+    runtimes)  # each run writes <out>/<device>.json/.md; kept as <model>-<device>.json/.md
       $BIN/gpuprune bench --no-gemm --e2e-models vgg16 --e2e-width 0.5 --e2e-batches 16,1 \
         --e2e-methods tile,simd --e2e-sparsities 0.75 --threads 2 --repeats 15 \
-        -o benchmarks/results/runtimes/vgg16
+        -o runs/runtimes/vgg16
       $BIN/gpuprune bench --no-gemm --e2e-models resnet50 --e2e-batches 1,16 \
         --e2e-methods tile,simd --e2e-sparsities 0.75 --threads 2 --repeats 5 \
-        -o benchmarks/results/runtimes/resnet50 ;;
-    profiles)
+        -o runs/runtimes/resnet50
+      for m in vgg16 resnet50; do
+        for f in runs/runtimes/$m/*.json runs/runtimes/$m/*.md; do
+          cp "$f" "benchmarks/results/runtimes/$m-$(basename "$f")"
+        done
+      done ;;
+    profiles)  # JSON with -o, the tables from stdout
       for b in 1 16; do
         $BIN/python benchmarks/profile_cpu.py --model vgg16 --width 0.5 --batch $b --threads 2 \
-          -o benchmarks/results/profile/vgg16-w0.5-b$b-tile75.json
+          -o benchmarks/results/profile/vgg16-w0.5-b$b-tile75.json \
+          | tee benchmarks/results/profile/vgg16-w0.5-b$b-tile75.md
       done
       $BIN/python benchmarks/profile_cpu.py --model resnet50 --batch 1 --threads 2 --repeats 5 \
-        -o benchmarks/results/profile/resnet50-b1-tile75.json ;;
+        -o benchmarks/results/profile/resnet50-b1-tile75.json \
+        | tee benchmarks/results/profile/resnet50-b1-tile75.md ;;
     zoo)
       PYTHONPATH=src $BIN/python benchmarks/zoo.py --batches 1,8 ;;
     prune-speed)
