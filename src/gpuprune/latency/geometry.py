@@ -21,6 +21,9 @@ class LayerGeometry:
     batch: int = 1
     in_hw: tuple[int, int] = (1, 1)  # input height and width (conv); (1, 1) for linear
     conv: ConvGeometry | None = None  # the convolution; None for a linear layer
+    # the 2x2 max pool a backend that fuses pools runs in this conv's store ("floor"/"ceil"):
+    # compile() fuses it, so the layer's measured cost must include it
+    pool: str | None = None
 
     def __post_init__(self) -> None:
         if min(self.m, self.k, self.batch, *self.in_hw) < 1:
@@ -70,6 +73,8 @@ class LayerGeometry:
                 "p{}x{}".format(*c.padding),
                 "d{}x{}".format(*c.dilation),
             ]
+        if self.pool is not None:
+            parts.append(f"pool-{self.pool}")
         return "-".join(parts)
 
     def with_batch(self, batch: int) -> LayerGeometry:
@@ -80,7 +85,8 @@ class LayerGeometry:
 
 
 def geometry_of(
-    name: str, module: nn.Module, in_hw: tuple[int, int] | None = None, batch: int = 1
+    name: str, module: nn.Module, in_hw: tuple[int, int] | None = None, batch: int = 1,
+    pool: str | None = None,
 ) -> LayerGeometry:
     """The geometry of a Conv2d/Linear ``module`` fed ``in_hw`` inputs (conv) at ``batch``.
 
@@ -101,7 +107,7 @@ def geometry_of(
             conv = ConvGeometry.of(module)
         except UserError as err:
             raise UserError(f"layer {name}: {err.problem}", err.fix) from None
-        return LayerGeometry(name, m, k, batch, tuple(in_hw), conv)
+        return LayerGeometry(name, m, k, batch, tuple(in_hw), conv, pool)
     raise UserError(
         f"layer {name} is a {type(module).__name__}, not a groups=1 Conv2d or a Linear",
         "measure only GEMM layers (gpuprune.gemm.is_gemm_layer)",
@@ -121,6 +127,7 @@ def model_geometries(
     if names is not None:
         layers = {n: layers[n] for n in names if n in layers}
     sizes = measure_positions(model, layers, input_size)
+    pools = fused_pools(model)
     out = {}
     for name, mod in layers.items():
         if isinstance(mod, nn.Conv2d) and mod.groups != 1:
@@ -129,7 +136,17 @@ def model_geometries(
         if isinstance(mod, nn.Conv2d) and hw is None:
             continue  # never reached by the forward pass: nothing to time
         try:
-            out[name] = geometry_of(name, mod, hw, batch)
+            out[name] = geometry_of(name, mod, hw, batch, pool=pools.get(name))
         except UserError:  # e.g. padding="same": no skip kernel runs it, nothing to time
             continue
     return out
+
+
+def fused_pools(model: nn.Module) -> dict[str, str]:
+    """{conv name: "floor" | "ceil"} for each conv whose following max pool compile() fuses on
+    a backend that pools in its store (the same chains compile uses: gpuprune.nn.fold)."""
+    from gpuprune.nn.fold import find_chains
+
+    modules = dict(model.named_modules())
+    return {name: "ceil" if modules[c.pool].ceil_mode else "floor"
+            for name, c in find_chains(model).items() if c.pool is not None}  # fmt: skip

@@ -52,7 +52,9 @@ def build_layer(
         # the skip layer pads first (pre_pad), then runs the kernel: time the kernel on that input
         left, right, top, bottom = geom.conv.pre_pad
         h, w = geom.in_hw
-        layer = backend.conv2d(packed, None, target, variant=variant, geometry=geom.conv.kernel())
+        pool = geom.pool if getattr(backend, "fuses_maxpool", False) else None  # as compiled
+        layer = backend.conv2d(packed, None, target, variant=variant, geometry=geom.conv.kernel(),
+                               **({"pool": pool} if pool else {}))  # fmt: skip
         x = torch.randn(geom.batch, geom.in_channels, h + top + bottom, w + left + right,
                         generator=g)  # fmt: skip
     return lambda: layer(x)
