@@ -7,31 +7,14 @@ import pytest
 import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from small_target import SMALL, backends
 from torch import nn
 
 import gpuprune.prune as gp
-from gpuprune.arch import Target
 from gpuprune.errors import UserError
 from gpuprune.gemm import BareWeight, find_layer
-from gpuprune.kernels import get_backend
 from gpuprune.nn import SkipLinear, compile
 from gpuprune.nn.attention import SkipMultiheadAttention
-
-# tile block 16x16, SIMD block 8x1: a 32-wide attention has whole blocks in each projection
-SMALL = Target(name="test-small", vendor="test", simd_width=8, max_work_group_size=256,
-               local_mem_bytes=64 * 1024, compute_units=1, mwg=16, nwg=16, kwg=16, mdimc=4,
-               ndimc=4)  # fmt: skip
-
-
-def backends() -> list[str]:
-    out = []
-    for name in ("reference", "cpu"):
-        try:
-            get_backend(name).check_available()
-            out.append(name)
-        except UserError:
-            pass
-    return out
 
 
 class Encoder(nn.Module):

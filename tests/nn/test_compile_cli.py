@@ -50,12 +50,7 @@ def test_bad_input_exits_2(tmp_path, capsys):
 
 def test_compile_cli_runs_attention_and_transposed_convs(tmp_path, capsys):
     from cli_models import attention_decoder
-
-    from gpuprune.arch import Target
-
-    small = Target(name="test-small", vendor="test", simd_width=8, max_work_group_size=256,
-                   local_mem_bytes=64 * 1024, compute_units=1, mwg=16, nwg=16, kwg=16, mdimc=4,
-                   ndimc=4)  # fmt: skip
+    from small_target import SMALL as small
     torch.manual_seed(0)
     model = attention_decoder()
     gp.prune(model, "tile", 0.5, target=small, example_inputs=torch.randn(1, 3, 16, 16))

@@ -10,30 +10,14 @@ import torch
 import torch.nn.functional as F
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from small_target import SMALL, backends
 from torch import nn
 
 import gpuprune.prune as gp
-from gpuprune.arch import Target
-from gpuprune.errors import UnsupportedLayerError, UserError
+from gpuprune.errors import UnsupportedLayerError
 from gpuprune.gemm import TransposedConv, conv_layout, gemm_shape, gemm_view, transposed_layout
 from gpuprune.geometry import ConvGeometry
-from gpuprune.kernels import get_backend
 from gpuprune.nn import SkipConv2d, SkipGroupedConv2d, compile
-
-SMALL = Target(name="test-small", vendor="test", simd_width=8, max_work_group_size=256,
-               local_mem_bytes=64 * 1024, compute_units=1, mwg=16, nwg=16, kwg=16, mdimc=4,
-               ndimc=4)  # fmt: skip
-
-
-def backends() -> list[str]:
-    out = []
-    for name in ("reference", "cpu"):
-        try:
-            get_backend(name).check_available()
-            out.append(name)
-        except UserError:
-            pass
-    return out
 
 
 @pytest.mark.parametrize("cin,cout,k,pad,dil,groups", [

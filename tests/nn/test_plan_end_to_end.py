@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from small_target import SMALL
 
 import gpuprune
-from gpuprune.arch import Target
 from gpuprune.cli.main import main
 from gpuprune.models import ModelSpec
 
@@ -24,9 +24,6 @@ pytestmark = pytest.mark.slow
 BUILTIN = ("tile", "simd", "simd-balanced", "unstructured", "filter", "ssl", "balanced",
            "channel-perf", "nm")  # fmt: skip
 SIMD_KERNEL = {"simd", "simd-balanced"}  # what the kernels promise: these skip SIMD vectors
-SMALL = Target(name="test-small", vendor="test", simd_width=8, max_work_group_size=256,
-               local_mem_bytes=64 * 1024, compute_units=1, mwg=16, nwg=16, kwg=16, mdimc=4,
-               ndimc=4)  # fmt: skip
 SPEC = ModelSpec("tiny-cnn", num_classes=16, in_channels=3, width=4.0)  # every GEMM >= 16x16
 SRC = str(Path(gpuprune.__file__).resolve().parents[1])
 
