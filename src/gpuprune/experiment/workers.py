@@ -93,11 +93,7 @@ def train_in_workers(cfg: ExperimentConfig, run_dir: Path, jobs: list[Job],
 
 
 def _failed(cfg: ExperimentConfig, job: Job, error: str) -> dict[str, Any]:
-    from gpuprune.experiment.cell import cell_key
-    from gpuprune.experiment.equal_latency import MATCHED
+    from gpuprune.experiment.cell import base_record
 
     method, sparsity, matched, _ = job
-    return {"method": method, "sparsity": sparsity, "key": cell_key(cfg, matched),
-            "equal_latency": matched,
-            "allocation": MATCHED if matched else cfg.prune.allocation,
-            "status": "failed", "error": error}  # fmt: skip
+    return {**base_record(cfg, method, sparsity, matched), "status": "failed", "error": error}
