@@ -34,10 +34,11 @@ def oneshot_key(cfg: ExperimentConfig) -> str:
 
 def oneshot_done(cfg: ExperimentConfig, run_dir: Path) -> bool:
     """True when the study is off, or stored complete from these settings."""
-    if not cfg.oneshot.methods:
-        return True
-    done = read_record(run_dir / ONESHOT_FILE)
-    return done.get("key") == oneshot_key(cfg) and done.get("complete", True)
+    return not cfg.oneshot.methods or _complete(read_record(run_dir / ONESHOT_FILE), cfg)
+
+
+def _complete(record: dict[str, Any], cfg: ExperimentConfig) -> bool:
+    return record.get("key") == oneshot_key(cfg) and record.get("complete", True)
 
 
 def _one(cfg: ExperimentConfig, run_dir: Path, data: ImageData, calib: list[Any], bn: list[Any],
@@ -75,7 +76,7 @@ def run_oneshot(cfg: ExperimentConfig, run_dir: Path, data: ImageData,
     path = run_dir / ONESHOT_FILE
     key = oneshot_key(cfg)
     done = read_record(path)
-    if oneshot_done(cfg, run_dir):
+    if _complete(done, cfg):
         return done
     # an interrupted study keeps its finished rows (each row is stored as soon as it is done)
     prior = {(r.get("method"), r.get("sparsity"), r.get("importance")): r
