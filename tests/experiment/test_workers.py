@@ -25,6 +25,7 @@ def test_workers_give_the_results_of_one_process(tiny_config, tmp_path: Path) ->
     tiny_config["oneshot"] = {"methods": ["tile"], "sparsities": [0.5],
                               "importances": ["magnitude", "obs"]}  # one more worker job
     tiny_config["prune"]["calibration"] = 32
+    tiny_config["distill_study"] = {"methods": ["tile"], "sparsity": 0.5}  # and a study cell
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # every process on one thread: the same floats, exactly
     try:
@@ -42,6 +43,9 @@ def test_workers_give_the_results_of_one_process(tiny_config, tmp_path: Path) ->
     rows = [{k: v for k, v in r.items() if k != "prune_seconds"} for r in two["oneshot"]["rows"]]
     assert rows == [{k: v for k, v in r.items() if k != "prune_seconds"}
                     for r in one["oneshot"]["rows"]] and len(rows) == 2  # fmt: skip
+    studies = [[{k: v for k, v in r.items() if k != "seconds"} for r in s["distill_study"]["rows"]]
+               for s in (one, two)]  # fmt: skip
+    assert studies[0] == studies[1] and studies[1][0]["with"] is not None
 
     # killed while timing: the rerun finds the fine-tuned model and only times it
     model = tmp_path / "two" / "cells" / "tile-0.5" / "model.safetensors"

@@ -345,6 +345,18 @@ def train_cell(cfg: ExperimentConfig, run_dir: Path, method: str, sparsity: floa
     return record
 
 
+def train_arm(cfg: ExperimentConfig, run_dir: Path, method: str, sparsity: float,
+              data: ImageData | None, progress: bool, work: Path) -> dict[str, Any]:  # fmt: skip
+    """A grid cell's pruning and fine-tuning under another recipe (a study's arm), in ``work``:
+    the record (``status: trained`` with the model's sha256, or ``failed``); nothing timed."""
+    record = _guarded(base_record(cfg, method, sparsity, False), lambda: {
+        **_train(cfg, run_dir, method, sparsity, data, progress, work=work),
+        "status": "trained"})  # fmt: skip
+    if record["status"] == "trained":
+        record["model_sha256"] = file_sha256(work / "model.safetensors")
+    return record
+
+
 def base_record(cfg: ExperimentConfig, method: str, sparsity: float, matched: bool
                 ) -> dict[str, Any]:  # fmt: skip
     """What every cell record starts with: its name, settings key and allocation."""
@@ -411,7 +423,8 @@ def _pruner(cfg: ExperimentConfig, model: nn.Module, method: str, data: ImageDat
 
 def _train(cfg: ExperimentConfig, run_dir: Path, method: str, sparsity: float,
            data: ImageData | None, progress: bool, matched: bool = False,
-           plan: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+           plan: dict[str, Any] | None = None, work: Path | None = None
+           ) -> dict[str, Any]:  # fmt: skip
     import gpuprune.prune as gp
 
     data = data if data is not None else load_data(cfg)
@@ -433,7 +446,7 @@ def _train(cfg: ExperimentConfig, run_dir: Path, method: str, sparsity: float,
     data_for = (lambda: calib) if calib else _importance_data(cfg, pruner, ft_data)
     hook = PrunerHook(pruner, schedule_for(cfg, method, total), sparsity, ssl_strength=strength,
                       sync=sync, data=data_for)  # fmt: skip
-    work = cell_workdir(run_dir, method, sparsity, matched)
+    work = work or cell_workdir(run_dir, method, sparsity, matched)
     if rank.is_main:
         fresh_workdir(work, cell_key(cfg, matched))
     ddp.barrier()

@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from gpuprune.errors import UserError
 from gpuprune.train import TrainConfig
@@ -224,6 +231,27 @@ class TargetsSection(_Section):
     noise_pt: float | None = Field(None, ge=0, le=100)
 
 
+class DistillStudySection(_Section):
+    """Grid cells fine-tuned again with the other distillation setting; the report compares.
+
+    When ``finetune.distill`` is unset the study's cells distil with ``alpha`` and
+    ``temperature``; when it is set they fine-tune without (see
+    :mod:`gpuprune.experiment.distill_study`).
+    """
+
+    methods: list[str] = Field(default_factory=list)  # empty: off; each must be a grid method
+    sparsity: Sparsity = 0.75  # one of prune.sparsities
+    alpha: float = Field(0.5, gt=0, le=1)
+    temperature: float = Field(4.0, gt=0)
+
+    @field_validator("methods")
+    @classmethod
+    def _unique(cls, values: list[str]) -> list[str]:
+        if len(set(values)) != len(values):
+            raise ValueError("must not repeat a value")
+        return values
+
+
 class ExperimentConfig(_Section):
     name: str = "experiment"
     seed: int = Field(0, ge=0, le=MAX_SEED)
@@ -238,10 +266,26 @@ class ExperimentConfig(_Section):
     finetune: RecipeSection = RecipeSection(epochs=2, lr=0.01)
     prune: PruneSection = PruneSection()
     oneshot: OneShotSection = OneShotSection()
+    distill_study: DistillStudySection = DistillStudySection()
     latency: LatencySection = LatencySection()
     equal_latency: EqualLatencySection = EqualLatencySection()
     codesign: CodesignSection = CodesignSection()
     targets: TargetsSection = TargetsSection()
+
+    @field_validator("distill_study")
+    @classmethod
+    def _study_in_grid(cls, study: DistillStudySection, info: ValidationInfo
+                       ) -> DistillStudySection:  # fmt: skip
+        prune = info.data.get("prune")
+        if not study.methods or prune is None:
+            return study
+        if outside := [m for m in study.methods if m not in prune.methods]:
+            raise ValueError(f"{outside} not in prune.methods: the study compares grid cells "
+                             "(add them there or drop them here)")
+        if study.sparsity not in prune.sparsities:
+            raise ValueError(f"sparsity {study.sparsity:g} is not one of prune.sparsities: "
+                             "the study compares grid cells")
+        return study
 
     @field_validator("dense")
     @classmethod

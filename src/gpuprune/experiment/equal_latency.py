@@ -28,6 +28,7 @@ from torch import nn
 from gpuprune.data import ImageData, train_loader
 from gpuprune.errors import UserError
 from gpuprune.experiment.config import ExperimentConfig
+from gpuprune.train.layout import inference_layout
 
 MATCHED = "latency"  # the allocation of a matched cell, and the suffix of its name
 Evaluate = Callable[[str | None, torch.Tensor | None], float]
@@ -101,7 +102,8 @@ def batch_stat_evaluator(model: nn.Module, modules: dict[str, nn.Module],
             bn.train()
             bn.momentum = 0.0
         try:
-            losses = [float(F.cross_entropy(model(x), y)) for x, y in batches]
+            with inference_layout(model):
+                losses = [float(F.cross_entropy(model(x), y)) for x, y in batches]
         finally:
             for bn, momentum, tracked in state:
                 bn.momentum = momentum

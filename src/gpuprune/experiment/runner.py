@@ -54,6 +54,7 @@ from gpuprune.experiment.cell import (
 )
 from gpuprune.experiment.codesign_step import run_codesign
 from gpuprune.experiment.config import ExperimentConfig, dump_config, parse_config
+from gpuprune.experiment.distill_study import collect_study, pending_study, train_study_cell
 from gpuprune.experiment.equal_latency import check_equal_latency, matched_methods
 from gpuprune.experiment.latency import backend_device, compile_for, time_model, time_models
 from gpuprune.experiment.oneshot import oneshot_done, run_oneshot
@@ -345,23 +346,25 @@ def _run_cells_parallel(cfg: ExperimentConfig, run_dir: Path, pending: list[Cell
                         ) -> dict[str, float]:  # fmt: skip
     """Plan the matched cells here, fine-tune every cell in ``workers`` processes, then time
     each one here, alone; returns the wall seconds of the three phases."""
-    from gpuprune.experiment.workers import ONESHOT
+    from gpuprune.experiment.workers import ONESHOT, Job
 
     t0 = time.perf_counter()
-    jobs: list[Any] = []
+    jobs: list[Job] = []
     trained: list[dict[str, Any]] = []
     for method, sparsity, matched in pending:
         if done := trained_before(cfg, run_dir, method, sparsity, matched):
             trained.append(done)  # fine-tuned by an earlier run that stopped before timing
         elif not matched:
-            jobs.append((method, sparsity, False, None))
+            jobs.append(Job("cell", method, sparsity))
         elif (planned := matched_plan(cfg, run_dir, method, sparsity, data))["status"] == "planned":
-            jobs.append((method, sparsity, True, planned.pop("plan")))  # measured before workers
+            jobs.append(Job("cell", method, sparsity, True, planned.pop("plan")))  # planned here
         else:
             console.print(_describe(time_cell(cfg, run_dir, planned, data), dense_acc))
     t1 = time.perf_counter()
+    # the longest jobs first: the one-shot study, then the study cells (they run a teacher too)
+    jobs[:0] = [Job("distill", m, s) for m, s in pending_study(cfg, run_dir)]
     if cfg.oneshot.methods and not oneshot_done(cfg, run_dir):
-        jobs.insert(0, ONESHOT)  # the longest job first
+        jobs.insert(0, ONESHOT)
     if jobs:
         trained += [r for r in _train_parallel(cfg, run_dir, jobs, workers, progress)
                     if r.get("method")]  # fmt: skip
@@ -377,26 +380,43 @@ def _run_cells_parallel(cfg: ExperimentConfig, run_dir: Path, pending: list[Cell
 
 def _train_parallel(cfg: ExperimentConfig, run_dir: Path, jobs: list[Any], workers: int,
                     progress: bool) -> list[dict[str, Any]]:  # fmt: skip
-    from gpuprune.experiment.workers import ONESHOT, threads_per_worker, train_in_workers
+    from gpuprune.experiment.workers import threads_per_worker, train_in_workers
     from gpuprune.progress import progress_bar
 
     threads = threads_per_worker(workers)
-    out = []
+    out = []  # the cells' records (the studies store their own; the caller reads them back)
     title = f"cells fine-tuning in {workers} processes x {threads} thread{'s' * (threads > 1)}"
     with progress_bar(title, console=console, disable=not progress) as bar:
         task = bar.add_task("", total=len(jobs))
         for job, rec in train_in_workers(cfg, run_dir, jobs, workers):
-            method, sparsity, matched, _ = job
-            if job == ONESHOT:
+            name = cell_id(job.method, job.sparsity, job.matched)
+            if job.kind == "oneshot":
                 bar.console.print(f"one-shot study: {len(rec.get('rows', []))} rows "
                                   f"({rec.get('seconds', 0):.0f} s)")
-                rec = {}
-            elif rec.get("status") == "trained":
-                bar.console.print(f"{cell_id(method, sparsity, matched)}: fine-tuned, accuracy "
-                                  f"{rec['accuracy']:.2%} ({rec.get('train_seconds', 0):.0f} s)")
-            out.append(rec)
+            elif job.kind == "distill" and rec.get("status") == "trained":
+                bar.console.print(f"{name} {_arm(rec)}: accuracy {rec['accuracy']:.2%} "
+                                  f"({rec.get('seconds', 0):.0f} s)")  # fmt: skip
+            elif job.is_cell:
+                if rec.get("status") == "trained":
+                    bar.console.print(f"{name}: fine-tuned, accuracy {rec['accuracy']:.2%} "
+                                      f"({rec.get('train_seconds', 0):.0f} s)")  # fmt: skip
+                out.append(rec)
             bar.advance(task)
     return out
+
+
+def _arm(rec: dict[str, Any]) -> str:
+    return "with distillation" if rec.get("distill") else "without distillation"
+
+
+def _run_study(cfg: ExperimentConfig, run_dir: Path, data: ImageData, progress: bool) -> None:
+    """Fine-tune the distillation study's cells still missing, in this process."""
+    for method, sparsity in pending_study(cfg, run_dir):
+        rec = train_study_cell(cfg, run_dir, method, sparsity, data, progress)
+        if ddp.info().is_main:
+            name = cell_id(method, sparsity)
+            console.print(f"{name} {_arm(rec)}: " + (f"accuracy {rec['accuracy']:.2%}"
+                          if rec.get("status") == "trained" else f"FAILED: {rec.get('error')}"))
 
 
 def all_cells(cfg: ExperimentConfig) -> list[Cell]:
@@ -444,6 +464,7 @@ def collect(cfg: ExperimentConfig, run_dir: Path, dense: dict[str, Any], data: I
         "cells": cells,
         "codesign": codesign,
         "oneshot": oneshot,
+        "distill_study": collect_study(cfg, run_dir),
         "environment": {"python": platform.python_version(), "torch": torch.__version__,
                         "machine": platform.machine(), "cpu": cpu_name(), "cpu_isa": cpu_isa(),
                         "cpus": os.cpu_count(),
@@ -527,6 +548,10 @@ def run_experiment(
             phases["cells"] = time.perf_counter() - cells_started
         if main and parallel and pending:  # the workers stored it (or it failed there: run it)
             oneshot = run_oneshot(cfg, run_dir, data, progress)
+        if pending_study(cfg, run_dir):  # not run in workers (or one failed there)
+            study_started = time.perf_counter()
+            _run_study(cfg, run_dir, data, progress)
+            phases["distillation study"] = time.perf_counter() - study_started
         # after the cells: rank 0 alone searches, and other ranks must not wait on it mid-run
         codesign = run_codesign(cfg, run_dir, data, progress) if main else None
         summary = collect(cfg, run_dir, dense, data, time.perf_counter() - started, codesign,

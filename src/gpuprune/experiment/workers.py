@@ -5,7 +5,8 @@ kernel: the demo's model trains about 1.6x faster on 2 cores as two 1-thread pro
 one 2-thread process (measured, benchmarks/README.md). Timing is not done in the workers: a
 latency measured while another process trains would be noise, so workers only prune, fine-tune,
 evaluate and save (:func:`gpuprune.experiment.cell.train_cell`), and the caller times each
-cell alone once all have trained. The one-shot study (no timing in it) can be one more job.
+cell alone once all have trained. The one-shot study and the distillation study's cells (no
+timing in them) are jobs too.
 
 Workers are spawned (not forked: a forked OpenMP runtime can hang), each with
 ``threads // workers`` threads; each reads the data set once.
@@ -18,6 +19,7 @@ import multiprocessing
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +27,23 @@ import torch
 
 from gpuprune.experiment.config import ExperimentConfig, parse_config
 
-Job = tuple[str, float, bool, dict[str, Any] | None]  # method, sparsity, matched, plan
 
+@dataclass(frozen=True)
+class Job:
+    """One unit of worker work: a grid or matched cell, the one-shot study, or a study cell."""
+
+    kind: str  # "cell", "oneshot" or "distill"
+    method: str = ""
+    sparsity: float = 0.0
+    matched: bool = False
+    plan: dict[str, Any] | None = None  # a matched cell's plan, chosen before the workers
+
+    @property
+    def is_cell(self) -> bool:
+        return self.kind == "cell"
+
+
+ONESHOT = Job("oneshot")  # the one-shot study, as one job
 _DATA: dict[str, Any] = {}  # per worker process: the data set, read once
 
 
@@ -37,8 +54,6 @@ def _init(threads: int) -> None:
     warnings.simplefilter("ignore")  # the main process reports; workers stay quiet
 
 
-ONESHOT: Job = ("one-shot study", 0.0, False, None)  # the one-shot study, as one job
-
 
 def _train_job(cfg_dict: dict[str, Any], run_dir: str, job: Job) -> dict[str, Any]:
     from gpuprune.experiment.cell import load_data, train_cell
@@ -48,13 +63,17 @@ def _train_job(cfg_dict: dict[str, Any], run_dir: str, job: Job) -> dict[str, An
     if key not in _DATA:
         _DATA.clear()
         _DATA[key] = load_data(cfg)
-    if job == ONESHOT:  # stores its own record; the caller reads it back
+    if job.kind == "oneshot":  # stores its own record; the caller reads it back
         from gpuprune.experiment.oneshot import run_oneshot
 
         return run_oneshot(cfg, Path(run_dir), _DATA[key], progress=False) or {}
-    method, sparsity, matched, plan = job
-    return train_cell(cfg, Path(run_dir), method, sparsity, _DATA[key], progress=False,
-                      matched=matched, plan=plan)  # fmt: skip
+    if job.kind == "distill":
+        from gpuprune.experiment.distill_study import train_study_cell
+
+        return train_study_cell(cfg, Path(run_dir), job.method, job.sparsity, _DATA[key],
+                                progress=False)  # fmt: skip
+    return train_cell(cfg, Path(run_dir), job.method, job.sparsity, _DATA[key], progress=False,
+                      matched=job.matched, plan=job.plan)  # fmt: skip
 
 
 def threads_per_worker(workers: int) -> int:
@@ -85,15 +104,14 @@ def train_in_workers(cfg: ExperimentConfig, run_dir: Path, jobs: list[Job],
                 except BrokenProcessPool as exc:
                     rec = _failed(cfg, job, f"its worker process died ({exc})")
                 except Exception as exc:  # noqa: BLE001 - one cell fails, the run goes on
-                    if job == ONESHOT:  # not a cell: the caller runs it again in-process
-                        rec = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
-                    else:
-                        rec = _failed(cfg, job, f"internal error: {type(exc).__name__}: {exc}")
+                    rec = _failed(cfg, job, f"internal error: {type(exc).__name__}: {exc}")
                 yield job, rec
 
 
 def _failed(cfg: ExperimentConfig, job: Job, error: str) -> dict[str, Any]:
     from gpuprune.experiment.cell import base_record
 
-    method, sparsity, matched, _ = job
-    return {**base_record(cfg, method, sparsity, matched), "status": "failed", "error": error}
+    if not job.is_cell:  # a study: the caller sees it failed and runs it again in-process
+        return {"status": "failed", "error": error}
+    return {**base_record(cfg, job.method, job.sparsity, job.matched), "status": "failed",
+            "error": error}

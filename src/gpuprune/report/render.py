@@ -11,6 +11,7 @@ from typing import Any
 from gpuprune.fileio import atomic_write_text
 from gpuprune.report.codesign import codesign_checks, codesign_section
 from gpuprune.report.crosstarget import cross_target_section
+from gpuprune.report.distill_study import distill_section
 from gpuprune.report.equal_latency import equal_latency_checks, equal_latency_sections
 from gpuprune.report.oneshot import oneshot_checks, oneshot_section
 from gpuprune.report.plots import make_plots
@@ -135,9 +136,10 @@ def _setup_lines(res: RunResults) -> list[str]:
 
 
 def extra_sections(res: RunResults) -> list[Section]:
-    """The tables after the results: equal latency, co-design, cross-target (those with rows)."""
-    found = [oneshot_section(res), *equal_latency_sections(res), codesign_section(res),
-             cross_target_section(res)]  # fmt: skip
+    """The tables after the results: one-shot, distillation, equal latency, co-design and
+    cross-target (those with rows)."""
+    found = [oneshot_section(res), distill_section(res), *equal_latency_sections(res),
+             codesign_section(res), cross_target_section(res)]  # fmt: skip
     return [s for s in found if s is not None and s.rows]
 
 

@@ -29,6 +29,7 @@ from gpuprune.progress import progress_bar
 from gpuprune.train import distributed as ddp
 from gpuprune.train.config import TrainConfig, distill_loss, lr_at
 from gpuprune.train.hooks import TrainHook
+from gpuprune.train.layout import inference_layout
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -64,11 +65,12 @@ def evaluate(
     was_training = model.training
     model.eval()
     loss_sum = correct = count = 0.0
-    for x, y in eval_loader(data, batch_size, rank.rank, rank.world_size, device):
-        out = model(x).float()
-        loss_sum += float(F.cross_entropy(out, y, reduction="sum"))
-        correct += float((out.argmax(1) == y).sum())
-        count += len(y)
+    with inference_layout(model):
+        for x, y in eval_loader(data, batch_size, rank.rank, rank.world_size, device):
+            out = model(x).float()
+            loss_sum += float(F.cross_entropy(out, y, reduction="sum"))
+            correct += float((out.argmax(1) == y).sum())
+            count += len(y)
     model.train(was_training)
     loss_sum, correct, count = ddp.all_reduce_sum([loss_sum, correct, count], device)
     return loss_sum / max(count, 1), correct / max(count, 1)
