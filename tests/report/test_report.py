@@ -88,6 +88,11 @@ def test_target_checks_say_within_noise(run_dir: Path) -> None:
     assert tile.endswith(": met, within noise (margin +0.50 pt, spread 0.80 pt)")
     md = write_report(run_dir)["markdown"].read_text()
     assert "machine: Some CPU (AVX2), x86_64, 2 CPUs" in md
+    summary["config"]["targets"]["noise_pt"] = {"dense": 1.5, "default": 0.4}  # per subject
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    lines = target_checks(load_results(run_dir))
+    assert lines[0].endswith("met, within noise (margin +1.00 pt, spread 1.50 pt)")
+    assert next(x for x in lines if "tile at 0.75" in x and "unstructured" in x).endswith(": met")
 
 
 @pytest.mark.parametrize(("margin", "noise", "word"), [

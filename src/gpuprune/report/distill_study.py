@@ -11,6 +11,7 @@ import math
 from typing import Any
 
 from gpuprune.report.results import RunResults, Section
+from gpuprune.report.verdict import noise_pt
 
 TITLE = "Fine-tuning with and without distillation"
 
@@ -47,6 +48,14 @@ def distill_section(res: RunResults) -> Section | None:
             f"{study.get('temperature')}). The run's own cells use the recipe {default} "
             "distillation; the other column comes from the study's extra fine-tuning. Gains and "
             "gaps (to unstructured at the same sparsity) are in points.")  # fmt: skip
+    noise = noise_pt(res.summary)
+    if noise is not None:
+        gains = [float(x[3]) for x in table if x[3] != "-"]
+        inside = all(abs(g) < noise for g in gains)
+        verdict = ("every gain here is within that noise." if inside
+                   else "a gain beyond it is a measured effect.")  # fmt: skip
+        note += (f" Accuracies move by up to {noise:g} points between seeds and CPUs "
+                 f"(targets.noise_pt): {verdict}")
     if failed:
         note += " Failed: " + "; ".join(failed)
     cols = ["cell", "without distillation", "with distillation", "gain (pt)",

@@ -142,7 +142,8 @@ def equal_latency_checks(res: RunResults) -> list[str]:
             gain = (r.accuracy - base.accuracy) * 100
             check = ""
             if goal is not None and r.base_method == ref.method:
-                check = f" (target >= {goal:g}): {verdict(gain - goal, noise_pt(res.summary))}"
+                noise = noise_pt(res.summary, r.base_method)
+                check = f" (target >= {goal:g}): {verdict(gain - goal, noise)}"
             lines.append(
                 f"{r.method} on {backend}: {r.accuracy:.2%} at {lat:.3f}x dense vs uniform "
                 f"{r.base_method} {base.accuracy:.2%} at {base.latency:.3f}x ({base.how}): "

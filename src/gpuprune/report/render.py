@@ -66,12 +66,11 @@ def target_checks(res: RunResults) -> list[str]:
 def _accuracy_checks(res: RunResults) -> list[str]:
     targets = res.summary.get("config", {}).get("targets") or {}
     lines = []
-    noise = noise_pt(res.summary)
     dense = res.dense["accuracy"] * 100
     goal = targets.get("dense_accuracy")
     if goal is not None:
         lines.append(f"dense accuracy {dense:.2f}% (target >= {goal * 100:g}%): "
-                     f"{verdict(dense - goal * 100, noise)}")  # fmt: skip
+                     f"{verdict(dense - goal * 100, noise_pt(res.summary, 'dense'))}")  # fmt: skip
     at = targets.get("sparsity")
     if at is None:
         return lines
@@ -82,6 +81,7 @@ def _accuracy_checks(res: RunResults) -> list[str]:
         r = by.get(m)
         if r is None:
             continue
+        noise = noise_pt(res.summary, m)
         if un is not None:
             limit = float(gaps.get(m, 1.0) if isinstance(gaps, dict) else gaps)
             gap = (un.accuracy - r.accuracy) * 100

@@ -2,8 +2,10 @@
 
 Accuracies of the same recipe move between seeds and between CPUs (float reductions follow the
 SIMD width), so a target passed by less than that spread is not a claim the run can carry. The
-config's ``targets.noise_pt`` states the measured spread; a margin smaller than it is reported as
-"within noise" whichever side of the goal it falls on.
+config's ``targets.noise_pt`` states the measured spread, one number or one per subject
+(``{dense: 0.7, default: 1.8}``: the dense model's accuracy moves less between seeds than a pruned
+cell's); a margin smaller than it is reported as "within noise" whichever side of the goal it
+falls on.
 """
 
 from __future__ import annotations
@@ -11,10 +13,13 @@ from __future__ import annotations
 from typing import Any
 
 
-def noise_pt(summary: dict[str, Any]) -> float | None:
-    """The measured accuracy spread (percentage points) the run's config states, if any."""
+def noise_pt(summary: dict[str, Any], subject: str = "default") -> float | None:
+    """The measured accuracy spread (percentage points) the run's config states for ``subject``
+    (``dense``, a method name, ...; a per-subject table falls back to its ``default``)."""
     targets = (summary.get("config") or {}).get("targets") or {}
     value = targets.get("noise_pt")
+    if isinstance(value, dict):
+        value = value.get(subject, value.get("default"))
     return None if value is None else float(value)
 
 
