@@ -21,7 +21,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -32,7 +32,7 @@ from gpuprune.experiment.config import ExperimentConfig, parse_config
 class Job:
     """One unit of worker work: a grid or matched cell, the one-shot study, or a study cell."""
 
-    kind: str  # "cell", "oneshot" or "distill"
+    kind: Literal["cell", "oneshot", "distill"]
     method: str = ""
     sparsity: float = 0.0
     matched: bool = False
@@ -52,7 +52,6 @@ def _init(threads: int) -> None:
 
     torch.set_num_threads(threads)
     warnings.simplefilter("ignore")  # the main process reports; workers stay quiet
-
 
 
 def _train_job(cfg_dict: dict[str, Any], run_dir: str, job: Job) -> dict[str, Any]:
