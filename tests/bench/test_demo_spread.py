@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "demo_spread.py"
+from script_helpers import load_script
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("demo_spread", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/demo_spread.py", "demo_spread")
 
 
 def _summary(seed: int, dense: float, tile: float, ratio: float) -> dict:

@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "demo_time.py"
+from script_helpers import load_script
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("demo_time", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/demo_time.py", "demo_time")
 
 
 def test_phases_add_up_and_split_evaluations_from_steps():

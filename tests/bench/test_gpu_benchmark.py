@@ -3,12 +3,12 @@ interpreter, tiny shapes), writing a result file in the benchmarks/results schem
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
 from gpuprune.bench import results
+from script_helpers import load_script
 
 pytest.importorskip("triton")
 pytestmark = pytest.mark.triton
@@ -19,10 +19,7 @@ RUN = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu" / "run.py"
 def run_main(monkeypatch, argv):
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # run.py sets it too; this undoes it after
     monkeypatch.syspath_prepend(str(RUN.parent))
-    spec = importlib.util.spec_from_file_location("gpu_bench_run", RUN)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main(argv)
+    return load_script("benchmarks/gpu/run.py", "gpu_bench_run").main(argv)
 
 
 def test_spent_budget_lists_everything_as_skipped(monkeypatch, tmp_path):

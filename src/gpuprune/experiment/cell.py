@@ -332,27 +332,24 @@ def train_cell(cfg: ExperimentConfig, run_dir: Path, method: str, sparsity: floa
         set_aside(path, run_dir / STALE_DIR)  # made by other settings (or damaged): kept aside
     if done := trained_before(cfg, run_dir, method, sparsity, matched):
         return done
-    record = base_record(cfg, method, sparsity, matched)
     work = cell_workdir(run_dir, method, sparsity, matched)
-    model_file = work / "model.safetensors"
-    record = _guarded(record, lambda: {
-        **_train(cfg, run_dir, method, sparsity, data, progress, matched, plan),
-        "status": "trained"})  # fmt: skip
+    record = train_arm(cfg, run_dir, method, sparsity, data, progress, work, matched, plan)
     record["train_seconds"] = time.perf_counter() - started
     if record["status"] == "trained" and ddp.info().is_main:
-        record["model_sha256"] = file_sha256(model_file)
         record = write_record(work / TRAINED_FILE, record)
     return record
 
 
 def train_arm(cfg: ExperimentConfig, run_dir: Path, method: str, sparsity: float,
-              data: ImageData | None, progress: bool, work: Path) -> dict[str, Any]:  # fmt: skip
-    """A grid cell's pruning and fine-tuning under another recipe (a study's arm), in ``work``:
-    the record (``status: trained`` with the model's sha256, or ``failed``); nothing timed."""
-    record = _guarded(base_record(cfg, method, sparsity, False), lambda: {
-        **_train(cfg, run_dir, method, sparsity, data, progress, work=work),
+              data: ImageData | None, progress: bool, work: Path, matched: bool = False,
+              plan: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Prune and fine-tune one cell in ``work`` (a grid cell's folder, or a study's arm under
+    another recipe): the record, ``status: trained`` with the model's sha256 (rank 0, which
+    wrote the model) or ``failed``/``unreachable``; nothing stored, nothing timed."""
+    record = _guarded(base_record(cfg, method, sparsity, matched), lambda: {
+        **_train(cfg, run_dir, method, sparsity, data, progress, matched, plan, work),
         "status": "trained"})  # fmt: skip
-    if record["status"] == "trained":
+    if record["status"] == "trained" and ddp.info().is_main:
         record["model_sha256"] = file_sha256(work / "model.safetensors")
     return record
 
@@ -422,9 +419,8 @@ def _pruner(cfg: ExperimentConfig, model: nn.Module, method: str, data: ImageDat
 
 
 def _train(cfg: ExperimentConfig, run_dir: Path, method: str, sparsity: float,
-           data: ImageData | None, progress: bool, matched: bool = False,
-           plan: dict[str, Any] | None = None, work: Path | None = None
-           ) -> dict[str, Any]:  # fmt: skip
+           data: ImageData | None, progress: bool, matched: bool,
+           plan: dict[str, Any] | None, work: Path) -> dict[str, Any]:  # fmt: skip
     import gpuprune.prune as gp
 
     data = data if data is not None else load_data(cfg)
@@ -446,7 +442,6 @@ def _train(cfg: ExperimentConfig, run_dir: Path, method: str, sparsity: float,
     data_for = (lambda: calib) if calib else _importance_data(cfg, pruner, ft_data)
     hook = PrunerHook(pruner, schedule_for(cfg, method, total), sparsity, ssl_strength=strength,
                       sync=sync, data=data_for)  # fmt: skip
-    work = work or cell_workdir(run_dir, method, sparsity, matched)
     if rank.is_main:
         fresh_workdir(work, cell_key(cfg, matched))
     ddp.barrier()

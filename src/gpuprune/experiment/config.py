@@ -25,6 +25,13 @@ from gpuprune.errors import UserError
 from gpuprune.train import TrainConfig
 
 Sparsity = Annotated[float, Field(gt=0, lt=1)]
+
+
+def _no_repeats(values: list[Any], what: str) -> list[Any]:
+    """``values`` unchanged, or the validation error naming what repeats."""
+    if len(set(values)) != len(values):
+        raise ValueError(f"must not repeat {what}")
+    return values
 # Upper bounds: a value past these is a typo that would allocate gigabytes or run for days.
 MAX_BATCH = 65536
 MAX_EPOCHS = 10_000
@@ -141,9 +148,7 @@ class OneShotSection(_Section):
     @field_validator("methods", "sparsities", "importances")
     @classmethod
     def _unique(cls, values: list[Any]) -> list[Any]:
-        if len(set(values)) != len(values):
-            raise ValueError("must not repeat a value")
-        return values
+        return _no_repeats(values, "a value")
 
 
 class LatencySection(_Section):
@@ -190,9 +195,7 @@ class EqualLatencySection(_Section):
     @field_validator("methods")
     @classmethod
     def _unique(cls, values: list[str]) -> list[str]:
-        if len(set(values)) != len(values):
-            raise ValueError("must not repeat a method")
-        return values
+        return _no_repeats(values, "a method")
 
     @property
     def reference_cell(self) -> tuple[str, float] | None:
@@ -256,9 +259,7 @@ class DistillStudySection(_Section):
     @field_validator("methods")
     @classmethod
     def _unique(cls, values: list[str]) -> list[str]:
-        if len(set(values)) != len(values):
-            raise ValueError("must not repeat a value")
-        return values
+        return _no_repeats(values, "a value")
 
 
 class ExperimentConfig(_Section):

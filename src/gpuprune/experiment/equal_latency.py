@@ -102,8 +102,7 @@ def batch_stat_evaluator(model: nn.Module, modules: dict[str, nn.Module],
             bn.train()
             bn.momentum = 0.0
         try:
-            with inference_layout(model):
-                losses = [float(F.cross_entropy(model(x), y)) for x, y in batches]
+            losses = [float(F.cross_entropy(model(x), y)) for x, y in batches]
         finally:
             for bn, momentum, tracked in state:
                 bn.momentum = momentum
@@ -176,10 +175,11 @@ def plan_matched(cfg: ExperimentConfig, model: nn.Module, pruner: Any, data: Ima
         if batches
         else None
     )
-    plan = plan_latency(
-        ref_sparsity, pruner.specs, own, pruner.method, evaluate, latency_budget_ms=budget,
-        latency_batch=batch, latency_model=model_of(pruner.method),
-    )  # fmt: skip
+    with inference_layout(model):  # once for every loss the search evaluates
+        plan = plan_latency(
+            ref_sparsity, pruner.specs, own, pruner.method, evaluate, latency_budget_ms=budget,
+            latency_batch=batch, latency_model=model_of(pruner.method),
+        )  # fmt: skip
     return {
         "plan": {n: float(s) for n, s in plan.sparsities.items()},
         "reference": eq.reference,
