@@ -57,7 +57,7 @@ def test_study_cells_must_be_grid_cells(tiny_config) -> None:
     with pytest.raises(UserError, match=r"distill_study: \['simd'\] not in prune.methods"):
         parse_config(tiny_config)
     tiny_config["distill_study"] = {"methods": ["tile"], "sparsity": 0.75}
-    with pytest.raises(UserError, match="distill_study: sparsity 0.75 is not one of"):
+    with pytest.raises(UserError, match="distill_study: sparsity 0.75 is not a grid sparsity of"):
         parse_config(tiny_config)
     tiny_config["distill_study"] = {"methods": ["tile", "tile"], "sparsity": 0.5}
     with pytest.raises(UserError, match="must not repeat"):

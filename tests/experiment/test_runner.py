@@ -82,3 +82,42 @@ def test_cells_run_as_ray_tasks(tiny_config, tmp_path: Path) -> None:
     assert sorted(c["method"] for c in summary["cells"] if c["status"] == "ok") == [
         "tile", "tile", "unstructured"]  # fmt: skip
     assert [c["equal_latency"] for c in summary["cells"] if c["method"] == "tile"] == [False, True]
+
+
+def test_sparsities_per_method_add_cells_without_rerunning(tiny_config, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run_experiment(parse_config(tiny_config), run, progress=False)
+    before = _mtimes(run)
+    tiny_config["prune"]["sparsities_for"] = {"tile": [0.5, 0.75]}
+    summary = run_experiment(parse_config(tiny_config), run, progress=False)
+    cells = {(c["method"], c["sparsity"]) for c in summary["cells"]}
+    assert cells == {("unstructured", 0.5), ("tile", 0.5), ("tile", 0.75)}
+    after = _mtimes(run)
+    assert {k for k in after if before.get(k) != after[k]} == {"tile-0.75.json"}
+
+
+@pytest.mark.parametrize("override, needle", [
+    ({"simd": [0.5]}, r"sparsities_for names \['simd'\], not in prune.methods"),
+    ({"tile": []}, "sparsities_for: tile: must be a non-empty list"),
+    ({"tile": [0.5, 0.5]}, "tile: must be a non-empty list without duplicates"),
+    ({"tile": [1.5]}, r"prune.sparsities_for.tile.0: Input should be less than 1"),
+])
+def test_sparsities_per_method_refused(tiny_config, override, needle) -> None:
+    tiny_config["prune"]["sparsities_for"] = override
+    with pytest.raises(UserError, match=needle) as exc:
+        parse_config(tiny_config)
+    assert "\n" not in str(exc.value)
+
+
+def test_study_and_reference_read_the_method_sparsities(tiny_config) -> None:
+    tiny_config["prune"]["sparsities_for"] = {"tile": [0.75]}
+    tiny_config["distill_study"] = {"methods": ["tile", "unstructured"], "sparsity": 0.75}
+    with pytest.raises(UserError, match=r"not a grid sparsity of \['unstructured'\]"):
+        parse_config(tiny_config)
+    tiny_config["distill_study"] = {"methods": ["tile"], "sparsity": 0.75}
+    assert parse_config(tiny_config).prune.grid() == [("unstructured", 0.5), ("tile", 0.75)]
+    from gpuprune.experiment.equal_latency import check_equal_latency
+
+    tiny_config["equal_latency"] = {"reference": "tile@0.5", "methods": ["tile"]}
+    with pytest.raises(UserError, match="tile@0.5 is not a cell of this config"):
+        check_equal_latency(parse_config(tiny_config))

@@ -136,7 +136,8 @@ def cell_key(cfg: ExperimentConfig, matched: bool = False) -> str:
     A latency-matched cell also depends on how it is matched (reference, backend, batches);
     grid cells do not, so adding ``equal_latency`` to a config reruns none of them.
     """
-    prune = cfg.prune.model_dump(exclude={"methods", "sparsities"})  # other cells don't matter
+    # the grid (other cells) does not matter
+    prune = cfg.prune.model_dump(exclude={"methods", "sparsities", "sparsities_for"})
     extra = {"equal_latency": cfg.equal_latency.model_dump(exclude={"methods", "tolerance"})}
     return cfg.digest("data", "model", "dense", "finetune", "latency", "seed", prune=prune,
                       **weights_digest(cfg), **_allocation_digest(cfg),
@@ -511,7 +512,8 @@ def _time(cfg: ExperimentConfig, run_dir: Path, record: dict[str, Any],
     # cell at the sparsity nearest the run's headline one.
     headline = cfg.targets.sparsity or 0.75
     crossed = []
-    if not matched and sparsity == min(cfg.prune.sparsities, key=lambda s: abs(s - headline)):
+    nearest = min(cfg.prune.sparsities_of(method), key=lambda s: abs(s - headline))
+    if not matched and sparsity == nearest:
         crossed = cross_target(model.eval(), batch=cfg.latency.batch_size,
                                input_size=input_shape(data), variants=(kernel,))  # fmt: skip
     layers_out = [{**lay, "skippable": {b: skip[b].get(lay["name"], 0.0) for b in skip}}

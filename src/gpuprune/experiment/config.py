@@ -19,12 +19,26 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from gpuprune.errors import UserError
 from gpuprune.train import TrainConfig
 
 Sparsity = Annotated[float, Field(gt=0, lt=1)]
+
+
+def _cell_sparsities(values: list[float]) -> list[float]:
+    """A grid's sparsities unchanged, or the error: empty, repeated, or two with one cell name."""
+    if not values or len(set(values)) != len(values):
+        raise ValueError("must be a non-empty list without duplicates")
+    names: dict[str, float] = {}
+    for v in values:  # cells are named method@0.5: two values must not share a name
+        if (name := f"{v:g}") in names:
+            raise ValueError(f"{names[name]!r} and {v!r} are the same cell ({name}); "
+                             "keep one of them")  # fmt: skip
+        names[name] = v
+    return values
 
 
 def _no_repeats(values: list[Any], what: str) -> list[Any]:
@@ -96,6 +110,8 @@ class RecipeSection(_Section):
 class PruneSection(_Section):
     methods: list[str] = Field(default_factory=lambda: ["tile", "simd", "unstructured", "filter"])
     sparsities: list[Sparsity] = Field(default_factory=lambda: [0.5, 0.75])
+    # per method, the sparsities to run instead of `sparsities` (e.g. baselines at one only)
+    sparsities_for: dict[str, list[Sparsity]] = Field(default_factory=dict)
     target: str = "nvidia"  # preset or target file: the blocks of tile/simd
     importance: str = "magnitude"
     allocation: str = "uniform"
@@ -114,15 +130,17 @@ class PruneSection(_Section):
     @field_validator("sparsities")
     @classmethod
     def _sparsity_range(cls, values: list[float]) -> list[float]:
-        if not values or len(set(values)) != len(values):
-            raise ValueError("must be a non-empty list without duplicates")
-        names: dict[str, float] = {}
-        for v in values:  # cells are named method@0.5: two values must not share a name
-            if (name := f"{v:g}") in names:
-                raise ValueError(f"{names[name]!r} and {v!r} are the same cell ({name}); "
-                                 "keep one of them")  # fmt: skip
-            names[name] = v
-        return values
+        return _cell_sparsities(values)
+
+    @field_validator("sparsities_for")
+    @classmethod
+    def _each_range(cls, value: dict[str, list[float]]) -> dict[str, list[float]]:
+        for method, values in value.items():
+            try:
+                _cell_sparsities(values)
+            except ValueError as exc:
+                raise ValueError(f"{method}: {exc}") from None
+        return value
 
     @field_validator("methods")
     @classmethod
@@ -130,6 +148,21 @@ class PruneSection(_Section):
         if not values or len(set(values)) != len(values):
             raise ValueError("must be a non-empty list without duplicates")
         return values
+
+    @model_validator(mode="after")
+    def _overrides_named(self) -> PruneSection:
+        if outside := sorted(set(self.sparsities_for) - set(self.methods)):
+            raise ValueError(f"sparsities_for names {outside}, not in prune.methods "
+                             "(add them to methods or drop them here)")  # fmt: skip
+        return self
+
+    def sparsities_of(self, method: str) -> list[float]:
+        """The sparsities ``method`` runs at: its ``sparsities_for`` entry, else ``sparsities``."""
+        return self.sparsities_for.get(method, self.sparsities)
+
+    def grid(self) -> list[tuple[str, float]]:
+        """Every (method, sparsity) cell of the grid, in config order."""
+        return [(m, s) for m in self.methods for s in self.sparsities_of(m)]
 
 
 class OneShotSection(_Section):
@@ -292,9 +325,9 @@ class ExperimentConfig(_Section):
         if outside := [m for m in study.methods if m not in prune.methods]:
             raise ValueError(f"{outside} not in prune.methods: the study compares grid cells "
                              "(add them there or drop them here)")
-        if study.sparsity not in prune.sparsities:
-            raise ValueError(f"sparsity {study.sparsity:g} is not one of prune.sparsities: "
-                             "the study compares grid cells")
+        if outside := [m for m in study.methods if study.sparsity not in prune.sparsities_of(m)]:
+            raise ValueError(f"sparsity {study.sparsity:g} is not a grid sparsity of {outside} "
+                             "(prune.sparsities / sparsities_for): the study compares grid cells")
         return study
 
     @field_validator("dense")

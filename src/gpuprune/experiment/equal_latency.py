@@ -57,10 +57,10 @@ def check_equal_latency(cfg: ExperimentConfig) -> None:
     if ref is None:
         return
     method, sparsity = ref
-    if method not in cfg.prune.methods or sparsity not in cfg.prune.sparsities:
+    if (method, sparsity) not in cfg.prune.grid():
         raise UserError(
             f"equal_latency.reference {eq.reference} is not a cell of this config",
-            "use one of prune.methods @ one of prune.sparsities, e.g. tile@0.75",
+            "use a grid cell (prune.methods at their sparsities), e.g. tile@0.75",
         )
     from gpuprune.prune import METHODS
 

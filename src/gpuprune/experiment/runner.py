@@ -421,7 +421,7 @@ def _run_study(cfg: ExperimentConfig, run_dir: Path, data: ImageData, progress: 
 
 def all_cells(cfg: ExperimentConfig) -> list[Cell]:
     """Every cell of the config: the method x sparsity grid, then the latency-matched ones."""
-    grid = [(m, s, False) for m in cfg.prune.methods for s in cfg.prune.sparsities]
+    grid = [(m, s, False) for m, s in cfg.prune.grid()]
     ref = cfg.equal_latency.reference_cell
     return grid + [(m, ref[1], True) for m in matched_methods(cfg)] if ref else grid
 
