@@ -6,7 +6,8 @@ fine-tuned from the demo's own dense model with the demo's budget, under other r
 
 Recipes (everything else as configs/demo.yaml): ``magnitude-agp`` (the demo's), ``obs-agp`` (OBS
 reconstruction at every AGP step), ``obs-oneshot`` (OBS once at the final sparsity, then
-fine-tuning); ``--recipes ft-1x24000,ft-2x12000`` cuts the fine-tuning by 20% instead. Two
+fine-tuning); ``--recipes ft-1x24000,ft-2x12000`` cuts the fine-tuning by 20% instead;
+``ramp-0.25``, ``ramp-0.75``, ``agp-every-2`` and ``lr-0.04`` schedule the same budget otherwise. Two
 worker processes of one thread, as the demo's ``workers: 2``; accuracies only, so a busy machine
 changes nothing but the wall time.
 """
@@ -28,6 +29,12 @@ RECIPES = {  # config section -> keys changed
     # the demo's fine-tuning cut by 20%: what fitting the 10 minutes that way would cost
     "ft-1x24000": {"finetune": {"epochs": 1, "train_subset": 24000}},
     "ft-2x12000": {"finetune": {"epochs": 2, "train_subset": 12000}},
+    # the same budget, scheduled otherwise: AGP's ramp ends sooner or later, masks move every
+    # 2 steps instead of 10, or the fine-tuning learning rate doubles
+    "ramp-0.25": {"prune": {"ramp": 0.25}},
+    "ramp-0.75": {"prune": {"ramp": 0.75}},
+    "agp-every-2": {"prune": {"schedule_options": {"frequency": 2}}},
+    "lr-0.04": {"finetune": {"lr": 0.04}},
 }
 METHODS = ["tile", "simd", "unstructured"]
 
