@@ -7,9 +7,9 @@ fine-tuned from the demo's own dense model with the demo's budget, under other r
 Recipes (everything else as configs/demo.yaml): ``magnitude-agp`` (the demo's), ``obs-agp`` (OBS
 reconstruction at every AGP step), ``obs-oneshot`` (OBS once at the final sparsity, then
 fine-tuning); ``--recipes ft-1x24000,ft-2x12000`` cuts the fine-tuning by 20% instead;
-``ramp-0.25``, ``ramp-0.75``, ``agp-every-2`` and ``lr-0.04`` schedule the same budget otherwise. Two
-worker processes of one thread, as the demo's ``workers: 2``; accuracies only, so a busy machine
-changes nothing but the wall time.
+``ramp-0.25``, ``ramp-0.75``, ``agp-every-2`` and ``lr-0.04`` schedule the same budget
+otherwise. Two worker processes of one thread, as the demo's ``workers: 2``; accuracies only, so
+a busy machine changes nothing but the wall time.
 """
 
 from __future__ import annotations
