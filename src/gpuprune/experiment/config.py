@@ -46,6 +46,8 @@ def _no_repeats(values: list[Any], what: str) -> list[Any]:
     if len(set(values)) != len(values):
         raise ValueError(f"must not repeat {what}")
     return values
+
+
 # Upper bounds: a value past these is a typo that would allocate gigabytes or run for days.
 MAX_BATCH = 65536
 MAX_EPOCHS = 10_000
@@ -285,7 +287,7 @@ class DistillStudySection(_Section):
     """
 
     methods: list[str] = Field(default_factory=list)  # empty: off; each must be a grid method
-    sparsity: Sparsity = 0.75  # one of prune.sparsities
+    sparsity: Sparsity = 0.75  # a grid sparsity of every study method
     alpha: float = Field(0.5, gt=0, le=1)
     temperature: float = Field(4.0, gt=0)
 

@@ -41,9 +41,12 @@ def study_path(run_dir: Path, method: str, sparsity: float) -> Path:
     return run_dir / STUDY_DIR / f"{cell_name(method, sparsity)}.json"
 
 
+def _trained_under(record: dict[str, Any], arm: ExperimentConfig) -> bool:
+    return record.get("key") == cell_key(arm) and record.get("status") == "trained"
+
+
 def study_done(cfg: ExperimentConfig, run_dir: Path, method: str, sparsity: float) -> bool:
-    rec = read_record(study_path(run_dir, method, sparsity))
-    return rec.get("key") == cell_key(other_arm(cfg)) and rec.get("status") == "trained"
+    return _trained_under(read_record(study_path(run_dir, method, sparsity)), other_arm(cfg))
 
 
 def pending_study(cfg: ExperimentConfig, run_dir: Path) -> list[tuple[str, float]]:
@@ -56,8 +59,8 @@ def train_study_cell(cfg: ExperimentConfig, run_dir: Path, method: str, sparsity
     """Fine-tune one study cell (or read it back); returns and stores its record."""
     path = study_path(run_dir, method, sparsity)
     arm = other_arm(cfg)
-    if study_done(cfg, run_dir, method, sparsity):
-        return read_record(path)
+    if _trained_under(stored := read_record(path), arm):
+        return stored
     started = time.perf_counter()
     work = path.with_suffix("")
     record = train_arm(arm, run_dir, method, sparsity, data, progress, work)
@@ -71,7 +74,6 @@ def collect_study(cfg: ExperimentConfig, run_dir: Path) -> dict[str, Any] | None
     """The study's rows for the summary: each cell with and without distillation (None: off)."""
     if not cfg.distill_study.methods:
         return None
-    s = cfg.distill_study
     rows = []
     for method, sparsity in study_cells(cfg):
         grid = read_record(cell_path(run_dir, method, sparsity))
@@ -84,6 +86,6 @@ def collect_study(cfg: ExperimentConfig, run_dir: Path) -> dict[str, Any] | None
                      "with": accs[distilled],
                      "error": study.get("error") if study.get("status") == "failed" else None,
                      "seconds": study.get("seconds")})  # fmt: skip
-    used = cfg.finetune.distill or DistillSection(alpha=s.alpha, temperature=s.temperature)
+    used = cfg.finetune.distill or other_arm(cfg).finetune.distill  # the arm that distils
     return {"alpha": used.alpha, "temperature": used.temperature,
             "default": "with" if cfg.finetune.distill is not None else "without", "rows": rows}

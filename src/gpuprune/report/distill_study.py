@@ -30,10 +30,11 @@ def distill_section(res: RunResults) -> Section | None:
     if not rows:
         return None
     by = {r.get("method"): r for r in rows}
-    table = []
+    table, gains = [], []
     for r in rows:
         without, with_ = _acc(r.get("without")), _acc(r.get("with"))
         gain = (with_ - without) * 100
+        gains += [gain] if math.isfinite(gain) else []
         line = [f"{r['method']}@{r['sparsity']:g}", _pct(without), _pct(with_),
                 f"{gain:+.2f}" if math.isfinite(gain) else "-"]  # fmt: skip
         un = by.get("unstructured")
@@ -50,7 +51,6 @@ def distill_section(res: RunResults) -> Section | None:
             "gaps (to unstructured at the same sparsity) are in points.")  # fmt: skip
     noise = noise_pt(res.summary)
     if noise is not None:
-        gains = [float(x[3]) for x in table if x[3] != "-"]
         inside = all(abs(g) < noise for g in gains)
         verdict = ("every gain here is within that noise." if inside
                    else "a gain beyond it is a measured effect.")  # fmt: skip
