@@ -4,6 +4,7 @@ clocks (nothing here depends on the host's speed)."""
 from __future__ import annotations
 
 import statistics
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -63,3 +64,24 @@ def test_noisy_calls_run_all_rounds_and_none_is_the_old_rule(monkeypatch):
     fn = _fake_clock(monkeypatch, [0.010] * 1000)
     (t,) = measure_many([fn], warmup=0, repeats=20, budget_s=100.0)  # no ci_rel: all rounds
     assert t.repeats == 20
+
+
+def test_warm_calls_precede_each_timed_call_and_settle_idles_after():
+    calls: list[tuple[str, float]] = []
+
+    def path(name):
+        return lambda: calls.append((name, time.perf_counter()))
+
+    measure_many([path("a"), path("b")], warmup=0, repeats=3, budget_s=100.0,
+                 warm_s=0.004, settle_s=0.01)  # fmt: skip
+    names = [n for n, _ in calls]
+    # every turn is a run of one path's calls: at least one untimed, then the timed one
+    turns = [names[0]]
+    for prev, cur in zip(names, names[1:], strict=False):
+        if cur != prev:
+            turns.append(cur)
+    assert turns == ["a", "b"] * 3
+    assert all(names.count(p) >= 2 * 3 for p in "ab")
+    # the idle after a timed call: the next path starts settle_s later
+    switches = [t1 - t0 for (n0, t0), (n1, t1) in zip(calls, calls[1:], strict=False) if n0 != n1]
+    assert min(switches) >= 0.01

@@ -27,6 +27,12 @@ class BenchConfig:
     e2e_runtimes: tuple[str, ...] = ("openvino", "onnxruntime", "torch-compile")
     e2e_models: tuple[str, ...] = ("vgg16", "resnet50")
     e2e_width: float = 1.0  # channel multiplier of the models that take one (VGG16)
+    # end to end, each path's timed call follows warm_s of untimed calls and is followed by
+    # settle_s of idle (timing.measure_many): every runtime runs back to back at its library's
+    # default wait policy, as in a serving loop, and its pool's spin after the call (OpenMP's:
+    # under 15 ms here) ends before the next path starts
+    warm_s: float = 0.05
+    settle_s: float = 0.03
     notes: tuple[str, ...] = field(default=())
 
     def with_(self, **changes) -> BenchConfig:

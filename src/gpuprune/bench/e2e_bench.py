@@ -188,6 +188,8 @@ def run_e2e(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -> 
             warmup=cfg.warmup,
             repeats=cfg.repeats,
             budget_s=cfg.budget_s * 2 * len(group),
+            settle_s=cfg.settle_s,
+            warm_s=cfg.warm_s,
         )
         for (rec, _), t in zip(group, timings, strict=True):
             rec.update(median_ms=t.median_ms, p25_ms=t.p25_ms, p75_ms=t.p75_ms, repeats=t.repeats)

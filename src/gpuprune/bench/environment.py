@@ -45,6 +45,18 @@ def opencl_device_name() -> str | None:
         return None
 
 
+def openvino_default_precision() -> str | None:
+    """The inference precision OpenVINO picks on this CPU when not told (bf16 where the CPU has
+    native bf16): the benchmarks pin fp32, and record this so readers know what a default
+    OpenVINO deployment would run."""
+    try:
+        import openvino as ov
+
+        return ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name()
+    except Exception:  # not installed, or no CPU plugin: recorded as absent
+        return None
+
+
 def commit() -> str | None:
     try:
         out = subprocess.run(
@@ -74,6 +86,7 @@ def environment() -> dict:
         "pyclblast": _version("pyclblast"),
         "triton": _version("triton"),
         "openvino": _version("openvino"),
+        "openvino_default_precision": openvino_default_precision(),
         "onnxruntime": _version("onnxruntime"),
         "onnx": _version("onnx"),
         "commit": commit(),

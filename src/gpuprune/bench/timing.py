@@ -67,6 +67,8 @@ def measure_many(
     repeats: int = 7,
     budget_s: float = 2.0,
     ci_rel: float | None = None,
+    settle_s: float = 0.0,
+    warm_s: float = 0.0,
 ) -> list[Timing]:
     """Time several calls in alternation (a, b, a, b, ...): paired draws, so a host that gets
     busier or quieter while they run shifts all of them alike and their ratio stays fair.
@@ -75,22 +77,45 @@ def measure_many(
     ``ci_rel``: also stop, after :data:`MIN_CI_REPEATS` rounds, once every call's median is
     known to within that fraction (its 95% interval, :func:`median_ci`); more rounds would
     not move it. Rounds stay whole, so the draws stay paired.
+    ``warm_s`` > 0: before each timed call, call untimed until that long has passed (at least
+    once), so the timed call runs back to back as in a serving loop or ``benchmark_app``: thread
+    pools spin for a while after a call by default (OpenMP, ONNX Runtime, TBB), which keeps their
+    threads awake, and the host's cores are awake too. ``settle_s``: idle that long after each
+    timed call, so the spin has ended before the next path's turn and no path's pool takes the
+    cores of the path timed after it. (The first call after an idle instead times the host
+    waking its cores, which says nothing about the path.)
     """
     for _ in range(warmup):
         for fn in fns:
             fn()
+            _settle(settle_s)
     times: list[list[float]] = [[] for _ in fns]
     start = time.perf_counter()
     while len(times[0]) < repeats:
         for fn, out in zip(fns, times, strict=True):
+            _warm(fn, warm_s)
             t0 = time.perf_counter()
             fn()
             out.append((time.perf_counter() - t0) * 1e3)
+            _settle(settle_s)
         if len(times[0]) >= 3 and time.perf_counter() - start > budget_s:
             break
         if ci_rel is not None and all(tight(t, ci_rel) for t in times):
             break
     return [_summary(t) for t in times]
+
+
+def _warm(fn: Callable[[], object], seconds: float) -> None:
+    if seconds > 0:
+        end = time.perf_counter() + seconds
+        fn()
+        while time.perf_counter() < end:
+            fn()
+
+
+def _settle(seconds: float) -> None:
+    if seconds > 0:
+        time.sleep(seconds)
 
 
 def _summary(times: list[float]) -> Timing:

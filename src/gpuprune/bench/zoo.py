@@ -68,6 +68,8 @@ class ZooConfig:
     warmup: int = 2
     repeats: int = 7
     budget_s: float = 20.0
+    settle_s: float = 0.03  # idle after each timed call: see BenchConfig
+    warm_s: float = 0.05  # untimed calls before each timed one: see BenchConfig
 
     def with_(self, **changes) -> ZooConfig:
         return replace(self, **changes)
@@ -194,7 +196,8 @@ def run_zoo(cfg: ZooConfig, progress: Callable[[str], None] | None = None) -> li
             runs.append((rec, lambda c=compiled, x=x: c(x)))
         with torch.no_grad():
             timings = measure_many([fn for _, fn in runs], warmup=cfg.warmup,
-                                   repeats=cfg.repeats, budget_s=cfg.budget_s)  # fmt: skip
+                                   repeats=cfg.repeats, budget_s=cfg.budget_s,
+                                   settle_s=cfg.settle_s, warm_s=cfg.warm_s)  # fmt: skip
         dense = {r["runtime"]: t.median_ms for (r, _), t in zip(runs, timings, strict=True)
                  if r["variant"] == "dense"}  # fmt: skip
         best = min(dense, key=dense.get) if dense else None

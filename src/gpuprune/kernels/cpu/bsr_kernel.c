@@ -7,11 +7,14 @@
  *       block j covers k in [col_idx[j]*BK, col_idx[j]*BK + BK). Block j is stored k-major,
  *       wt[j][k][r] (BK x BM), so the BM row weights of one k are contiguous. Tile blocks
  *       (MWG x KWG) and SIMD-group vectors (R x simd_k) are the same format with other BM, BK.
- *   X   panel-major: for each N-panel of NR columns a contiguous [K_pad][NR] slab,
- *       x[p][k][c] = X[k, p*NR + c], rows past K and columns past N zero. Contiguous panels keep
- *       a panel's rows in distinct cache sets (a plain [K][N] buffer with N = 1024 puts every
- *       row in the same L1 set). Convolutions fill it by im2col straight from NCHW input,
- *       skipping the rows of K blocks no row-block keeps (never read).
+ *   X   by N-panels of NR columns, each row k of a panel read as NV vectors of VL columns
+ *       through a table of addresses, xp[p][k][v] (k_pad x NV per panel). A convolution's
+ *       vector that is one run of input pixels (a 3x3 stride-1 conv's, away from the image's
+ *       edges; every vector of a 1x1 conv) points straight into the NCHW input: no copy. Other
+ *       vectors (padding, stride, a row break inside the vector) are gathered into the panel's
+ *       slot of a [K_pad][NR] buffer, and all-padding vectors and rows past K read zero_row.
+ *       Rows of K blocks no row-block keeps are never mapped (never read). A linear layer's
+ *       panels are transposed copies.
  *   Out scattered to NCHW: element (m, n) goes to out[(n / L) * M * L + m * L + n % L],
  *       L = H_out * W_out pixels per image (L = 1 gives a Linear layer's [B, M]).
  *   Pooled convolutions (a 2x2 stride-2 max pool fused into the store) order the columns by
@@ -22,15 +25,17 @@
  *       repeat the last row or column, which leaves the max unchanged.
  *
  * Work split (OpenMP, thread count from the caller = torch.get_num_threads()):
- *   fused       with many N-panels, a thread im2cols one panel into its own buffer and runs
- *               every row-block over it while it is hot in L2;
- *   two-phase   with few N-panels (small images), the whole X is built first, then
+ *   fused       with many N-panels, a thread maps one panel (its gathers in its own buffer)
+ *               and runs every row-block over it while its rows are hot in L2;
+ *   two-phase   with few N-panels (small images), the whole X is mapped first, then
  *               (N-panel, row-block) tasks are scheduled dynamically.
  * Inside a task, micro-tiles of MR rows x NR columns stay in registers while the task walks its
- * kept blocks only; bias, ReLU and the optional max pool are fused into the store.
+ * kept blocks only (a last panel with fewer columns than NR computes only the vectors that hold
+ * columns, with taller micro-tiles); bias, ReLU and the optional max pool are fused into the
+ * store.
  *
- * im2col reads through tap tables (per panel and tap, the input offset of every column, and
- * whether the row is one contiguous run, two half runs, zeros or a gather) that
+ * Panels are mapped through tap tables (per panel and tap, the input offset of every column,
+ * and per vector whether it is a run, zeros or a gather) that
  * depend only on the layer's geometry and input shape: the caller builds them once per shape
  * (gp_conv_tables) and passes them to every call. Panel tables repeat with a period of P
  * panels (Bp whole images), so only min(panels, P) tables (plus the last, partial panel's)
@@ -72,43 +77,45 @@ int gp_max_rows(void) { return MRMAX > MRCAP ? MRCAP : MRMAX; }
 
 static inline vf vload(const float *p) { return *(const vf *)p; }
 
-/* One MR x NR micro-tile over the kept blocks j0..j1 of its row-block. */
+/* One MR x (nv * VL) micro-tile over the kept blocks j0..j1 of its row-block. Row k of X is
+ * read through xp[k * NV + v], the address of its v-th vector (see "X" at the top); a panel's
+ * vectors past the last column (nv < NV: batch 1, small images) are never computed. */
 static inline __attribute__((always_inline)) void micro(
-    const int mr, const int64_t j0, const int64_t j1, const int bm, const int bk,
-    const int32_t *col_idx, const float *wt, const float *panel, float (*acc_out)[NR],
+    const int mr, const int nv, const int64_t j0, const int64_t j1, const int bm, const int bk,
+    const int32_t *col_idx, const float *wt, const float *const *xp, float (*acc_out)[NR],
     const int first) {
     vf acc[MRCAP][NV];
 #pragma GCC unroll 16
     for (int r = 0; r < MRCAP; r++)
 #pragma GCC unroll 8
         for (int v = 0; v < NV; v++)
-            if (r < mr) acc[r][v] = first ? (vf){0} : vload(acc_out[r] + v * VL);
+            if (r < mr && v < nv) acc[r][v] = first ? (vf){0} : vload(acc_out[r] + v * VL);
     /* acc[r][:] += w[r] * x[:] for the MR rows of one k */
 #define GP_STEP(xrow, wrow)                                                  \
     do {                                                                     \
         vf xv[NV];                                                           \
         _Pragma("GCC unroll 8") for (int v = 0; v < NV; v++)                 \
-            xv[v] = vload((xrow) + v * VL);                                  \
+            if (v < nv) xv[v] = vload((xrow)[v]);                            \
         _Pragma("GCC unroll 16") for (int r = 0; r < MRCAP; r++) {           \
             if (r < mr) {                                                    \
                 const float w_ = (wrow)[r];                                  \
                 _Pragma("GCC unroll 8") for (int v = 0; v < NV; v++)         \
-                    acc[r][v] += w_ * xv[v];                                 \
+                    if (v < nv) acc[r][v] += w_ * xv[v];                     \
             }                                                                \
         }                                                                    \
     } while (0)
     if (bk == 1) {
-        /* SIMD-group vectors: one k per kept entry, scattered rows of the panel: prefetch
-         * a few entries ahead since the hardware prefetcher cannot guess the next row */
+        /* SIMD-group vectors: one k per kept entry, scattered rows of X: prefetch a few
+         * entries ahead since the hardware prefetcher cannot guess the next row */
         for (int64_t j = j0; j < j1; j++) {
-            if (j + 8 < j1) __builtin_prefetch(panel + (int64_t)col_idx[j + 8] * NR);
-            GP_STEP(panel + (int64_t)col_idx[j] * NR, wt + j * (int64_t)bm);
+            if (j + 8 < j1) __builtin_prefetch(xp[(int64_t)col_idx[j + 8] * NV]);
+            GP_STEP(xp + (int64_t)col_idx[j] * NV, wt + j * (int64_t)bm);
         }
     } else {
         for (int64_t j = j0; j < j1; j++) {
-            const float *xb = panel + (int64_t)col_idx[j] * bk * NR;
+            const float *const *xb = xp + (int64_t)col_idx[j] * bk * NV;
             const float *wb = wt + j * (int64_t)bk * bm;
-            for (int k = 0; k < bk; k++) GP_STEP(xb + k * NR, wb + k * bm);
+            for (int k = 0; k < bk; k++) GP_STEP(xb + k * NV, wb + k * bm);
         }
     }
 #undef GP_STEP
@@ -116,7 +123,8 @@ static inline __attribute__((always_inline)) void micro(
     for (int r = 0; r < MRCAP; r++)
         if (r < mr)
 #pragma GCC unroll 8
-            for (int v = 0; v < NV; v++) *(vf *)(acc_out[r] + v * VL) = acc[r][v];
+            for (int v = 0; v < NV; v++)
+                if (v < nv) *(vf *)(acc_out[r] + v * VL) = acc[r][v];
 }
 
 /* Bias, ReLU (and the 2x2 max pool) of a row-block's NR columns, scattered to NCHW. Without
@@ -154,7 +162,7 @@ static void store(int rows, int m0, int64_t n0, int64_t N, int64_t M, int64_t L,
 }
 
 /* Per-thread scratch that persists between calls: a fresh multi-MB buffer per call costs more in
- * page faults than the im2col itself (first touch of every page), so buffers only grow. */
+ * page faults than the gathers themselves (first touch of every page), so buffers only grow. */
 static float *scratch(size_t floats) {
     static __thread float *buf = NULL;
     static __thread size_t size = 0;
@@ -166,13 +174,28 @@ static float *scratch(size_t floats) {
     return buf;
 }
 
+/* The same for the row address tables (see "X" at the top). */
+static const float **scratch_rows(size_t entries) {
+    static __thread const float **buf = NULL;
+    static __thread size_t size = 0;
+    if (entries > size) {
+        free(buf);
+        buf = (const float **)malloc(entries * sizeof(float *));
+        size = buf ? entries : 0;
+    }
+    return buf;
+}
+
+/* An all-zero row: padding rows, and rows past K, point here instead of being written. */
+static const float zero_row[NR] __attribute__((aligned(64)));
+
 /* k-steps per pass over a row-block's kept list: 512 rows of a panel (128 KiB at NR = 64) stay in
  * L2 while every micro-tile of the row-block reads them; walking all of K per micro-tile instead
  * streams a dense layer's whole panel (over 1 MiB for K = 4608) from L3 again and again. */
 #define KC_STEPS 512
 
 /* One (N-panel p, row-block i) task: every micro-tile of the row-block over the panel. */
-static inline void gemm_task(int64_t p, int64_t i, const float *panel, int64_t M, int64_t N,
+static inline void gemm_task(int64_t p, int64_t i, const float *const *xp, int64_t M, int64_t N,
                              int bm, int bk, const int32_t *row_ptr, const int32_t *col_idx,
                              const float *wt, const float *bias, int relu, int pool, float *out,
                              int64_t L, int mrmax) {
@@ -186,6 +209,13 @@ static inline void gemm_task(int64_t p, int64_t i, const float *panel, int64_t M
     }
     const int64_t j0 = row_ptr[i], j1 = row_ptr[i + 1];
     const int64_t group = KC_STEPS / bk > 1 ? KC_STEPS / bk : 1; /* kept blocks per pass */
+    /* vectors holding columns: a plain panel's columns are a prefix (pooled ones are not) */
+    const int64_t cols = N - p * NR;
+    const int nv = pool || cols >= NR || NV > 4 ? NV : (int)((cols + VL - 1) / VL);
+    if (nv < NV) { /* fewer accumulators per row: taller micro-tiles fit the registers */
+        const int fit = (NREG - nv - 2) / nv;
+        mrmax = fit < MRCAP ? fit : MRCAP;
+    }
     const int rows_valid = (int)((M - i * bm) < bm ? (M - i * bm) : bm);
     int64_t ja = j0;
     do {
@@ -196,14 +226,29 @@ static inline void gemm_task(int64_t p, int64_t i, const float *panel, int64_t M
             const float *w = wt + r0;
             /* split so no chunk is much thinner than the rest (32 rows, cap 6: 6+6+6+6+4+4) */
             int mr = left <= mrmax ? left : (left < 2 * mrmax ? (left + 1) / 2 : mrmax);
-            /* a constant height per call keeps the accumulators in registers */
-            switch (mr) {
-#define GP_CASE(R) case R: micro(R, ja, jb, bm, bk, col_idx, w, panel, acc + r0, first); break;
-                GP_CASE(12) GP_CASE(11) GP_CASE(10) GP_CASE(9) GP_CASE(8) GP_CASE(7)
-                GP_CASE(6) GP_CASE(5) GP_CASE(4) GP_CASE(3) GP_CASE(2) GP_CASE(1)
-#undef GP_CASE
+            /* a constant height and width per call keep the accumulators in registers */
+#define GP_CASE(V, R) case R: micro(R, V, ja, jb, bm, bk, col_idx, w, xp, acc + r0, first); break;
+#define GP_ROWS(V)                                                                        \
+    switch (mr) {                                                                         \
+        GP_CASE(V, 12) GP_CASE(V, 11) GP_CASE(V, 10) GP_CASE(V, 9) GP_CASE(V, 8)          \
+        GP_CASE(V, 7) GP_CASE(V, 6) GP_CASE(V, 5) GP_CASE(V, 4) GP_CASE(V, 3)             \
+        GP_CASE(V, 2) GP_CASE(V, 1) default: break;                                       \
+    }
+            switch (nv) {
+                case NV: GP_ROWS(NV) break;
+#if NV > 1
+                case 1: GP_ROWS(1) break;
+#endif
+#if NV > 2
+                case 2: GP_ROWS(2) break;
+#endif
+#if NV > 3
+                case 3: GP_ROWS(3) break;
+#endif
                 default: break;
             }
+#undef GP_ROWS
+#undef GP_CASE
             r0 += mr;
         }
         ja = jb;
@@ -220,9 +265,9 @@ typedef struct {
     int32_t relu;
 } gp_weight;
 
-/* Out = act(W x X + bias) over a panel-major X that is already filled. */
-static int64_t gemm_all(const gp_weight *w, const float *x, int64_t N, float *out, int64_t L,
-                        int nthreads) {
+/* Out = act(W x X + bias) over X given by its row address tables, k_pad * NV per panel. */
+static int64_t gemm_all(const gp_weight *w, const float *const *xp, int64_t N, float *out,
+                        int64_t L, int nthreads) {
     const int64_t panels = (N + NR - 1) / NR, tasks = panels * w->gm;
     const int mrmax = gp_max_rows();
     int64_t walked = 0;
@@ -230,7 +275,7 @@ static int64_t gemm_all(const gp_weight *w, const float *x, int64_t N, float *ou
     for (int64_t t = 0; t < tasks; t++) {
         const int64_t p = t / w->gm, i = t % w->gm;
         walked += w->row_ptr[i + 1] - w->row_ptr[i];
-        gemm_task(p, i, x + p * w->k_pad * NR, w->M, N, w->bm, w->bk, w->row_ptr, w->col_idx,
+        gemm_task(p, i, xp + p * w->k_pad * NV, w->M, N, w->bm, w->bk, w->row_ptr, w->col_idx,
                   w->wt, w->bias, w->relu, 0, out, L, mrmax);
     }
     return walked;
@@ -253,7 +298,7 @@ typedef struct {
     int64_t tables;                /* tables kept: min(panels, period), + 1 for a partial tail */
     int tail;                      /* a partial last panel past the first period: own table */
     int taps;
-    int64_t table_ints; /* int32s per panel: offsets, then (dst, src, len) runs */
+    int64_t table_ints; /* int32s per panel: column offsets, then the vector kinds */
 } gp_cols;
 
 static int64_t gcd64(int64_t a, int64_t b) {
@@ -282,7 +327,8 @@ static gp_cols columns(const gp_geom *g) {
     c.tail = c.panels > c.period && c.groups % c.per_panel != 0;
     c.tables = (c.panels < c.period ? c.panels : c.period) + c.tail;
     c.taps = (int)(g->kh * g->kw);
-    c.table_ints = (int64_t)c.taps * (NR + 2); /* offsets, then a row kind and offset per tap */
+    /* offsets, then a kind per tap and vector, then per tap whether all NV are gathers */
+    c.table_ints = (int64_t)c.taps * (NR + NV + 1);
     return c;
 }
 
@@ -301,7 +347,7 @@ int64_t gp_conv_table_ints(const int64_t *geom) {
     return c.tables * c.table_ints;
 }
 
-/* im2col source table: for tap (i, j) and panel column c, the offset of the input pixel in
+/* Tap table: for tap (i, j) and panel column c, the offset of the input pixel in
  * the batch (channel 0), or -1 where the window reads padding or the column is past N. Row
  * k = (ch, i, j) of the panel is then one gather, img[ch * H * W + table[tap][c]]. */
 static void tap_table(const gp_geom *g, const gp_cols *cs, int64_t p, int32_t *table) {
@@ -342,12 +388,12 @@ static void tap_table(const gp_geom *g, const gp_cols *cs, int64_t p, int32_t *t
     }
 }
 
-/* How a tap's panel row is filled. Most rows are one contiguous input run (a plain panel
- * inside one output row, 1x1 convolutions) or two half-panel runs (a pooled panel: the top and
- * bottom pixel pairs of its windows), copied as whole vectors; rows with padding, stride or a
- * row break are gathered through the table (on AVX2 a gather of short runs was measured faster
- * than copying them one by one). */
-enum { ROW_GATHER = 0, ROW_RUN = 1, ROW_HALVES = 2, ROW_ZERO = 3 };
+/* How the v-th vector of a tap's row is read: straight from the input where its VL columns are
+ * one contiguous run of input pixels (VEC_ZERO and VEC_GATHER otherwise, else the run's offset):
+ * a 3x3 stride-1 convolution's vectors are such runs except at the image's edges, so most of X
+ * is never copied. The rest is gathered into the panel buffer, zeros (padding, past N) read
+ * zero_row. */
+enum { VEC_ZERO = -1, VEC_GATHER = -2 };
 
 static int contiguous(const int32_t *t, int n) {
     if (t[0] < 0) return 0;
@@ -356,29 +402,26 @@ static int contiguous(const int32_t *t, int n) {
     return 1;
 }
 
-/* kinds[tap] = (kind, offset of the second half for ROW_HALVES) */
-static void row_kinds(const int32_t *table, int taps, int32_t *kinds) {
+/* kinds[tap * NV + v]: the vector's input offset (channel 0), VEC_ZERO or VEC_GATHER; then
+ * kinds[taps * NV + tap]: 1 where every vector of the tap's row is a gather (small images),
+ * which is then gathered as one row */
+static void vec_kinds(const int32_t *table, int taps, int32_t *kinds) {
     for (int tap = 0; tap < taps; tap++) {
-        const int32_t *t = table + tap * NR;
-        int zero = 1;
-        for (int c = 0; c < NR; c++) zero &= t[c] < 0;
-        int32_t kind = ROW_GATHER, second = 0;
-        if (zero) {
-            kind = ROW_ZERO;
-        } else if (contiguous(t, NR)) {
-            kind = ROW_RUN;
-        } else if (contiguous(t, NR / 2) && contiguous(t + NR / 2, NR / 2)) {
-            kind = ROW_HALVES;
-            second = t[NR / 2];
+        int gathers = 0;
+        for (int v = 0; v < NV; v++) {
+            const int32_t *t = table + tap * NR + v * VL;
+            int zero = 1;
+            for (int c = 0; c < VL; c++) zero &= t[c] < 0;
+            kinds[tap * NV + v] = zero ? VEC_ZERO : contiguous(t, VL) ? t[0] : VEC_GATHER;
+            gathers += kinds[tap * NV + v] == VEC_GATHER;
         }
-        kinds[2 * tap] = kind;
-        kinds[2 * tap + 1] = second;
+        kinds[taps * NV + tap] = gathers == NV;
     }
 }
 
 static void panel_tables(const gp_geom *g, const gp_cols *c, int64_t p, int32_t *dst) {
     tap_table(g, c, p, dst);
-    row_kinds(dst, c->taps, dst + c->taps * NR);
+    vec_kinds(dst, c->taps, dst + c->taps * NR);
 }
 
 /* Fill the tables of every kept panel (0 .. min(panels, period) - 1, then the partial last). */
@@ -392,11 +435,13 @@ void gp_conv_tables(const int64_t *geom, int32_t *tables, int nthreads) {
     }
 }
 
-/* Rows k0..k1 of one panel (zero rows past K). The channel and tap of row k advance by
- * counting, and `used` is read once per K block: a division per row cost more than copying it. */
-static inline void im2col_rows(const float *img, const int32_t *table, const int32_t *kinds,
-                               int64_t HW, int64_t K, int taps, int64_t k0, int64_t k1,
-                               const uint8_t *used, int bk, float *panel) {
+/* The row addresses xp[k * NV + v] of rows k0..k1 of one panel (zero rows past K); vectors
+ * that are no input run are gathered into `gather` (k_pad x NR, the panel's own slots). The
+ * channel and tap of row k advance by counting, and `used` is read once per K block: a
+ * division per row cost more than the row. */
+static inline void map_rows(const float *img, const int32_t *table, const int32_t *kinds,
+                            int64_t HW, int64_t K, int taps, int64_t k0, int64_t k1,
+                            const uint8_t *used, int bk, float *gather, const float **xp) {
     int tap = (int)(k0 % taps);
     const float *src = img + k0 / taps * HW; /* channel k / taps (past K: never read) */
     for (int64_t k = k0; k < k1;) {
@@ -409,21 +454,29 @@ static inline void im2col_rows(const float *img, const int32_t *table, const int
             continue;
         }
         for (; k < end; k++) {
-            float *row = panel + k * NR;
-            const int kind = k < K ? kinds[2 * tap] : ROW_ZERO;
-            const int32_t *t = table + tap * NR;
-            if (kind == ROW_RUN) {
-                const float *q = src + t[0];
-                for (int c = 0; c < NR; c++) row[c] = q[c];
-            } else if (kind == ROW_HALVES) {
-                const float *q = src + t[0], *q2 = src + kinds[2 * tap + 1];
-                for (int c = 0; c < NR / 2; c++) row[c] = q[c];
-                for (int c = 0; c < NR / 2; c++) row[NR / 2 + c] = q2[c];
-            } else if (kind == ROW_ZERO) {
-                for (int c = 0; c < NR; c++) row[c] = 0.0f;
-            } else {
+            const float **row = xp + k * NV;
+            const int32_t *kind = kinds + tap * NV;
+            if (k < K && kinds[taps * NV + tap]) { /* the whole row gathered at once */
+                const int32_t *t = table + tap * NR;
+                float *dst = gather + k * NR;
 #pragma GCC ivdep
-                for (int c = 0; c < NR; c++) row[c] = t[c] >= 0 ? src[t[c]] : 0.0f;
+                for (int c = 0; c < NR; c++) dst[c] = t[c] >= 0 ? src[t[c]] : 0.0f;
+                for (int v = 0; v < NV; v++) row[v] = dst + v * VL;
+            } else {
+            for (int v = 0; v < NV; v++) {
+                const int32_t kv = k < K ? kind[v] : VEC_ZERO;
+                if (kv >= 0) {
+                    row[v] = src + kv;
+                } else if (kv == VEC_ZERO) {
+                    row[v] = zero_row;
+                } else {
+                    const int32_t *t = table + tap * NR + v * VL;
+                    float *dst = gather + k * NR + v * VL;
+#pragma GCC ivdep
+                    for (int c = 0; c < VL; c++) dst[c] = t[c] >= 0 ? src[t[c]] : 0.0f;
+                    row[v] = dst;
+                }
+            }
             }
             if (++tap == taps) {
                 tap = 0;
@@ -436,11 +489,11 @@ static inline void im2col_rows(const float *img, const int32_t *table, const int
 /* Rows k0..k1 of panel p of X, from its tables. */
 static inline void fill_panel(const gp_geom *g, const gp_cols *c, const int32_t *tables,
                               int64_t p, const float *img, int64_t k0, int64_t k1,
-                              const uint8_t *used, int bk, float *dst) {
+                              const uint8_t *used, int bk, float *gather, const float **xp) {
     int64_t base;
     const int32_t *t = tables + table_of(g, c, p, &base) * c->table_ints;
     const int64_t K = g->C * c->taps, HW = g->H * g->W;
-    im2col_rows(img + base, t, t + c->taps * NR, HW, K, c->taps, k0, k1, used, bk, dst);
+    map_rows(img + base, t, t + c->taps * NR, HW, K, c->taps, k0, k1, used, bk, gather, xp);
 }
 
 /* A groups=1 convolution, NCHW in and out, with the integer arguments `geom` (gp_geom) and
@@ -480,11 +533,13 @@ int gp_conv2d(const int64_t *geom, const float *img, const int32_t *row_ptr,
     int status = 0;
     const int mrmax = gp_max_rows();
     float *x = NULL;
+    const float **xall = NULL;
     const int64_t splits = panels < nthreads ? (nthreads + panels - 1) / panels : 1;
     const int64_t rows = (k_pad + splits - 1) / splits;
     if (mode == 2) {
         x = scratch((size_t)(panels * k_pad * NR));
-        if (!x) return 1;
+        xall = scratch_rows((size_t)(panels * k_pad * NV));
+        if (!x || !xall) return 1;
     }
     /* one parallel region per call: waking the thread pool costs more than a small layer's
      * whole GEMM at batch 1, so the phases below are separated by barriers, not new regions */
@@ -498,38 +553,41 @@ int gp_conv2d(const int64_t *geom, const float *img, const int32_t *row_ptr,
             }
         }
         if (mode == 1) {
-            /* fused: a thread builds one panel in its own buffer, runs every row-block on it */
+            /* fused: a thread maps one panel (gathers into its own buffer), runs every
+             * row-block on it while its input rows are in cache */
             float *panel = scratch((size_t)(k_pad * NR));
-            if (!panel) {
+            const float **xp = scratch_rows((size_t)(k_pad * NV));
+            if (!panel || !xp) {
 #pragma omp atomic write
                 status = 1;
             }
 #pragma omp for schedule(dynamic, 1)
             for (int64_t p = 0; p < panels; p++) {
-                if (!panel) continue;
-                fill_panel(g, &c, tables, p, img, 0, k_pad, used, bk, panel);
+                if (!panel || !xp) continue;
+                fill_panel(g, &c, tables, p, img, 0, k_pad, used, bk, panel, xp);
                 for (int64_t i = 0; i < gm; i++) {
                     walked += row_ptr[i + 1] - row_ptr[i];
-                    gemm_task(p, i, panel, M, c.groups, bm, bk, row_ptr, col_idx, wt, bias,
+                    gemm_task(p, i, xp, M, c.groups, bm, bk, row_ptr, col_idx, wt, bias,
                               relu, (int)g->pool, out, c.per_image, mrmax);
                 }
             }
         } else {
             /* two-phase: the whole X first (implicit barrier), then (panel, row-block) tasks;
              * with fewer panels than threads (batch 1, small images) the panels' rows are
-             * split too, so no thread idles through the im2col */
+             * split too, so no thread idles through the mapping */
 #pragma omp for schedule(static)
             for (int64_t t = 0; t < panels * splits; t++) {
                 const int64_t p = t / splits, s = t % splits;
                 const int64_t k0 = s * rows, k1 = k0 + rows < k_pad ? k0 + rows : k_pad;
-                fill_panel(g, &c, tables, p, img, k0, k1, used, bk, x + p * k_pad * NR);
+                fill_panel(g, &c, tables, p, img, k0, k1, used, bk, x + p * k_pad * NR,
+                           xall + p * k_pad * NV);
             }
             const int64_t tasks = panels * gm;
 #pragma omp for schedule(dynamic, 1)
             for (int64_t t = 0; t < tasks; t++) {
                 const int64_t p = t / gm, i = t % gm;
                 walked += row_ptr[i + 1] - row_ptr[i];
-                gemm_task(p, i, x + p * k_pad * NR, M, c.groups, bm, bk, row_ptr, col_idx, wt,
+                gemm_task(p, i, xall + p * k_pad * NV, M, c.groups, bm, bk, row_ptr, col_idx, wt,
                           bias, relu, (int)g->pool, out, c.per_image, mrmax);
             }
         }
@@ -545,17 +603,20 @@ int gp_linear(const float *in, int64_t N, int64_t K, int64_t M, int64_t gm, int 
     const gp_weight w = {M, gm, k_pad, bm, bk, row_ptr, col_idx, wt, bias, relu};
     const int64_t panels = (N + NR - 1) / NR;
     float *x = scratch((size_t)(panels * k_pad * NR));
-    if (!x) return 1;
+    const float **xp = scratch_rows((size_t)(panels * k_pad * NV));
+    if (!x || !xp) return 1;
 #pragma omp parallel for schedule(static) num_threads(nthreads)
     for (int64_t p = 0; p < panels; p++) {
         float *slab = x + p * k_pad * NR;
-        for (int64_t k = 0; k < k_pad; k++)
+        for (int64_t k = 0; k < k_pad; k++) {
             for (int c = 0; c < NR; c++) {
                 const int64_t n = p * NR + c;
                 slab[k * NR + c] = (n < N && k < K) ? in[n * K + k] : 0.0f;
             }
+            for (int v = 0; v < NV; v++) xp[(p * k_pad + k) * NV + v] = slab + k * NR + v * VL;
+        }
     }
-    const int64_t walked = gemm_all(&w, x, N, out, 1, nthreads);
+    const int64_t walked = gemm_all(&w, xp, N, out, 1, nthreads);
     if (visits) *visits += walked;
     return 0;
 }

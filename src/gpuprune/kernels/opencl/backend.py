@@ -26,7 +26,13 @@ from gpuprune.kernels.backends import (
     check_variant,
 )
 from gpuprune.kernels.format import BlockSparseWeight
-from gpuprune.kernels.opencl.context import ClDevice, get_device, import_pyopencl
+from gpuprune.kernels.opencl.context import (
+    ClDevice,
+    build_error,
+    get_device,
+    get_usable_device,
+    import_pyopencl,
+)
 from gpuprune.kernels.opencl.programs import build_program
 
 VARIANT_IDS = {"dense": 0, "tile": 1, "simd": 2}
@@ -159,10 +165,9 @@ class ClLayer:
             try:
                 self._kernels[dtype] = cl.Kernel(build_program(self.dev, defines), "skip_gemm")
             except cl.Error as err:  # a driver that rejects valid OpenCL 1.2 for these tiles
-                first = (str(err).strip().splitlines() or ["build failed"])[0][:120]
                 raise UserError(
                     f"the OpenCL driver of {self.dev.name} could not build the kernel for "
-                    f"target {self.target.name!r} ({first})",
+                    f"target {self.target.name!r} ({build_error(err)})",
                     "try another target (gpuprune targets) or backend='cpu'",
                 ) from None
         return self._kernels[dtype]
@@ -258,7 +263,7 @@ class OpenCLBackend(Backend):
         self.instrument = instrument
 
     def check_available(self) -> None:
-        get_device()
+        get_usable_device()
 
     @property
     def device(self) -> str:
@@ -276,7 +281,7 @@ class OpenCLBackend(Backend):
             )
 
     def _layer(self, packed, bias, target, variant, relu, **conv) -> ClLayer:
-        dev = get_device()
+        dev = get_usable_device()
         self._fits(dev, target)
         arrays = kernel_arrays(packed, target, variant)
         m = packed.shape[0]

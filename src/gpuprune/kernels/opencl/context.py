@@ -88,6 +88,37 @@ def get_device() -> ClDevice:
     return _device(os.environ.get(ENV_DEVICE) or None)
 
 
+def build_error(err: Exception) -> str:
+    """The line of an OpenCL build failure that says why: the build log's first ``error:`` line
+    (pyopencl puts it after several generic lines), else the first line."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    reason = next((line for line in lines if line.startswith("error:")), None)
+    return (reason or (lines[0] if lines else "build failed"))[:160]
+
+
+@functools.lru_cache(maxsize=4)
+def _check_builds(dev: ClDevice) -> None:
+    cl = import_pyopencl()
+    try:
+        cl.Program(dev.context, "__kernel void probe(__global float *a) { a[0] = 1.0f; }").build()
+    except cl.Error as err:
+        raise DeviceNotFoundError(
+            f"the OpenCL driver of {dev.name} cannot build even a trivial kernel "
+            f"({build_error(err)})",
+            "update the driver (a PoCL older than the CPU says 'unknown target CPU'), pick "
+            f"another device with {ENV_DEVICE}, or use backend='cpu'",
+        ) from None
+
+
+def get_usable_device() -> ClDevice:
+    """:func:`get_device`, checked once to build a trivial kernel: a driver whose compiler cannot
+    target this machine (PoCL's LLVM on a CPU newer than it) is reported here, as missing,
+    rather than at the first layer."""
+    dev = get_device()
+    _check_builds(dev)
+    return dev
+
+
 def device_is_gpu() -> bool:
     """True when the process-wide OpenCL device is a GPU (not, e.g., PoCL on the CPU)."""
     cl = import_pyopencl()
