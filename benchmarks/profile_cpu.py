@@ -163,7 +163,7 @@ def openvino_layers(model: nn.Module, x: torch.Tensor, repeats: int) -> tuple[di
     try:
         import openvino as ov
 
-        from gpuprune.bench.dense_runtimes import _onnx_bytes
+        from gpuprune.bench.dense_runtimes import _onnx_bytes, openvino_config
     except ImportError:
         return {}, float("nan")
     import io
@@ -171,9 +171,8 @@ def openvino_layers(model: nn.Module, x: torch.Tensor, repeats: int) -> tuple[di
     compiled = ov.Core().compile_model(
         ov.convert_model(io.BytesIO(_onnx_bytes(model, x))),
         "CPU",
-        {"INFERENCE_NUM_THREADS": torch.get_num_threads(), "PERF_COUNT": True,
-         "PERFORMANCE_HINT": "LATENCY"},
-    )  # fmt: skip
+        openvino_config(PERF_COUNT=True),
+    )
     request = compiled.create_infer_request()
     request.infer([x.numpy()])
     names = {n for n, _ in model.named_modules() if n}
