@@ -327,8 +327,8 @@ static gp_cols columns(const gp_geom *g) {
     c.tail = c.panels > c.period && c.groups % c.per_panel != 0;
     c.tables = (c.panels < c.period ? c.panels : c.period) + c.tail;
     c.taps = (int)(g->kh * g->kw);
-    /* offsets, then a kind per tap and vector, then per tap whether all NV are gathers */
-    c.table_ints = (int64_t)c.taps * (NR + NV + 1);
+    /* offsets, then (kind, base) per tap and vector, then per tap whether all are gathers */
+    c.table_ints = (int64_t)c.taps * (NR + 2 * NV + 1);
     return c;
 }
 
@@ -339,6 +339,11 @@ static inline int64_t table_of(const gp_geom *g, const gp_cols *c, int64_t p, in
     if (c->tail && p == c->panels - 1) return c->tables - 1;
     *base = p / c->period * c->period_images * g->C * g->H * g->W;
     return p % c->period;
+}
+
+/* Panel tables one call keeps (one period of panels, plus a partial last panel's). */
+int64_t gp_conv_tables_kept(const int64_t *geom) {
+    return columns((const gp_geom *)geom).tables;
 }
 
 /* Ints the tables of one call take (the caller allocates them). */
@@ -388,34 +393,77 @@ static void tap_table(const gp_geom *g, const gp_cols *cs, int64_t p, int32_t *t
     }
 }
 
-/* How the v-th vector of a tap's row is read: straight from the input where its VL columns are
- * one contiguous run of input pixels (VEC_ZERO and VEC_GATHER otherwise, else the run's offset):
- * a 3x3 stride-1 convolution's vectors are such runs except at the image's edges, so most of X
- * is never copied. The rest is gathered into the panel buffer, zeros (padding, past N) read
- * zero_row. */
-enum { VEC_ZERO = -1, VEC_GATHER = -2 };
+/* How the v-th vector of a tap's row is read, (kind, base) per tap and vector:
+ *   VEC_RUN     its VL columns are one run of input pixels from offset `base` (channel 0): read
+ *               in place (a 3x3 stride-1 conv's vectors away from the image's edges), no copy;
+ *   VEC_MASKED  the same run, except columns that read padding: copied with those zeroed,
+ *               one masked contiguous load (a small image's vector that spans output rows);
+ *   VEC_ZERO    all padding or past N: reads zero_row;
+ *   VEC_GATHER  anything else (stride, a vector across images): gathered column by column.
+ * Copies go to the panel's slots of the gather buffer. */
+enum { VEC_RUN = 0, VEC_MASKED = 1, VEC_ZERO = 2, VEC_GATHER = 3 };
 
-static int contiguous(const int32_t *t, int n) {
-    if (t[0] < 0) return 0;
-    for (int c = 1; c < n; c++)
-        if (t[c] != t[0] + c) return 0;
-    return 1;
+/* dst[c] = t[c] >= 0 ? run[c] : 0 for one vector: a masked load, which never touches the
+ * masked-off (padding) columns, where the ISA has one; else column by column. */
+#if defined(__AVX512F__) && VL == 16
+#include <immintrin.h>
+static inline void masked_copy(const int32_t *t, const float *run, float *dst) {
+    const __mmask16 m = _mm512_cmpge_epi32_mask(_mm512_loadu_si512(t), _mm512_setzero_si512());
+    _mm512_storeu_ps(dst, _mm512_maskz_loadu_ps(m, run));
+}
+#elif defined(__AVX2__) && VL == 8
+#include <immintrin.h>
+static inline void masked_copy(const int32_t *t, const float *run, float *dst) {
+    const __m256i m = _mm256_cmpgt_epi32(_mm256_loadu_si256((const __m256i *)t),
+                                         _mm256_set1_epi32(-1));
+    _mm256_storeu_ps(dst, _mm256_maskload_ps(run, m));
+}
+#else
+static inline void masked_copy(const int32_t *t, const float *run, float *dst) {
+    for (int c = 0; c < VL; c++) dst[c] = t[c] >= 0 ? run[c] : 0.0f;
+}
+#endif
+
+/* The run's lane-0 offset when every valid column c (t[c] >= 0) reads base + c, with at least
+ * one valid; -1 (and *ok 0) otherwise. */
+static int32_t affine_base(const int32_t *t, int n, int *ok) {
+    int64_t base = 0;
+    int found = 0;
+    *ok = 1;
+    for (int c = 0; c < n; c++) {
+        if (t[c] < 0) continue;
+        if (!found) {
+            base = (int64_t)t[c] - c;
+            found = 1;
+        } else if (t[c] != base + c) {
+            *ok = 0;
+        }
+    }
+    *ok &= found;
+    return (int32_t)base;
 }
 
-/* kinds[tap * NV + v]: the vector's input offset (channel 0), VEC_ZERO or VEC_GATHER; then
- * kinds[taps * NV + tap]: 1 where every vector of the tap's row is a gather (small images),
- * which is then gathered as one row */
+/* kinds[2 * (tap * NV + v)] = (kind, base); then kinds[2 * taps * NV + tap]: 1 where every
+ * vector of the tap's row is a gather (tiny images), which is then gathered as one row */
 static void vec_kinds(const int32_t *table, int taps, int32_t *kinds) {
     for (int tap = 0; tap < taps; tap++) {
         int gathers = 0;
         for (int v = 0; v < NV; v++) {
             const int32_t *t = table + tap * NR + v * VL;
-            int zero = 1;
-            for (int c = 0; c < VL; c++) zero &= t[c] < 0;
-            kinds[tap * NV + v] = zero ? VEC_ZERO : contiguous(t, VL) ? t[0] : VEC_GATHER;
-            gathers += kinds[tap * NV + v] == VEC_GATHER;
+            int valid = 0, ok;
+            for (int c = 0; c < VL; c++) valid += t[c] >= 0;
+            const int32_t base = affine_base(t, VL, &ok);
+            int32_t kind = VEC_GATHER;
+            if (valid == 0) {
+                kind = VEC_ZERO;
+            } else if (ok) {
+                kind = valid == VL ? VEC_RUN : VEC_MASKED;
+            }
+            kinds[2 * (tap * NV + v)] = kind;
+            kinds[2 * (tap * NV + v) + 1] = kind == VEC_RUN || kind == VEC_MASKED ? base : 0;
+            gathers += kind == VEC_GATHER;
         }
-        kinds[taps * NV + tap] = gathers == NV;
+        kinds[2 * taps * NV + tap] = gathers == NV;
     }
 }
 
@@ -455,28 +503,34 @@ static inline void map_rows(const float *img, const int32_t *table, const int32_
         }
         for (; k < end; k++) {
             const float **row = xp + k * NV;
-            const int32_t *kind = kinds + tap * NV;
-            if (k < K && kinds[taps * NV + tap]) { /* the whole row gathered at once */
+            const int32_t *kind = kinds + 2 * tap * NV;
+            if (k < K && kinds[2 * taps * NV + tap]) { /* the whole row gathered at once */
                 const int32_t *t = table + tap * NR;
                 float *dst = gather + k * NR;
 #pragma GCC ivdep
                 for (int c = 0; c < NR; c++) dst[c] = t[c] >= 0 ? src[t[c]] : 0.0f;
                 for (int v = 0; v < NV; v++) row[v] = dst + v * VL;
             } else {
-            for (int v = 0; v < NV; v++) {
-                const int32_t kv = k < K ? kind[v] : VEC_ZERO;
-                if (kv >= 0) {
-                    row[v] = src + kv;
-                } else if (kv == VEC_ZERO) {
-                    row[v] = zero_row;
-                } else {
+                for (int v = 0; v < NV; v++) {
+                    const int32_t kv = k < K ? kind[2 * v] : VEC_ZERO, base = kind[2 * v + 1];
                     const int32_t *t = table + tap * NR + v * VL;
                     float *dst = gather + k * NR + v * VL;
+                    if (kv == VEC_RUN) {
+                        row[v] = src + base;
+                        continue;
+                    }
+                    if (kv == VEC_ZERO) {
+                        row[v] = zero_row;
+                        continue;
+                    }
+                    if (kv == VEC_MASKED) { /* only valid columns are read: in bounds */
+                        masked_copy(t, src + base, dst);
+                    } else {
 #pragma GCC ivdep
-                    for (int c = 0; c < VL; c++) dst[c] = t[c] >= 0 ? src[t[c]] : 0.0f;
+                        for (int c = 0; c < VL; c++) dst[c] = t[c] >= 0 ? src[t[c]] : 0.0f;
+                    }
                     row[v] = dst;
                 }
-            }
             }
             if (++tap == taps) {
                 tap = 0;

@@ -42,6 +42,7 @@ _SIGNATURES = {
     "gp_conv2d": ([_PTR] * 9 + [_INT, _INT, _PTR], ctypes.c_int),
     # int32s of the tap tables for args, and the call that fills them (args, tables, nthreads)
     "gp_conv_table_ints": ([_PTR], ctypes.c_int64),
+    "gp_conv_tables_kept": ([_PTR], ctypes.c_int64),
     "gp_conv_tables": ([_PTR, _PTR, _INT], None),
     # in, N, K, M, gm, bm, bk, k_pad, row_ptr, col_idx, wt, bias, relu, out, nthreads, visits
     "gp_linear": ([_PTR, _I64, _I64, _I64, _I64, _INT, _INT, _I64] + [_PTR] * 4
