@@ -6,37 +6,44 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
-export OMP_WAIT_POLICY=PASSIVE
 steps=${*:-demo runtimes profiles zoo prune-speed}
+# results of different SIMD levels (the same CPU name with AVX2 or AVX-512) are kept apart
+isa=$($BIN/python -c "import torch; print(torch.backends.cpu.get_cpu_capability().lower())")
 stamp() { echo "== $1 at $(date -u +%H:%M:%S), load $(cut -d' ' -f1-3 /proc/loadavg)"; }
 for step in $steps; do
   stamp "$step"
   case $step in
-    demo)
+    demo)  # training's OpenMP pools sleep between steps instead of spinning on 2 cores
       out=runs/demo-timed-$(date -u +%Y%m%d-%H%M%S)  # a new folder: nothing reused
-      /usr/bin/time -f "demo wall %e s" $BIN/gpuprune run configs/demo.yaml -o "$out"
+      OMP_WAIT_POLICY=PASSIVE /usr/bin/time -f "demo wall %e s" \
+        $BIN/gpuprune run configs/demo.yaml -o "$out"
       $BIN/python benchmarks/demo_time.py "$out/summary.json" ;;
-    runtimes)  # each run writes <out>/<device>.json/.md; kept as <model>-<device>.json/.md
-      $BIN/gpuprune bench --no-gemm --e2e-models vgg16 --e2e-width 0.5 --e2e-batches 16,1 \
-        --e2e-methods tile,simd --e2e-sparsities 0.75 --threads 2 --repeats 15 \
-        -o runs/runtimes/vgg16
+    runtimes)  # each run writes <out>/<device>.json/.md, kept as <model>-<device>-<isa>[-<run>]
+      # VGG16 three times, each its own process: this VM's speed drifts between processes by
+      # up to a fifth, more than within one run, so the spread is reported with the ratios
+      for run in 1 2 3; do
+        $BIN/gpuprune bench --no-gemm --e2e-models vgg16 --e2e-width 0.5 --e2e-batches 16,1 \
+          --e2e-methods tile,simd --e2e-sparsities 0.75 --threads 2 --repeats 15 \
+          -o runs/runtimes/vgg16-$run
+      done
       $BIN/gpuprune bench --no-gemm --e2e-models resnet50 --e2e-batches 1,16 \
         --e2e-methods tile,simd --e2e-sparsities 0.75 --threads 2 --repeats 5 \
         -o runs/runtimes/resnet50
-      for m in vgg16 resnet50; do
-        for f in runs/runtimes/$m/*.json runs/runtimes/$m/*.md; do
-          cp "$f" "benchmarks/results/runtimes/$m-$(basename "$f")"
+      for dir in vgg16-1 vgg16-2 vgg16-3 resnet50; do
+        for f in runs/runtimes/$dir/*.json runs/runtimes/$dir/*.md; do
+          name=$(basename "$f"); model=${dir%-*}; run=${dir#"$model"}
+          cp "$f" "benchmarks/results/runtimes/$model-${name%.*}-$isa$run.${name##*.}"
         done
       done ;;
     profiles)  # JSON with -o, the tables from stdout
       for b in 1 16; do
         $BIN/python benchmarks/profile_cpu.py --model vgg16 --width 0.5 --batch $b --threads 2 \
-          -o benchmarks/results/profile/vgg16-w0.5-b$b-tile75.json \
-          | tee benchmarks/results/profile/vgg16-w0.5-b$b-tile75.md
+          -o benchmarks/results/profile/vgg16-w0.5-b$b-tile75-$isa.json \
+          | tee benchmarks/results/profile/vgg16-w0.5-b$b-tile75-$isa.md
       done
       $BIN/python benchmarks/profile_cpu.py --model resnet50 --batch 1 --threads 2 --repeats 5 \
-        -o benchmarks/results/profile/resnet50-b1-tile75.json \
-        | tee benchmarks/results/profile/resnet50-b1-tile75.md ;;
+        -o benchmarks/results/profile/resnet50-b1-tile75-$isa.json \
+        | tee benchmarks/results/profile/resnet50-b1-tile75-$isa.md ;;
     zoo)
       PYTHONPATH=src $BIN/python benchmarks/zoo.py --batches 1,8 ;;
     prune-speed)

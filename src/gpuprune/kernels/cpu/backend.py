@@ -21,7 +21,7 @@ from gpuprune.kernels.backends import (
     LayerClassBackend,
     check_input,
 )
-from gpuprune.kernels.cpu import ops
+from gpuprune.kernels.cpu import buffers, ops
 from gpuprune.kernels.cpu.build import load_library
 from gpuprune.kernels.format import BlockSparseWeight
 
@@ -150,7 +150,7 @@ class CpuConv2d(CpuGemm):
         if known is None or x.dtype != torch.float32 or not x.is_contiguous() or not x.is_cpu:
             return None
         out_shape, args, tables = known
-        out = torch.empty(out_shape)
+        out = buffers.POOL.empty(out_shape)  # large outputs reuse memory: no page faults
         status = self.lib.gp_conv2d(
             args.data_ptr(), x.data_ptr(), self.row_ptr.data_ptr(), self.col_idx.data_ptr(),
             self.wt.data_ptr(), _ptr(self.bias), out.data_ptr(), self.used.data_ptr(),
