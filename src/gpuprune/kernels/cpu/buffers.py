@@ -71,7 +71,7 @@ class _Lease:
         self.__array_interface__ = slab.__array_interface__
 
     def __del__(self) -> None:
-        try:
+        try:  # noqa: SIM105 - no contextlib at interpreter shutdown, when this can run
             self._pool.give_back(self._slab)
         except Exception:  # interpreter shutdown: nothing to return to
             pass
