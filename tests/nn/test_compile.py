@@ -123,6 +123,7 @@ def test_auto_falls_back_with_a_message(pruned, monkeypatch):
         raise cl_context.DeviceNotFoundError("no OpenCL platform or device found", "make setup")
 
     monkeypatch.setattr("gpuprune.kernels.opencl.backend.get_device", no_device)
+    monkeypatch.setattr("gpuprune.kernels.opencl.backend.get_usable_device", no_device)
     out = compile(pruned, POCL, backend="auto", verbose=False)
     report = out.gpuprune_compile
     assert report.backend in ("cpu", "reference")

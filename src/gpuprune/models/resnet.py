@@ -36,7 +36,8 @@ class BasicBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return self.relu(out + self.shortcut(x))
+        out += self.shortcut(x)  # in place, as torchvision: no new activation-sized tensor
+        return self.relu(out)
 
 
 class _ResNet(nn.Module):
@@ -107,7 +108,8 @@ class Bottleneck(nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        return self.relu(out + self.shortcut(x))
+        out += self.shortcut(x)
+        return self.relu(out)
 
 
 class ResNet50(_ResNet):
