@@ -13,6 +13,7 @@ import gpuprune.prune as gp
 from gpuprune.arch import get_target
 from gpuprune.errors import UnsupportedLayerError, UserError
 from gpuprune.gemm import block_grid, expand_blocks, gemm_view
+from gpuprune.kernels.cpu.pool import CpuMaxPool2d
 from gpuprune.kernels.opencl import context as cl_context
 from gpuprune.nn import SkipConv2d, SkipLinear, compile
 
@@ -238,7 +239,9 @@ def test_cpu_compile_fuses_2x2_max_pools():
     layers = {lay.name: lay for lay in out.gpuprune_compile.layers}
     assert {n for n, lay in layers.items() if lay.pool_fused} == {"0", "4", "7"}
     assert all(isinstance(out[i], nn.Identity) for i in (3, 6, 8))
-    assert isinstance(out[11], nn.MaxPool2d) and not out[9].pool
+    # the pool no kernel fused runs the cpu backend's pool kernel, and the report says so
+    assert isinstance(out[11], CpuMaxPool2d) and not out[9].pool
+    assert any(n.startswith("max pool 11:") for n in out.gpuprune_compile.notes)
     assert (out[0].pool, out[4].pool) == ("floor", "ceil")
     cols, rows = out.gpuprune_compile.table()
     fused = {row[0]: row[cols.index("fused")] for row in rows}
@@ -271,7 +274,7 @@ def test_pool_is_fused_only_where_the_backend_pools_and_nothing_else_reads_its_i
 
     both = Both().eval()
     out = compile(both, POCL, backend="cpu", kernels="tile", verbose=False)
-    assert not out.gpuprune_compile.layers[0].pool_fused and isinstance(out.pool, nn.MaxPool2d)
+    assert not out.gpuprune_compile.layers[0].pool_fused and isinstance(out.pool, CpuMaxPool2d)
     x = torch.randn(2, 3, 9, 9)
     with torch.no_grad():
         torch.testing.assert_close(out(x), both(x), rtol=1e-4, atol=1e-4)

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import ClassVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from gpuprune.arch import Target
 from gpuprune.errors import UserError
@@ -39,6 +39,11 @@ class Backend(abc.ABC):
     # whether conv2d takes pool="floor"/"ceil": a 2x2 stride-2 max pool after the activation,
     # fused into the kernel's store (compile() fuses a following nn.MaxPool2d only then)
     fuses_maxpool: ClassVar[bool] = False
+
+    def max_pool(self, pool: nn.Module) -> nn.Module | None:
+        """A faster stand-in for an ``nn.MaxPool2d`` that compile did not fuse into a conv, or
+        None to keep PyTorch's (the default)."""
+        return None
 
     def check_available(self) -> None:  # noqa: B027 - optional hook, default: always available
         """Raise a :class:`UserError` naming the fix (setup step, other backend) if unusable."""

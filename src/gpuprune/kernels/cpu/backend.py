@@ -12,7 +12,7 @@ import ctypes
 from collections.abc import Callable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from gpuprune.errors import UserError
 from gpuprune.geometry import ConvGeometry
@@ -199,3 +199,8 @@ class CpuBackend(LayerClassBackend):
 
     def check_available(self) -> None:
         load_library()
+
+    def max_pool(self, pool: nn.Module) -> nn.Module | None:
+        from gpuprune.kernels.cpu.pool import CpuMaxPool2d
+
+        return CpuMaxPool2d(pool) if CpuMaxPool2d.supports(pool) else None

@@ -674,3 +674,50 @@ int gp_linear(const float *in, int64_t N, int64_t K, int64_t M, int64_t gm, int 
     if (visits) *visits += walked;
     return 0;
 }
+
+/* A k x k max pool (any stride and padding, dilation 1) over NCHW planes: out[plane][OH][OW].
+ * Padding never wins (windows are clipped to the input), NaN does (as in PyTorch). A row of
+ * outputs is the column max over its window's input rows (contiguous, whole vectors), then
+ * the max over each window's columns. PyTorch's own NCHW max pool takes several times longer
+ * (ResNet-50's stem pool: 48 ms at batch 16 here). */
+static inline float nanmax(float m, float x) { return (x > m || x != x) ? x : m; }
+
+int gp_maxpool2d(const float *in, int64_t planes, int64_t H, int64_t W, int64_t kh, int64_t kw,
+                 int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t OH, int64_t OW,
+                 float *out, int nthreads) {
+    int status = 0;
+#pragma omp parallel num_threads(nthreads)
+    {
+        float *col = (float *)malloc(sizeof(float) * (size_t)(W > 0 ? W : 1));
+        if (!col) {
+#pragma omp atomic write
+            status = 1;
+        }
+#pragma omp for schedule(static)
+        for (int64_t p = 0; p < planes; p++) {
+            if (!col) continue;
+            const float *src = in + p * H * W;
+            float *dst = out + p * OH * OW;
+            for (int64_t i = 0; i < OH; i++) {
+                int64_t r0 = i * sh - ph, r1 = r0 + kh;
+                r0 = r0 < 0 ? 0 : r0;
+                r1 = r1 > H ? H : r1;
+                for (int64_t c = 0; c < W; c++) col[c] = -__builtin_inff();
+                for (int64_t r = r0; r < r1; r++) {
+                    const float *row = src + r * W;
+                    for (int64_t c = 0; c < W; c++) col[c] = nanmax(col[c], row[c]);
+                }
+                for (int64_t j = 0; j < OW; j++) {
+                    int64_t c0 = j * sw - pw, c1 = c0 + kw;
+                    c0 = c0 < 0 ? 0 : c0;
+                    c1 = c1 > W ? W : c1;
+                    float m = -__builtin_inff();
+                    for (int64_t c = c0; c < c1; c++) m = nanmax(m, col[c]);
+                    dst[i * OW + j] = m;
+                }
+            }
+        }
+        free(col);
+    }
+    return status;
+}

@@ -44,6 +44,8 @@ _SIGNATURES = {
     "gp_conv_table_ints": ([_PTR], ctypes.c_int64),
     "gp_conv_tables_kept": ([_PTR], ctypes.c_int64),
     "gp_conv_tables": ([_PTR, _PTR, _INT], None),
+    # in, planes, H, W, kh, kw, sh, sw, ph, pw, OH, OW, out, nthreads
+    "gp_maxpool2d": ([_PTR] + [_I64] * 11 + [_PTR, _INT], ctypes.c_int),
     # in, N, K, M, gm, bm, bk, k_pad, row_ptr, col_idx, wt, bias, relu, out, nthreads, visits
     "gp_linear": ([_PTR, _I64, _I64, _I64, _I64, _INT, _INT, _I64] + [_PTR] * 4
                   + [_INT, _PTR, _INT, _PTR], ctypes.c_int),
