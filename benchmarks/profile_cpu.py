@@ -7,7 +7,8 @@ split into:
   PyTorch on the unpruned model (oneDNN) for the same module;
 * per op inside each skip conv, measured by running the same kernel call with parts removed:
   ``skip`` the real call; ``im2col`` the same call with no kept blocks but every K block
-  marked used (im2col and the bias/ReLU(/max pool) store, no multiply-add); ``store`` no
+  marked used (mapping X, the kernel's im2col: row addresses, gathers and masked copies, and the
+  bias/ReLU(/max pool) store, no multiply-add; stored as ``im2col_ms``); ``store`` no
   kept blocks and no K block used (store and the thread pool's wake-up only; the tap tables
   are built once per input shape, outside the call). GEMM = skip - im2col;
   im2col = im2col - store;
@@ -239,7 +240,7 @@ def main() -> None:
     for name, ms in skip_mod.items():
         by_kind[kind(leaves[name])] += ms
     split = {
-        "im2col": sum(o["im2col_ms"] for o in ops.values()),
+        "mapping X (im2col: gathers, masked copies)": sum(o["im2col_ms"] for o in ops.values()),
         "GEMM (kept blocks)": sum(o["gemm_ms"] for o in ops.values()),
         "bias/ReLU/pool store + thread wake-up": sum(o["store_ms"] for o in ops.values()),
         "Python + ctypes per skip conv": sum(o["python_ms"] for o in ops.values()),
@@ -266,7 +267,7 @@ def main() -> None:
     for k, v in sorted(split.items(), key=lambda kv: -kv[1]):
         print(f"| {k} | {v:.3f} | {100 * v / skip_total:.0f}% |")
     print("\n| layer | M x K | N | OpenVINO dense | eager dense | our dense kernel | our "
-          f"{args.method} kernel | im2col | GEMM | store | Python |")  # fmt: skip
+          f"{args.method} kernel | map X | GEMM | store | Python |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     nan = float("nan")
     for name, o in ops.items():

@@ -44,8 +44,12 @@ for step in $steps; do
       $BIN/python benchmarks/profile_cpu.py --model resnet50 --batch 1 --threads 2 --repeats 5 \
         -o benchmarks/results/profile/resnet50-b1-tile75-$isa.json \
         | tee benchmarks/results/profile/resnet50-b1-tile75-$isa.md ;;
-    zoo)
-      PYTHONPATH=src $BIN/python benchmarks/zoo.py --batches 1,8 ;;
+    zoo)  # kept as results/zoo-<device>-<isa>.json/.md
+      PYTHONPATH=src $BIN/python benchmarks/zoo.py --batches 1,8 -o runs/zoo
+      for f in runs/zoo/zoo-*.json runs/zoo/zoo-*.md; do
+        name=$(basename "$f")
+        cp "$f" "benchmarks/results/${name%.*}-$isa.${name##*.}"
+      done ;;
     prune-speed)
       $BIN/python benchmarks/prune_speed.py --label quiet --repeats 1 ;;
   esac

@@ -3,6 +3,9 @@ next to the dense runtimes a CPU user would deploy with.
 
 Per (model, batch), every path is built first and then timed in alternation (a, b, c, a, b, c...),
 so a host that gets busier or quieter shifts all of them alike and their ratios stay fair. Each
+turn times one call after ``warm_s`` of untimed ones and then idles ``settle_s``
+(:func:`~gpuprune.bench.timing.measure_many`): every library runs back to back at its default
+thread-pool wait policy, as in a serving loop, and none spins on the next path's cores. Each
 record carries three speedups:
 
 - ``speedup``: against the same backend's dense model (the same compiled model with nothing

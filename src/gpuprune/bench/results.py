@@ -115,7 +115,8 @@ def markdown_table(
         batch = 16 if any(r["batch"] == 16 for r in rows) else rows[0]["batch"]
     env = meta.get("environment", {})
     lines = [
-        f"Measured on {env.get('cpu', '?')} ({env.get('cpu_threads', '?')} threads, load "
+        f"Measured on {env.get('cpu', '?')} ({env.get('cpu_isa', '?')}, "
+        f"{env.get('cpu_threads', '?')} threads, load "
         f"average {_fmt(env.get('load_avg_1m'), 1)} at the start), OpenCL device "
         f"{env.get('opencl_device') or 'none'}, torch {env.get('torch', '?')}, commit "
         f"{env.get('commit') or '?'}.",
@@ -124,10 +125,11 @@ def markdown_table(
     if e2e:
         lines += [
             "",
-            "End to end, every path timed in alternation in one run (medians). *vs fastest "
-            "dense* is against the fastest dense path measured (eager PyTorch, OpenVINO, ONNX "
-            "Runtime, torch.compile); `*-masked` rows are a runtime running the pruned model's "
-            "zeros densely.",
+            "End to end, every path timed in turn in one run, each timed call back to back "
+            "after untimed ones, with an idle between paths (medians; all at fp32, OpenVINO "
+            "pinned to it). *vs fastest dense* is against the fastest dense path measured "
+            "(eager PyTorch, OpenVINO, ONNX Runtime, torch.compile); `*-masked` rows are a "
+            "runtime running the pruned model's zeros densely.",
             "",
             *e2e,
         ]
