@@ -96,10 +96,19 @@ def test_no_layers_is_not_met(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("codesign_value", ["absent", None])
 def test_runs_without_codesign_render(tmp_path: Path, codesign_value: Any) -> None:
-    res = load_results(_write_run(tmp_path, codesign_value, share=0.3))
+    res = load_results(_write_run(tmp_path, codesign_value))
     assert codesign_section(res) is None and codesign_checks(res) == []
     md = write_report(tmp_path)["markdown"].read_text()
     assert "co-design" not in md.lower()
+
+
+def test_a_codesign_target_without_codesign_says_not_measured(tmp_path: Path) -> None:
+    """co-design left out (off, or its backend cannot run here): the target is named as not
+    measured, not dropped."""
+    res = load_results(_write_run(tmp_path, None, share=0.3))
+    assert codesign_section(res) is None
+    (line,) = codesign_checks(res)
+    assert "not measured" in line and "30%" in line
 
 
 def test_report_files_show_the_table(tmp_path: Path) -> None:

@@ -305,6 +305,11 @@ class ExperimentConfig(_Section):
     # rounding, never what is computed)
     workers: int = Field(1, ge=1, le=256)
     notes: list[str] = Field(default_factory=list)  # shown in the report (e.g. what was cut)
+    # a backend in latency.backends or codesign.backend that this machine cannot run (no OpenCL
+    # driver, a PoCL whose compiler does not know the CPU): "error" stops before training,
+    # "skip" leaves it out with a note in the run's output and report (unknown names are
+    # always refused). Not part of any result's key: what is left out is, through the sections.
+    unavailable_backends: Literal["error", "skip"] = "error"
     data: DataSection = DataSection()
     model: ModelSection = ModelSection()
     dense: RecipeSection = RecipeSection()

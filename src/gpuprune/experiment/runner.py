@@ -80,6 +80,41 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         yield
 
 
+def drop_unavailable(cfg: ExperimentConfig) -> tuple[ExperimentConfig, list[str]]:
+    """With ``unavailable_backends: skip``: ``cfg`` without the latency and co-design backends
+    this machine cannot run, and a note for each; else ``cfg`` unchanged. Unknown backend names
+    raise either way (a typo is not a machine's limit), and so does leaving no latency backend."""
+    from gpuprune.kernels import get_backend
+
+    if cfg.unavailable_backends != "skip":
+        return cfg, []
+
+    def why_not(name: str) -> str | None:
+        backend = get_backend(name) if name != "auto" else None  # raises for an unknown name
+        try:
+            if backend is not None:
+                backend.check_available()
+        except UserError as err:
+            return err.problem
+        return None
+
+    notes, kept = [], []
+    for name in cfg.latency.backends:
+        if (why := why_not(name)) is None:
+            kept.append(name)
+        else:
+            notes.append(f"latency on {name} not measured on this machine: {why}")
+    if not kept:
+        raise UserError("no backend in latency.backends can run on this machine "
+                        f"({'; '.join(notes)})", "add one that can, e.g. cpu")  # fmt: skip
+    update: dict[str, Any] = {"latency": cfg.latency.model_copy(update={"backends": kept})}
+    c = cfg.codesign
+    if c.backend is not None and (why := why_not(c.backend)) is not None:
+        notes.append(f"co-design on {c.backend} not run on this machine: {why}")
+        update["codesign"] = c.model_copy(update={"backend": None})
+    return cfg.model_copy(update=update), notes
+
+
 def _check_setup(cfg: ExperimentConfig) -> None:
     """Every name in the config resolves, before any training: a typo costs seconds, not a run."""
     from gpuprune.arch import get_target
@@ -440,8 +475,10 @@ def pending_cells(cfg: ExperimentConfig, run_dir: Path) -> list[Cell]:
 def collect(cfg: ExperimentConfig, run_dir: Path, dense: dict[str, Any], data: ImageData,
             seconds: float, codesign: dict[str, Any] | None = None,
             oneshot: dict[str, Any] | None = None,
-            phases: dict[str, float] | None = None) -> dict[str, Any]:  # fmt: skip
-    """Gather the dense result and every cell of this config into ``summary.json``."""
+            phases: dict[str, float] | None = None,
+            left_out: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Gather the dense result and every cell of this config into ``summary.json``;
+    ``left_out``: notes on backends this machine could not run (shown with the config's)."""
     cells = []
     for method, sparsity, matched in all_cells(cfg):
         rec = read_record(cell_path(run_dir, method, sparsity, matched))
@@ -458,7 +495,7 @@ def collect(cfg: ExperimentConfig, run_dir: Path, dense: dict[str, Any], data: I
         "config": cfg.model_dump(),
         "data": {"name": data.name, "source": data.source, "train": len(data.train_y),
                  "test": len(data.test_y), "image": list(input_shape(data))},  # fmt: skip
-        "notes": list(cfg.notes),
+        "notes": [*cfg.notes, *(left_out or [])],
         "cuts": cuts,
         "dense": dense,
         "cells": cells,
@@ -502,6 +539,9 @@ def run_experiment(
         raise UserError("--ray and torchrun do not mix", "use one of them")
     phases: dict[str, float] = {}  # wall seconds per phase (cell records hold per-cell costs)
     say = console.print if main else (lambda *a, **k: None)
+    cfg, left_out = drop_unavailable(cfg)
+    for note in left_out:
+        say(f"note: {note}")
     _check_setup(cfg)
     if ray_address:
         _check_ray(ray_address)
@@ -560,7 +600,8 @@ def run_experiment(
             # nothing was computed again (e.g. only the report's targets changed): the run's
             # time is still the one that computed it, not this read-back
             seconds, phases = before["seconds"], before["phases"]
-        summary = collect(cfg, run_dir, dense, data, seconds, codesign, oneshot, phases)
+        summary = collect(cfg, run_dir, dense, data, seconds, codesign, oneshot, phases,
+                          left_out)  # fmt: skip
     if raise_on_failure:
         check_cells(summary, run_dir)
     return summary
