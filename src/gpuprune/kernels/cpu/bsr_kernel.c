@@ -10,9 +10,10 @@
  *   X   by N-panels of NR columns, each row k of a panel read as NV vectors of VL columns
  *       through a table of addresses, xp[p][k][v] (k_pad x NV per panel). A convolution's
  *       vector that is one run of input pixels (a 3x3 stride-1 conv's, away from the image's
- *       edges; every vector of a 1x1 conv) points straight into the NCHW input: no copy. Other
- *       vectors (padding, stride, a row break inside the vector) are gathered into the panel's
- *       slot of a [K_pad][NR] buffer, and all-padding vectors and rows past K read zero_row.
+ *       edges; every vector of a 1x1 conv) points straight into the NCHW input: no copy. A
+ *       run with padding columns in it is copied by one masked load, other vectors (stride,
+ *       a vector across images) gathered, both into the panel's slot of a [K_pad][NR] buffer;
+ *       all-padding vectors and rows past K read zero_row.
  *       Rows of K blocks no row-block keeps are never mapped (never read). A linear layer's
  *       panels are transposed copies.
  *   Out scattered to NCHW: element (m, n) goes to out[(n / L) * M * L + m * L + n % L],
@@ -35,7 +36,7 @@
  * store.
  *
  * Panels are mapped through tap tables (per panel and tap, the input offset of every column,
- * and per vector whether it is a run, zeros or a gather) that
+ * and per vector whether it is a run, a masked run, zeros or a gather) that
  * depend only on the layer's geometry and input shape: the caller builds them once per shape
  * (gp_conv_tables) and passes them to every call. Panel tables repeat with a period of P
  * panels (Bp whole images), so only min(panels, P) tables (plus the last, partial panel's)
