@@ -103,6 +103,8 @@ def compiled():
     model = compile_model(net, target=POCL, backend="cpu", methods="tile", verbose=False)
     assert len(model.gpuprune_compile.layers) == 4
     assert [lay.pool_fused for lay in model.gpuprune_compile.layers] == [False, False, True, False]
+    # the unfused pool runs the backend's own (PyTorch's under tracing): traced below too
+    assert type(model.pool).__name__ == "CpuMaxPool2d"
     return net, model
 
 
