@@ -33,7 +33,9 @@ class OutputPool:
         self.min_bytes = min_bytes
         self.keep = keep
         self._free: dict[int, list[np.ndarray]] = defaultdict(list)
-        self._lock = threading.Lock()
+        # reentrant: a lease can be freed by the garbage collector while this thread is inside
+        # empty() (an allocation there can run a collection), and its give_back takes the lock
+        self._lock = threading.RLock()
         self.reused = 0  # tensors served from a returned slab (instrumentation for tests)
 
     def empty(self, shape: tuple[int, ...]) -> Tensor:
