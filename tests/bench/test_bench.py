@@ -282,3 +282,21 @@ def test_torch_compile_runtime_matches_eager():
     run = DENSE_RUNTIMES.get("torch-compile")(model, x)
     with torch.no_grad():
         assert torch.allclose(run(), model(x), atol=1e-5)
+
+
+def test_clblast_is_unavailable_where_the_opencl_driver_cannot_build(monkeypatch):
+    """A driver that cannot compile (PoCL on a CPU newer than its LLVM) makes the CLBlast
+    baseline a 'not measured' line, not a crash of the whole run."""
+    pytest.importorskip("pyclblast")
+    from gpuprune.bench.runners import RUNNERS, Unavailable
+    from gpuprune.errors import DeviceNotFoundError
+    from gpuprune.kernels.opencl import context
+
+    def unusable():
+        raise DeviceNotFoundError("the OpenCL driver of X cannot build even a trivial kernel",
+                                  "use backend='cpu'")  # fmt: skip
+
+    monkeypatch.setattr(context, "get_usable_device", unusable)
+    w, x = torch.randn(8, 16), torch.randn(4, 16)
+    with pytest.raises(Unavailable, match="cannot build"):
+        RUNNERS.get("clblast").make(w, x, None, "dense")

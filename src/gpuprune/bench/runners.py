@@ -114,11 +114,12 @@ def _clblast(w, x, target, method):
         import pyclblast
         import pyopencl.array as cla
 
-        from gpuprune.kernels.opencl.context import get_device
+        from gpuprune.kernels.opencl.context import get_usable_device
     except ImportError as err:
         raise Unavailable(f"pyclblast/pyopencl not installed ({err.name}): make setup") from None
     try:
-        queue = get_device().queue  # the device gpuprune's OpenCL backend uses
+        # the device gpuprune's OpenCL backend uses, if its driver can build kernels at all
+        queue = get_usable_device().queue
     except UserError as err:
         raise Unavailable(str(err)) from None
     n, k = x.shape
