@@ -52,3 +52,13 @@ def test_not_part_of_any_key():
     from gpuprune.experiment.cell import cell_key
 
     assert cell_key(_cfg("skip")) == cell_key(_cfg("error"))
+
+
+def test_without_skip_the_run_stops_naming_the_key_and_the_option(no_opencl, tmp_path):
+    from gpuprune.experiment.runner import run_experiment
+
+    with pytest.raises(UserError) as info:
+        run_experiment(_cfg("error"), tmp_path / "run", progress=False)
+    assert info.value.problem.startswith("latency.backends: ")
+    assert "unavailable_backends: skip" in info.value.fix
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())

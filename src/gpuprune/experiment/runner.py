@@ -118,13 +118,20 @@ def drop_unavailable(cfg: ExperimentConfig) -> tuple[ExperimentConfig, list[str]
 def _check_setup(cfg: ExperimentConfig) -> None:
     """Every name in the config resolves, before any training: a typo costs seconds, not a run."""
     from gpuprune.arch import get_target
+    from gpuprune.kernels.backends import BACKENDS
     from gpuprune.nn import resolve_backend
     from gpuprune.prune import ALLOCATIONS, IMPORTANCES, METHODS
 
-    for name in cfg.latency.backends:
-        resolve_backend(name)  # raises a UserError naming the setup step
-    if cfg.codesign.backend is not None:
-        resolve_backend(cfg.codesign.backend)
+    for key, name in [*(("latency.backends", b) for b in cfg.latency.backends),
+                      *((("codesign.backend", cfg.codesign.backend),) if cfg.codesign.backend
+                        else ())]:  # fmt: skip
+        try:
+            resolve_backend(name)  # raises a UserError naming the setup step
+        except UserError as err:
+            if name not in BACKENDS:  # a typo: the registry's own message names the choices
+                raise
+            raise UserError(f"{key}: {err.problem}", f"{err.fix}; or set unavailable_backends: "
+                            f"skip in the config to leave {name} out with a note") from None
     check_equal_latency(cfg)
     for method in cfg.prune.methods:
         METHODS.get(method)
