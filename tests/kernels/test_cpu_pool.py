@@ -76,3 +76,13 @@ def test_compile_swaps_the_unfused_stem_pool_and_says_so():
     assert isinstance(out[2], CpuMaxPool2d)
     assert any(n.startswith("max pool 2:") for n in out.gpuprune_compile.notes)
     torch.testing.assert_close(out(x), want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("ceil", [False, True])
+@pytest.mark.parametrize("side", [1, 2, 3, 4, 7, 8, 33, 112])
+def test_resnet_stem_pool_every_size(side, ceil):
+    """ResNet's 3x3 stride-2 pool has its own vectorised loop for windows inside the row: every
+    width, edges on both sides, ceil mode."""
+    pool = nn.MaxPool2d(3, 2, 1, ceil_mode=ceil)
+    x = torch.randn(2, 3, side + 1, side)
+    torch.testing.assert_close(CpuMaxPool2d(pool)(x), pool(x), rtol=0, atol=0)
