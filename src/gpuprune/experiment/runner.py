@@ -80,37 +80,40 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         yield
 
 
+def _backend_error(name: str) -> UserError | None:
+    """Why this machine cannot run backend ``name``, or None when it can. An unknown name raises:
+    a typo is not the machine's limit, and the registry's message names the choices."""
+    from gpuprune.kernels.backends import BACKENDS
+    from gpuprune.nn import resolve_backend
+
+    try:
+        resolve_backend(name)
+    except UserError as err:
+        if name not in BACKENDS:
+            raise
+        return err
+    return None
+
+
 def drop_unavailable(cfg: ExperimentConfig) -> tuple[ExperimentConfig, list[str]]:
     """With ``unavailable_backends: skip``: ``cfg`` without the latency and co-design backends
     this machine cannot run, and a note for each; else ``cfg`` unchanged. Unknown backend names
     raise either way (a typo is not a machine's limit), and so does leaving no latency backend."""
-    from gpuprune.kernels import get_backend
-
     if cfg.unavailable_backends != "skip":
         return cfg, []
-
-    def why_not(name: str) -> str | None:
-        backend = get_backend(name) if name != "auto" else None  # raises for an unknown name
-        try:
-            if backend is not None:
-                backend.check_available()
-        except UserError as err:
-            return err.problem
-        return None
-
     notes, kept = [], []
     for name in cfg.latency.backends:
-        if (why := why_not(name)) is None:
+        if (err := _backend_error(name)) is None:
             kept.append(name)
         else:
-            notes.append(f"latency on {name} not measured on this machine: {why}")
+            notes.append(f"latency on {name} not measured on this machine: {err.problem}")
     if not kept:
         raise UserError("no backend in latency.backends can run on this machine "
                         f"({'; '.join(notes)})", "add one that can, e.g. cpu")  # fmt: skip
     update: dict[str, Any] = {"latency": cfg.latency.model_copy(update={"backends": kept})}
     c = cfg.codesign
-    if c.backend is not None and (why := why_not(c.backend)) is not None:
-        notes.append(f"co-design on {c.backend} not run on this machine: {why}")
+    if c.backend is not None and (err := _backend_error(c.backend)) is not None:
+        notes.append(f"co-design on {c.backend} not run on this machine: {err.problem}")
         update["codesign"] = c.model_copy(update={"backend": None})
     return cfg.model_copy(update=update), notes
 
@@ -118,20 +121,15 @@ def drop_unavailable(cfg: ExperimentConfig) -> tuple[ExperimentConfig, list[str]
 def _check_setup(cfg: ExperimentConfig) -> None:
     """Every name in the config resolves, before any training: a typo costs seconds, not a run."""
     from gpuprune.arch import get_target
-    from gpuprune.kernels.backends import BACKENDS
-    from gpuprune.nn import resolve_backend
     from gpuprune.prune import ALLOCATIONS, IMPORTANCES, METHODS
 
-    for key, name in [*(("latency.backends", b) for b in cfg.latency.backends),
-                      *((("codesign.backend", cfg.codesign.backend),) if cfg.codesign.backend
-                        else ())]:  # fmt: skip
-        try:
-            resolve_backend(name)  # raises a UserError naming the setup step
-        except UserError as err:
-            if name not in BACKENDS:  # a typo: the registry's own message names the choices
-                raise
+    named = [("latency.backends", b) for b in cfg.latency.backends]
+    if cfg.codesign.backend is not None:
+        named.append(("codesign.backend", cfg.codesign.backend))
+    for key, name in named:
+        if (err := _backend_error(name)) is not None:  # names the setup step, and the option
             raise UserError(f"{key}: {err.problem}", f"{err.fix}; or set unavailable_backends: "
-                            f"skip in the config to leave {name} out with a note") from None
+                            f"skip in the config to leave {name} out with a note")  # fmt: skip
     check_equal_latency(cfg)
     for method in cfg.prune.methods:
         METHODS.get(method)

@@ -82,8 +82,8 @@ def codesign_checks(res: RunResults) -> list[str]:
     """How many layers have a tiling >= 10% faster; met or not when ``codesign_share`` is set."""
     rec = _record(res)
     targets = (res.summary.get("config") or {}).get("targets") or {}
+    share = targets.get("codesign_share")
     if rec is None:
-        share = targets.get("codesign_share")
         if share is None:
             return []
         return [f"co-design (target >= {share * 100:.3g}% of layers >= 10% faster): not "
@@ -92,7 +92,6 @@ def codesign_checks(res: RunResults) -> list[str]:
     faster = sum(_num(row.get("speedup")) >= FASTER for row in layers)
     line = (f"co-design on {rec.get('backend', '?')}: {faster} of {len(layers)} layers have a "
             f"tiling >= 10% faster than the {_target_name(rec)} preset")  # fmt: skip
-    share = targets.get("codesign_share")
     if share is None:
         return [line]
     if not layers:

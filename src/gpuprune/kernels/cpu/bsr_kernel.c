@@ -162,29 +162,29 @@ static void store(int rows, int m0, int64_t n0, int64_t N, int64_t M, int64_t L,
     }
 }
 
-/* Per-thread scratch that persists between calls: a fresh multi-MB buffer per call costs more in
- * page faults than the gathers themselves (first touch of every page), so buffers only grow. */
-static float *scratch(size_t floats) {
-    static __thread float *buf = NULL;
-    static __thread size_t size = 0;
-    if (floats > size) {
-        free(buf);
-        buf = (float *)aligned_alloc(64, (floats * sizeof(float) + 63) / 64 * 64);
-        size = buf ? floats : 0;
+/* Per-thread scratch that persists between calls, one buffer per slot (the gathered panel
+ * rows, and the row address tables: see "X" at the top): a fresh multi-MB buffer per call costs
+ * more in page faults than the gathers themselves (first touch of every page), so buffers only
+ * grow. */
+enum { SCRATCH_GATHER = 0, SCRATCH_ROWS = 1, SCRATCH_SLOTS = 2 };
+
+static void *scratch(int slot, size_t bytes) {
+    static __thread void *buf[SCRATCH_SLOTS];
+    static __thread size_t size[SCRATCH_SLOTS];
+    if (bytes > size[slot]) {
+        free(buf[slot]);
+        buf[slot] = aligned_alloc(64, (bytes + 63) / 64 * 64);
+        size[slot] = buf[slot] ? bytes : 0;
     }
-    return buf;
+    return buf[slot];
 }
 
-/* The same for the row address tables (see "X" at the top). */
+static float *scratch_gather(size_t floats) {
+    return (float *)scratch(SCRATCH_GATHER, floats * sizeof(float));
+}
+
 static const float **scratch_rows(size_t entries) {
-    static __thread const float **buf = NULL;
-    static __thread size_t size = 0;
-    if (entries > size) {
-        free(buf);
-        buf = (const float **)malloc(entries * sizeof(float *));
-        size = buf ? entries : 0;
-    }
-    return buf;
+    return (const float **)scratch(SCRATCH_ROWS, entries * sizeof(float *));
 }
 
 /* An all-zero row: padding rows, and rows past K, point here instead of being written. */
@@ -592,7 +592,7 @@ int gp_conv2d(const int64_t *geom, const float *img, const int32_t *row_ptr,
     const int64_t splits = panels < nthreads ? (nthreads + panels - 1) / panels : 1;
     const int64_t rows = (k_pad + splits - 1) / splits;
     if (mode == 2) {
-        x = scratch((size_t)(panels * k_pad * NR));
+        x = scratch_gather((size_t)(panels * k_pad * NR));
         xall = scratch_rows((size_t)(panels * k_pad * NV));
         if (!x || !xall) return 1;
     }
@@ -610,7 +610,7 @@ int gp_conv2d(const int64_t *geom, const float *img, const int32_t *row_ptr,
         if (mode == 1) {
             /* fused: a thread maps one panel (gathers into its own buffer), runs every
              * row-block on it while its input rows are in cache */
-            float *panel = scratch((size_t)(k_pad * NR));
+            float *panel = scratch_gather((size_t)(k_pad * NR));
             const float **xp = scratch_rows((size_t)(k_pad * NV));
             if (!panel || !xp) {
 #pragma omp atomic write
@@ -657,7 +657,7 @@ int gp_linear(const float *in, int64_t N, int64_t K, int64_t M, int64_t gm, int 
               const float *bias, int relu, float *out, int nthreads, int64_t *visits) {
     const gp_weight w = {M, gm, k_pad, bm, bk, row_ptr, col_idx, wt, bias, relu};
     const int64_t panels = (N + NR - 1) / NR;
-    float *x = scratch((size_t)(panels * k_pad * NR));
+    float *x = scratch_gather((size_t)(panels * k_pad * NR));
     const float **xp = scratch_rows((size_t)(panels * k_pad * NV));
     if (!x || !xp) return 1;
 #pragma omp parallel for schedule(static) num_threads(nthreads)
