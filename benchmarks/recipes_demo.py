@@ -35,11 +35,15 @@ RECIPES = {  # config section -> keys changed
     "ramp-0.75": {"prune": {"ramp": 0.75}},
     "agp-every-2": {"prune": {"schedule_options": {"frequency": 2}}},
     "lr-0.04": {"finetune": {"lr": 0.04}},
+    # how the overall sparsity is shared among layers (the demo's is uniform)
+    "alloc-global": {"prune": {"allocation": "global"}},
+    "alloc-sensitivity": {"prune": {"allocation": "sensitivity"}},
 }
 METHODS = ["tile", "simd", "unstructured"]
 
 
-def _cell(config: str, dense: str, runs: str, recipe: str, method: str, sparsity: float) -> dict:
+def _cell(config: str, dense: str, runs: str, recipe: str, method: str, sparsity: float,
+          seed: int | None = None) -> dict:  # fmt: skip
     import torch
 
     from gpuprune.experiment.cell import load_data, train_cell
@@ -49,14 +53,16 @@ def _cell(config: str, dense: str, runs: str, recipe: str, method: str, sparsity
     d = load_config(config).model_dump()
     for section, change in RECIPES[recipe].items():
         d[section].update(change)
+    if seed is not None:  # the fine-tuning's seed (data order, subset); the dense model stays
+        d["seed"] = seed
     cfg = parse_config(d)
-    run = Path(runs) / f"{recipe}-{method}"
+    run = Path(runs) / (f"{recipe}-{method}" + ("" if seed is None else f"-seed{seed}"))
     if not (run / "dense").exists():
         run.mkdir(parents=True, exist_ok=True)
         shutil.copytree(dense, run / "dense")
     started = time.perf_counter()
     rec = train_cell(cfg, run, method, sparsity, load_data(cfg), progress=False)
-    return {"recipe": recipe, "method": method, "status": rec["status"],
+    return {"recipe": recipe, "method": method, "seed": cfg.seed, "status": rec["status"],
             "accuracy": rec.get("accuracy"), "error": rec.get("error"),
             "seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
 
@@ -68,20 +74,24 @@ def main() -> None:
     ap.add_argument("--runs", type=Path, default=Path("runs/recipes"))
     ap.add_argument("--sparsity", type=float, default=0.75)
     ap.add_argument("--recipes", default="magnitude-agp,obs-agp,obs-oneshot")
+    ap.add_argument("--seeds", default="",
+                    help="fine-tuning seeds, e.g. 0,1,2 (default: the config's)")
     ap.add_argument("-o", "--output", type=Path, required=True)
     args = ap.parse_args()
-    jobs = [(r, m) for r in args.recipes.split(",") for m in METHODS]
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [None]
+    jobs = [(r, m, s) for s in seeds for r in args.recipes.split(",") for m in METHODS]
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(2, mp_context=ctx) as pool:
         futures = [pool.submit(_cell, args.config, str(args.dense), str(args.runs), r, m,
-                               args.sparsity) for r, m in jobs]  # fmt: skip
+                               args.sparsity, s) for r, m, s in jobs]  # fmt: skip
         rows = [f.result() for f in futures]
-    acc = {(r["recipe"], r["method"]): r["accuracy"] for r in rows}
-    gaps = {}
-    for recipe in args.recipes.split(","):
-        un = acc.get((recipe, "unstructured"))
-        gaps[recipe] = {m: round((un - acc[(recipe, m)]) * 100, 2) for m in ("tile", "simd")
-                        if un is not None and acc.get((recipe, m)) is not None}  # fmt: skip
+    acc = {(r["recipe"], r["method"], r["seed"]): r["accuracy"] for r in rows}
+    gaps: dict[str, dict[str, list[float]]] = {}  # recipe -> method -> gap per seed
+    for recipe, method, seed in acc:
+        un = acc.get((recipe, "unstructured", seed))
+        if method != "unstructured" and un is not None and acc[(recipe, method, seed)] is not None:
+            gap = round((un - acc[(recipe, method, seed)]) * 100, 2)
+            gaps.setdefault(recipe, {}).setdefault(method, []).append(gap)
     out = {"config": args.config, "sparsity": args.sparsity, "rows": rows,
            "gap_to_unstructured_pt": gaps}  # fmt: skip
     args.output.write_text(json.dumps(out, indent=1))

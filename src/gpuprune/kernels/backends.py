@@ -15,7 +15,7 @@ from __future__ import annotations
 import abc
 import importlib
 from collections.abc import Callable
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -43,6 +43,12 @@ class Backend(abc.ABC):
     def max_pool(self, pool: nn.Module) -> nn.Module | None:
         """A faster stand-in for an ``nn.MaxPool2d`` that compile did not fuse into a conv, or
         None to keep PyTorch's (the default)."""
+        return None
+
+    def conv_chain(self, layers: list[Any]) -> Callable[[Tensor], Tensor | None] | None:
+        """One callable running consecutive convolutions (this backend's conv2d forwards, each
+        reading the one before's output) as one call, or None (the default: one call each).
+        The callable returns None for an input it cannot take; the caller then runs the layers."""
         return None
 
     def check_available(self) -> None:  # noqa: B027 - optional hook, default: always available

@@ -26,6 +26,7 @@ from gpuprune.geometry import ConvGeometry
 from gpuprune.kernels.backends import Backend, get_backend
 from gpuprune.kernels.format import pack_for
 from gpuprune.nn.attention import SkipMultiheadAttention, unsupported
+from gpuprune.nn.chain import chain_convolutions
 from gpuprune.nn.fold import Chain, find_chains, fold_bn
 from gpuprune.nn.layers import SkipConv2d, SkipGroupedConv2d, SkipLinear
 from gpuprune.plan import SKIP_KERNELS, PrunePlan, SkippedLayer
@@ -418,6 +419,10 @@ def compile(  # noqa: A001 - the public name the project documents (gpuprune.com
         quiet.add(len(notes))
         notes.append(f"max pool{'s' if len(pools) > 1 else ''} {', '.join(pools)}: the "
                      f"{runner.name} backend's pool kernel")  # fmt: skip
+    chained = chain_convolutions(out, runner)
+    if chained:  # not a warning either: the same result, one call per run
+        quiet.add(len(notes))
+        notes.append(f"convolutions {', '.join(chained)}: one {runner.name} backend call per run")
     fast = sorted(lay.name for lay in compiled if _in_encoder_layer(modules, lay.name))
     if fast:
         notes.append(f"layers {', '.join(fast)} run the skip kernels off PyTorch's fused fast path "

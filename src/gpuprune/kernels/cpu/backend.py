@@ -200,6 +200,11 @@ class CpuBackend(LayerClassBackend):
     def check_available(self) -> None:
         load_library()
 
+    def conv_chain(self, layers: list) -> Callable[[Tensor], Tensor | None] | None:
+        from gpuprune.kernels.cpu.chain import CpuConvChain
+
+        return CpuConvChain(layers) if all(type(la) is CpuConv2d for la in layers) else None
+
     def max_pool(self, pool: nn.Module) -> nn.Module | None:
         from gpuprune.kernels.cpu.pool import CpuMaxPool2d
 

@@ -40,6 +40,7 @@ _SIGNATURES = {
     # k_pad, relu; see ops.conv_args), img, row_ptr, col_idx, wt, bias, out, used, tables,
     # nthreads, mode, visits
     "gp_conv2d": ([_PTR] * 9 + [_INT, _INT, _PTR], ctypes.c_int),
+    "gp_conv_chain": ([_INT, _PTR, _PTR, _PTR, _INT], ctypes.c_int),
     # int32s of the tap tables for args, and the call that fills them (args, tables, nthreads)
     "gp_conv_table_ints": ([_PTR], ctypes.c_int64),
     "gp_conv_tables_kept": ([_PTR], ctypes.c_int64),

@@ -1,0 +1,84 @@
+"""Consecutive cpu convolutions run by one native call (``gp_conv_chain``).
+
+At batch 1 a small convolution's kernel takes tens of microseconds, and the Python around each
+call (the module, the ctypes call, the output tensor) about ten more: a sixth of VGG16's
+forward. A :class:`CpuConvChain` runs a whole run of layers, each reading the one before's
+output, in one call; the intermediates live in the kernel's per-thread scratch and never become
+tensors. The per-layer arguments are the ones each :class:`CpuConv2d` prepared for its input
+shape, so the chain computes exactly what the layers would one by one (tested).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+
+import torch
+from torch import Tensor
+
+from gpuprune.kernels.cpu import buffers
+from gpuprune.kernels.cpu.backend import CpuConv2d
+from gpuprune.kernels.cpu.build import load_library
+
+
+class _Call(ctypes.Structure):
+    """``gp_chain_call`` in bsr_kernel.c."""
+
+    _fields_ = [(name, ctypes.c_void_p) for name in
+                ("geom", "row_ptr", "col_idx", "wt", "bias", "used", "tables")] + [
+                ("out_floats", ctypes.c_int64), ("mode", ctypes.c_int64)]  # fmt: skip
+
+
+class CpuConvChain:
+    """Call ``layers`` (CpuConv2d forwards, in order) as one: ``chain(x)`` is
+    ``layers[-1](...layers[0](x))``, or None when it cannot run ``x`` natively (the caller then
+    calls the layers itself).
+
+    The first input of each shape goes through the layers one by one, which checks it and
+    prepares every layer's arguments; later inputs of that shape take one native call.
+    """
+
+    def __init__(self, layers: list[CpuConv2d]) -> None:
+        self.layers = list(layers)
+        # per input shape: (the call array, its length, the output shape)
+        self._shapes: dict[torch.Size, tuple[ctypes.Array, int, torch.Size]] = {}
+
+    def __getstate__(self) -> dict:
+        # the call arrays hold raw pointers: a copy prepares its own
+        return {"layers": self.layers, "_shapes": {}}
+
+    def _prepare(self, x: Tensor) -> Tensor:
+        """Run the layers one by one and keep the chain's arguments for ``x.shape``."""
+        shapes, y = [], x
+        for layer in self.layers:
+            shapes.append(y.shape)
+            y = layer(y)
+        known = [layer._shapes.get(s) for layer, s in zip(self.layers, shapes, strict=True)]
+        if all(k is not None for k in known):  # each layer took its one-call path
+            calls = (_Call * len(self.layers))()
+            for call, layer, (out_shape, args, tables) in zip(calls, self.layers, known,
+                                                              strict=True):  # fmt: skip
+                call.geom, call.tables = args.data_ptr(), tables.data_ptr()
+                call.row_ptr, call.col_idx = layer.row_ptr.data_ptr(), layer.col_idx.data_ptr()
+                call.wt, call.used = layer.wt.data_ptr(), layer.used.data_ptr()
+                call.bias = None if layer.bias is None else layer.bias.data_ptr()
+                call.out_floats, call.mode = math.prod(out_shape), layer.mode
+            self._shapes[x.shape] = (calls, len(self.layers), y.shape)
+        return y
+
+    def __call__(self, x: Tensor) -> Tensor | None:
+        if (type(x) is not Tensor or x.dtype != torch.float32 or not x.is_cpu
+                or torch.compiler.is_compiling()
+                or any(layer.count_visits for layer in self.layers)):  # fmt: skip
+            return None
+        x = x.contiguous()
+        known = self._shapes.get(x.shape)
+        if known is None:
+            return self._prepare(x)
+        calls, n, out_shape = known
+        out = buffers.POOL.empty(out_shape)
+        status = load_library().gp_conv_chain(n, ctypes.addressof(calls), x.data_ptr(),
+                                              out.data_ptr(), torch.get_num_threads())  # fmt: skip
+        if status != 0:
+            raise MemoryError("the cpu kernel could not allocate its im2col buffer")
+        return out

@@ -1,0 +1,114 @@
+"""Runs of skip convolutions in an nn.Sequential, called as one native call (cpu backend)."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+
+import pytest
+import torch
+from small_target import SMALL, backends
+from torch import nn
+
+from gpuprune.nn import compile as compile_model
+from gpuprune.nn.chain import ChainedSequential
+
+pytestmark = pytest.mark.skipif("cpu" not in backends(), reason="no C compiler for the kernel")
+
+
+def _block(c_in: int, c_out: int, stride: int = 1, pool: bool = False) -> list[nn.Module]:
+    mods = [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
+            nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]  # fmt: skip
+    return mods + ([nn.MaxPool2d(2, ceil_mode=True)] if pool else [])
+
+
+def _features(seed: int) -> nn.Sequential:
+    """Awkward shapes: ragged blocks (19, 37 filters), a stride-2 conv, a ceil-mode pool, a 1x1
+    conv with a bias, a Dropout (not an Identity: it splits the run)."""
+    torch.manual_seed(seed)
+    net = nn.Sequential(
+        *_block(3, 19), *_block(19, 37, pool=True), *_block(37, 24, stride=2),
+        nn.Conv2d(24, 33, 1), nn.ReLU(), nn.Dropout(0.1), *_block(33, 16), *_block(16, 21),
+    ).eval()  # fmt: skip
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.Conv2d):
+                m.weight.mul_(torch.rand_like(m.weight) < 0.4)
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_()
+                m.running_var.uniform_(0.5, 2.0)
+    return net
+
+
+def _unchained(model: nn.Sequential) -> nn.Sequential:
+    """The same compiled model, its runs switched off (each layer called by itself)."""
+    plain = copy.deepcopy(model)
+    plain._gp_runs = {}
+    return plain
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    net = _features(0)
+    return net, compile_model(net, target=SMALL, backend="cpu", methods="tile")
+
+
+def test_runs_are_found_and_named(compiled):
+    _, model = compiled
+    assert type(model) is ChainedSequential
+    # convs 0, 3, 7 and the 1x1 at 10 (its ReLU at 11) in one run, the Dropout at 12 ends it;
+    # the convs at 13 and 16 make the second
+    assert sorted((r.start, r.end) for r in model._gp_runs.values()) == [(0, 12), (13, 19)]
+    note = [n for n in model.gpuprune_compile.notes if n.startswith("convolutions")]
+    assert note == ["convolutions 0-10, 13-16: one cpu backend call per run"]
+
+
+@pytest.mark.parametrize("batch,size", [(1, 16), (3, 13), (2, 20)])
+def test_chained_equals_layer_by_layer_and_masked_model(compiled, batch, size):
+    net, model = compiled
+    x = torch.randn(batch, 3, size, size)
+    with torch.no_grad():
+        first = model(x)  # prepares the chain: layer by layer
+        chained = model(x)  # one native call per run
+        plain = _unchained(model)(x)
+        want = net(x)
+    assert all(x.shape in r.chain._shapes for r in model._gp_runs.values() if r.start == 0)
+    assert torch.equal(chained, first) and torch.equal(chained, plain)
+    torch.testing.assert_close(chained, want, rtol=1e-4, atol=1e-4)
+
+
+def test_a_hooked_layer_runs_by_itself(compiled):
+    _, model = compiled
+    model = copy.deepcopy(model)
+    seen = []
+    handle = model[3].register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    x = torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        hooked = [model(x), model(x)]
+    handle.remove()
+    assert len(seen) == 2  # the hook fired on both calls: the run was not taken
+    with torch.no_grad():
+        assert torch.equal(model(x), hooked[1]) and torch.equal(model(x), hooked[0])
+
+
+def test_copies_and_pickles_prepare_their_own_chain(compiled):
+    _, model = compiled
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        model(x)
+        want = model(x)
+        for other in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+            assert all(not r.chain._shapes for r in other._gp_runs.values())
+            assert torch.equal(other(x), want) and torch.equal(other(x), want)
+
+
+def test_traced_models_call_the_layers(compiled):
+    net, model = compiled
+    x = torch.randn(2, 3, 16, 16)
+    fast = torch.compile(model, fullgraph=True, backend="aot_eager")
+    program = torch.export.export(model, (x,))
+    ops = [str(n.target) for n in program.graph.nodes if n.op == "call_function"]
+    assert ops.count("gpuprune.cpu_conv2d.default") == 6
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), net(x), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(program.module()(x), net(x), rtol=1e-4, atol=1e-4)
