@@ -278,3 +278,59 @@ def test_pool_is_fused_only_where_the_backend_pools_and_nothing_else_reads_its_i
     x = torch.randn(2, 3, 9, 9)
     with torch.no_grad():
         torch.testing.assert_close(out(x), both(x), rtol=1e-4, atol=1e-4)
+
+
+class _Head(nn.Module):
+    """Linear -> BatchNorm1d -> ReLU -> Linear in a custom forward (the fx rule) and the same in
+    an nn.Sequential (the fallback rule)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.fc1 = nn.Linear(70, 45)
+        self.bn = nn.BatchNorm1d(45)
+        self.relu = nn.ReLU()
+        self.fc2 = nn.Linear(45, 10)
+        with torch.no_grad():
+            self.bn.running_mean.uniform_(-1, 1)
+            self.bn.running_var.uniform_(0.5, 2)
+            self.bn.weight.uniform_(0.5, 1.5)
+            self.bn.bias.uniform_(-1, 1)
+
+    def forward(self, x):
+        return self.fc2(self.relu(self.bn(self.fc1(x))))
+
+
+@pytest.mark.parametrize("backend", ["reference", pytest.param("cpu", marks=needs_cc)])
+@pytest.mark.parametrize("sequential", [False, True])
+def test_batchnorm1d_after_a_linear_is_folded(backend, sequential, monkeypatch):
+    head = _Head().eval()
+    if sequential:  # and found by the rule for models fx cannot trace
+        head = nn.Sequential(head.fc1, head.bn, head.relu, head.fc2).eval()
+        from gpuprune.nn import fold
+
+        monkeypatch.setattr(fold, "_fx_chains", lambda model: 1 / 0)
+    fc1 = head[0] if sequential else head.fc1
+    _prune_blocks(fc1, POCL.tile_block(), seed=5)
+    out = compile(head, POCL, backend=backend, methods="tile", verbose=False)
+    first = out.gpuprune_compile.layers[0]
+    assert first.bn_folded and first.relu_fused
+    x = torch.randn(3, 70)
+    with torch.no_grad():
+        torch.testing.assert_close(out(x), head(x), rtol=1e-4, atol=1e-4)
+    layer = out[0] if sequential else out.fc1
+    with pytest.raises(UserError, match="BatchNorm1d"):  # [B, L, K]: the fold would be wrong
+        layer(torch.randn(2, 45, 70))
+
+
+def test_batchnorm1d_on_batch_statistics_is_not_folded():
+    head = _Head().train()
+    head.bn.track_running_stats = False
+    head.bn.running_mean = head.bn.running_var = None
+    head.eval()
+    _prune_blocks(head.fc1, POCL.tile_block(), seed=5)
+    out = compile(head, POCL, backend="reference", methods="tile", verbose=False)
+    assert not out.gpuprune_compile.layers[0].bn_folded
+    x = torch.randn(4, 70)
+    with torch.no_grad():
+        torch.testing.assert_close(out(x), head(x), rtol=1e-4, atol=1e-4)

@@ -245,7 +245,8 @@ def _check_dtypes(model: nn.Module, runner: Backend) -> None:
 
 
 def _foldable(bn: nn.Module | None) -> bool:
-    return isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats and bn.running_var is not None
+    return (isinstance(bn, nn.BatchNorm2d | nn.BatchNorm1d) and bn.track_running_stats
+            and bn.running_var is not None)  # fmt: skip
 
 
 def compile(  # noqa: A001 - the public name the project documents (gpuprune.compile)
@@ -265,7 +266,8 @@ def compile(  # noqa: A001 - the public name the project documents (gpuprune.com
     Which layers are compiled, and with which kernel, comes from the pruning plan
     (``model.gpuprune_plan``, set by :func:`gpuprune.prune` and :func:`gpuprune.load`): each
     planned layer runs the kernel variant its pruning method declares, built for its tiling.
-    BatchNorm2d after a conv is folded into it, a ReLU right after is fused into the kernel,
+    BatchNorm2d after a conv (BatchNorm1d after a Linear) is folded into it, a ReLU right after
+    is fused into the kernel,
     and on the cpu backend a 2x2 stride-2 MaxPool2d after those is pooled in the kernel's store
     (``CompiledLayer.pool_fused``; docs/design/cpu-backend.md).
     A planned layer whose zeros the kernel cannot skip (no all-zero block) stays dense; it, and
@@ -394,7 +396,7 @@ def compile(  # noqa: A001 - the public name the project documents (gpuprune.com
                                  for p, b in zip(packs, biases, strict=True)]  # fmt: skip
         elif geometry is None:
             new: nn.Module = SkipLinear(packs[0], bias, runner, layer_tgt, variant=variant,
-                                        relu=relu)  # fmt: skip
+                                        relu=relu, folded_bn=chain.bn)  # fmt: skip
         elif groups == 1:
             new = SkipConv2d(packs[0], bias, runner, layer_tgt, variant=variant,
                              geometry=geometry, relu=relu, conv1d=conv1d, pool=pool)  # fmt: skip

@@ -1,7 +1,9 @@
-"""Find what compile() can fuse: BatchNorm after a conv (folded into it), a ReLU after that, and
-a 2x2 stride-2 MaxPool2d after those (pooled in the kernel's store, on backends that can).
+"""Find what compile() can fuse: BatchNorm after a conv or linear layer (folded into it), a ReLU
+after that, and a 2x2 stride-2 MaxPool2d after a conv's (pooled in the kernel's store, on backends
+that can).
 
-The chains come from a ``torch.fx`` trace: a conv whose only user is a BatchNorm2d, a ReLU
+The chains come from a ``torch.fx`` trace: a conv whose only user is a BatchNorm2d (a Linear's: a
+BatchNorm1d, folded for 2-D inputs, where its features are the Linear's outputs), a ReLU
 module whose only input is that conv (or its BatchNorm), a MaxPool2d whose only input is the
 last of them. Each module is fused only if nothing else reads its input. Models fx cannot trace
 fall back to consecutive ``Conv2d[, BatchNorm2d][, ReLU][, MaxPool2d]`` children of an
@@ -22,7 +24,7 @@ class Chain:
     """A GEMM layer and what follows it that can be fused into its kernel."""
 
     layer: str
-    bn: str | None = None  # BatchNorm2d folded into the conv
+    bn: str | None = None  # BatchNorm2d folded into the conv, BatchNorm1d into the linear layer
     relu: str | None = None  # ReLU applied in the kernel's epilogue
     pool: str | None = None  # 2x2 stride-2 MaxPool2d applied in the epilogue, after the ReLU
 
@@ -75,10 +77,10 @@ def _fx_chains(model: nn.Module) -> dict[str, Chain]:
         if calls[node.target] != 1:
             continue
         tail = node
-        if isinstance(modules[node.target], nn.Conv2d):
-            bn = only_user(node, nn.BatchNorm2d)
-            if bn is not None:
-                chain.bn, tail = bn.target, bn
+        conv = isinstance(modules[node.target], nn.Conv2d)
+        bn = only_user(node, nn.BatchNorm2d if conv else nn.BatchNorm1d)
+        if bn is not None:
+            chain.bn, tail = bn.target, bn
         relu = only_user(tail, nn.ReLU)
         if relu is not None:
             chain.relu, tail = relu.target, relu
@@ -102,7 +104,7 @@ def _sequential_chains(model: nn.Module) -> dict[str, Chain]:
             chain = Chain(full)
             j = i + 1
             conv = isinstance(seq[i], nn.Conv2d)
-            if j < len(names) and conv and isinstance(seq[j], nn.BatchNorm2d):
+            if j < len(names) and isinstance(seq[j], nn.BatchNorm2d if conv else nn.BatchNorm1d):
                 chain.bn = f"{prefix}.{names[j]}" if prefix else names[j]
                 j += 1
             if j < len(names) and isinstance(seq[j], nn.ReLU):
@@ -122,7 +124,8 @@ def find_chains(model: nn.Module) -> dict[str, Chain]:
         return _sequential_chains(model)
 
 
-def fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
+def fold_bn(conv: nn.Conv2d | nn.Linear, bn: nn.BatchNorm2d | nn.BatchNorm1d
+            ) -> tuple[Tensor, Tensor]:  # fmt: skip
     """(weight, bias) of ``bn(conv(x))`` in eval mode. Row scaling keeps zero blocks zero."""
     if bn.running_mean is None or bn.running_var is None:
         mean = torch.zeros(bn.num_features)
@@ -137,4 +140,4 @@ def fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
         shift = shift + bn.bias.detach().float()
     w = conv.weight.detach().float()
     b = conv.bias.detach().float() if conv.bias is not None else torch.zeros(w.shape[0])
-    return w * scale.reshape(-1, 1, 1, 1), b * scale + shift
+    return w * scale.reshape(-1, *[1] * (w.dim() - 1)), b * scale + shift

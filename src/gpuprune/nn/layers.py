@@ -203,14 +203,20 @@ class SkipGroupedConv2d(nn.Module):
 
 
 class SkipLinear(_SkipLayer):
-    """An nn.Linear whose pruned weight blocks are skipped by the backend's kernel."""
+    """An nn.Linear whose pruned weight blocks are skipped by the backend's kernel.
+
+    ``folded_bn`` names the BatchNorm1d compile folded into it: that fold holds for [B, K]
+    inputs only (on [B, L, K] a BatchNorm1d normalises dim 1, not the Linear's features), so
+    other inputs are refused instead of computed wrongly.
+    """
 
     def __init__(
         self, packed: BlockSparseWeight, bias: Tensor | None, backend: Backend, target: Target, *,
-        variant: str, relu: bool = False,
+        variant: str, relu: bool = False, folded_bn: str | None = None,
     ) -> None:
         super().__init__(packed, bias, backend, target, variant, relu)
         self.out_features, self.in_features = packed.shape
+        self.folded_bn = folded_bn
         self._run = backend.linear(packed, self.bias, target, variant=variant, relu=relu)
 
     @classmethod
@@ -223,6 +229,13 @@ class SkipLinear(_SkipLayer):
         return cls(packed, linear.bias, backend, target, variant=variant, relu=relu)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.folded_bn is not None and x.dim() != 2:
+            raise UserError(
+                f"this layer has {self.folded_bn} (a BatchNorm1d) folded in, which is right for "
+                f"[batch, features] inputs only; got {x.dim()}-D",
+                "feed 2-D inputs, or compile the model without folding (set the BatchNorm1d "
+                "to train mode or give it track_running_stats=False)",
+            )
         if x.dim() > 2:  # nn.Linear accepts [..., K]; the kernel takes [B, K]
             lead = x.shape[:-1]
             return super().forward(x.reshape(-1, x.shape[-1])).reshape(*lead, self.out_features)

@@ -195,6 +195,12 @@ static const float zero_row[NR] __attribute__((aligned(64)));
  * streams a dense layer's whole panel (over 1 MiB for K = 4608) from L3 again and again. */
 #define KC_STEPS 512
 
+/* Vectors of a panel with `cols` columns left that the micro-kernels compute: the last panel of
+ * a plain call only those holding columns (pooled panels order their columns by window). */
+static inline int panel_vectors(int64_t cols, int pool) {
+    return pool || cols >= NR || NV > 4 ? NV : (int)((cols + VL - 1) / VL);
+}
+
 /* One (N-panel p, row-block i) task: every micro-tile of the row-block over the panel. */
 static inline void gemm_task(int64_t p, int64_t i, const float *const *xp, int64_t M, int64_t N,
                              int bm, int bk, const int32_t *row_ptr, const int32_t *col_idx,
@@ -212,7 +218,7 @@ static inline void gemm_task(int64_t p, int64_t i, const float *const *xp, int64
     const int64_t group = KC_STEPS / bk > 1 ? KC_STEPS / bk : 1; /* kept blocks per pass */
     /* vectors holding columns: a plain panel's columns are a prefix (pooled ones are not) */
     const int64_t cols = N - p * NR;
-    const int nv = pool || cols >= NR || NV > 4 ? NV : (int)((cols + VL - 1) / VL);
+    const int nv = panel_vectors(cols, pool);
     if (nv < NV) { /* fewer accumulators per row: taller micro-tiles fit the registers */
         const int fit = (NREG - nv - 2) / nv;
         mrmax = fit < MRCAP ? fit : MRCAP;
@@ -255,31 +261,6 @@ static inline void gemm_task(int64_t p, int64_t i, const float *const *xp, int64
         ja = jb;
     } while (ja < j1);
     store(rows_valid, (int)(i * bm), p * (pool ? NR / 4 : NR), N, M, L, acc, bias, relu, pool, out);
-}
-
-/* The weight and epilogue of one layer, as passed from Python. */
-typedef struct {
-    int64_t M, gm, k_pad;
-    int32_t bm, bk;
-    const int32_t *row_ptr, *col_idx;
-    const float *wt, *bias;
-    int32_t relu;
-} gp_weight;
-
-/* Out = act(W x X + bias) over X given by its row address tables, k_pad * NV per panel. */
-static int64_t gemm_all(const gp_weight *w, const float *const *xp, int64_t N, float *out,
-                        int64_t L, int nthreads) {
-    const int64_t panels = (N + NR - 1) / NR, tasks = panels * w->gm;
-    const int mrmax = gp_max_rows();
-    int64_t walked = 0;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads) reduction(+ : walked)
-    for (int64_t t = 0; t < tasks; t++) {
-        const int64_t p = t / w->gm, i = t % w->gm;
-        walked += w->row_ptr[i + 1] - w->row_ptr[i];
-        gemm_task(p, i, xp + p * w->k_pad * NV, w->M, N, w->bm, w->bk, w->row_ptr, w->col_idx,
-                  w->wt, w->bias, w->relu, 0, out, L, mrmax);
-    }
-    return walked;
 }
 
 /* The integer arguments of a convolution call, as the caller passes them (one int64 array in
@@ -692,23 +673,38 @@ int gp_conv_chain(int n, const gp_chain_call *calls, const float *x, float *out,
 int gp_linear(const float *in, int64_t N, int64_t K, int64_t M, int64_t gm, int bm, int bk,
               int64_t k_pad, const int32_t *row_ptr, const int32_t *col_idx, const float *wt,
               const float *bias, int relu, float *out, int nthreads, int64_t *visits) {
-    const gp_weight w = {M, gm, k_pad, bm, bk, row_ptr, col_idx, wt, bias, relu};
-    const int64_t panels = (N + NR - 1) / NR;
+    const int64_t panels = (N + NR - 1) / NR, tasks = panels * gm;
     float *x = scratch_gather((size_t)(panels * k_pad * NR));
     const float **xp = scratch_rows((size_t)(panels * k_pad * NV));
     if (!x || !xp) return 1;
-#pragma omp parallel for schedule(static) num_threads(nthreads)
-    for (int64_t p = 0; p < panels; p++) {
-        float *slab = x + p * k_pad * NR;
-        for (int64_t k = 0; k < k_pad; k++) {
-            for (int c = 0; c < NR; c++) {
-                const int64_t n = p * NR + c;
-                slab[k * NR + c] = (n < N && k < K) ? in[n * K + k] : 0.0f;
+    const int mrmax = gp_max_rows();
+    int64_t walked = 0;
+    /* one region for both phases: at batch 1 a classifier layer is a few microseconds of work,
+     * less than waking the pool twice */
+#pragma omp parallel num_threads(nthreads) reduction(+ : walked)
+    {
+#pragma omp for schedule(static)
+        for (int64_t p = 0; p < panels; p++) {
+            float *slab = x + p * k_pad * NR;
+            /* only the columns the micro-kernels read (a batch of 1 fills one vector, not NR) */
+            const int width = panel_vectors(N - p * NR, 0) * VL;
+            for (int64_t k = 0; k < k_pad; k++) {
+                for (int c = 0; c < width; c++) {
+                    const int64_t n = p * NR + c;
+                    slab[k * NR + c] = (n < N && k < K) ? in[n * K + k] : 0.0f;
+                }
+                for (int v = 0; v < NV; v++)
+                    xp[(p * k_pad + k) * NV + v] = slab + k * NR + v * VL;
             }
-            for (int v = 0; v < NV; v++) xp[(p * k_pad + k) * NV + v] = slab + k * NR + v * VL;
+        }
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t t = 0; t < tasks; t++) {
+            const int64_t p = t / gm, i = t % gm;
+            walked += row_ptr[i + 1] - row_ptr[i];
+            gemm_task(p, i, xp + p * k_pad * NV, M, N, bm, bk, row_ptr, col_idx, wt, bias, relu,
+                      0, out, 1, mrmax);
         }
     }
-    const int64_t walked = gemm_all(&w, xp, N, out, 1, nthreads);
     if (visits) *visits += walked;
     return 0;
 }

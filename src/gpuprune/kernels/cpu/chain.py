@@ -16,7 +16,7 @@ import math
 import torch
 from torch import Tensor
 
-from gpuprune.kernels.cpu import buffers
+from gpuprune.kernels.cpu import buffers, ops
 from gpuprune.kernels.cpu.backend import CpuConv2d
 from gpuprune.kernels.cpu.build import load_library
 
@@ -77,8 +77,6 @@ class CpuConvChain:
             return self._prepare(x)
         calls, n, out_shape = known
         out = buffers.POOL.empty(out_shape)
-        status = load_library().gp_conv_chain(n, ctypes.addressof(calls), x.data_ptr(),
-                                              out.data_ptr(), torch.get_num_threads())  # fmt: skip
-        if status != 0:
-            raise MemoryError("the cpu kernel could not allocate its im2col buffer")
+        ops.check_status(load_library().gp_conv_chain(
+            n, ctypes.addressof(calls), x.data_ptr(), out.data_ptr(), torch.get_num_threads()))
         return out

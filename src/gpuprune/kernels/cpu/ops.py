@@ -21,7 +21,7 @@ def _ptr(t: Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
-def _check(status: int) -> None:
+def check_status(status: int) -> None:
     if status != 0:
         raise MemoryError("the cpu kernel could not allocate its im2col buffer")
 
@@ -95,7 +95,7 @@ def conv2d(
     for start in range(0, b, step):
         xs, ys = x[start : start + step], out[start : start + step]
         args = conv_args(xs.shape, geometry, pool, m, gm, bm, bk, k_pad, relu)
-        _check(lib.gp_conv2d(
+        check_status(lib.gp_conv2d(
             _ptr(args), _ptr(xs), _ptr(row_ptr), _ptr(col_idx), _ptr(wt), _ptr(bias), _ptr(ys),
             _ptr(used), None, torch.get_num_threads(), mode, _ptr(visits),
         ))  # fmt: skip
@@ -121,7 +121,7 @@ def linear(
     if n == 0:
         return out
     k_pad = -(-k // bk) * bk
-    _check(load_library().gp_linear(
+    check_status(load_library().gp_linear(
         _ptr(x), n, k, m, row_ptr.numel() - 1, bm, bk, k_pad, _ptr(row_ptr), _ptr(col_idx),
         _ptr(wt), _ptr(bias), int(relu), _ptr(out), torch.get_num_threads(), _ptr(visits),
     ))  # fmt: skip
