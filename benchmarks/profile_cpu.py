@@ -101,7 +101,8 @@ def _raw_call(layer: SkipConv2d, x: torch.Tensor, *, blocks: bool, used: str):
     )  # fmt: skip
 
     def call():
-        lib.gp_conv2d(*call_args, torch.get_num_threads(), run.mode, ctypes.c_void_p(None))
+        lib.gp_conv2d(*call_args, torch.get_num_threads(), run.mode, ctypes.c_void_p(None),
+                      ctypes.c_void_p(None), 0)  # fmt: skip
         return row_ptr, used_t, out, args, tables  # keep them alive
 
     return call

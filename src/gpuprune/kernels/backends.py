@@ -39,6 +39,9 @@ class Backend(abc.ABC):
     # whether conv2d takes pool="floor"/"ceil": a 2x2 stride-2 max pool after the activation,
     # fused into the kernel's store (compile() fuses a following nn.MaxPool2d only then)
     fuses_maxpool: ClassVar[bool] = False
+    # whether a conv2d forward takes ``residual=`` and ``residual_relu=`` (a residual block's
+    # shortcut added, then a ReLU, in the kernel's store; compile fuses residual blocks only then)
+    fuses_residual: ClassVar[bool] = False
 
     def max_pool(self, pool: nn.Module) -> nn.Module | None:
         """A faster stand-in for an ``nn.MaxPool2d`` that compile did not fuse into a conv, or

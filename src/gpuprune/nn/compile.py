@@ -9,6 +9,7 @@ Every weight layer left dense is named in the report with its reason (nothing si
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import os
 import warnings
@@ -29,6 +30,7 @@ from gpuprune.nn.attention import SkipMultiheadAttention, unsupported
 from gpuprune.nn.chain import chain_convolutions
 from gpuprune.nn.fold import Chain, find_chains, fold_bn
 from gpuprune.nn.layers import SkipConv2d, SkipGroupedConv2d, SkipLinear
+from gpuprune.nn.residual import fuse_residual_blocks
 from gpuprune.plan import SKIP_KERNELS, PrunePlan, SkippedLayer
 from gpuprune.prune.api import check_model
 from gpuprune.prune.layers import gemm_layers, unprunable_layers
@@ -421,6 +423,12 @@ def compile(  # noqa: A001 - the public name the project documents (gpuprune.com
         quiet.add(len(notes))
         notes.append(f"max pool{'s' if len(pools) > 1 else ''} {', '.join(pools)}: the "
                      f"{runner.name} backend's pool kernel")  # fmt: skip
+    blocks = fuse_residual_blocks(out, runner, lambda block, conv: _fuse_relu(out, block, conv,
+                                                                              compiled))
+    if blocks:  # not a warning: the same result, fewer passes over each block's output
+        quiet.add(len(notes))
+        notes.append(f"residual block{'s' if len(blocks) > 1 else ''} {', '.join(blocks)}: the "
+                     f"shortcut's add and the ReLU after it in the last conv's store")
     chained = chain_convolutions(out, runner)
     if chained:  # not a warning either: the same result, one call per run
         quiet.add(len(notes))
@@ -445,6 +453,22 @@ def compile(  # noqa: A001 - the public name the project documents (gpuprune.com
     out.eval()
     log.log(logging.INFO if verbose else logging.DEBUG, "%s", report.summary())
     return out
+
+
+def _fuse_relu(model: nn.Module, block: str, conv: str, compiled: list[CompiledLayer]) -> None:
+    """Rebuild ``block.conv`` with the ReLU that follows it in its kernel's store (a residual
+    block's inner conv, whose ReLU module is shared) and say so in its ``compiled`` entry. The
+    block's own forward applies that ReLU again, which changes nothing."""
+    parent = model.get_submodule(block) if block else model
+    old = getattr(parent, conv)
+    new = SkipConv2d(old.packed, old.bias, get_backend(old.backend_name), old.target,
+                     variant=old.variant, geometry=old.geometry, relu=True, conv1d=old.conv1d,
+                     pool=old.pool)  # fmt: skip
+    setattr(parent, conv, new)
+    name = f"{block}.{conv}" if block else conv
+    for i, lay in enumerate(compiled):
+        if lay.name == name:
+            compiled[i] = dataclasses.replace(lay, relu_fused=True)
 
 
 def _bias(module: nn.Module | BareWeight) -> torch.Tensor | None:

@@ -130,6 +130,9 @@ class SkipConv2d(_SkipLayer):
         (kh, kw) = geometry.kernel_size
         self._weight_shape = (self.out_channels, self.in_channels, *((kw,) if conv1d else (kh, kw)))
         extra = {"pool": pool} if pool else {}  # asked of backends that fuse it only
+        # a plain conv2d of a backend whose store adds a residual (not pooled, no 1-D or pre-pad)
+        self.fuses_residual = (backend.fuses_residual and not pool and not conv1d
+                               and not any(geometry.pre_pad))  # fmt: skip
         self._run = backend.conv2d(
             packed, self.bias, target, variant=variant, geometry=geometry.kernel(), relu=relu,
             **extra,
@@ -138,6 +141,15 @@ class SkipConv2d(_SkipLayer):
     def forward(self, x: Tensor) -> Tensor:
         y = super().forward(_as_2d(x, self.geometry, self.conv1d))
         return y.squeeze(2) if self.conv1d else y
+
+    def with_residual(self, x: Tensor, residual: Tensor, relu: bool) -> Tensor:
+        """``self(x) + residual``, then a ReLU when ``relu`` (a residual block's tail): added in
+        the kernel's store on backends with ``fuses_residual``, as PyTorch ops otherwise (and
+        whenever a hook on this layer must see its own output)."""
+        if self.fuses_residual and not (self._forward_hooks or self._forward_pre_hooks):
+            return self._run(x, residual=residual, residual_relu=relu)
+        y = self(x) + residual
+        return torch.relu(y) if relu else y
 
     def extra_repr(self) -> str:
         return super().extra_repr() + (f", maxpool=2x2 {self.pool}" if self.pool else "")

@@ -157,27 +157,47 @@ class CpuConv2d(CpuGemm):
     def _geometry_list(self) -> list[int]:
         return [*self.kernel_size, *self.stride, *self.padding, *self.dilation]
 
-    def _fast(self, x: Tensor) -> Tensor | None:
+    def _fast(self, x: Tensor, residual: Tensor | None, residual_relu: bool) -> Tensor | None:
         """The eager call for an input shape already checked once: no per-call Python beyond
         the ctypes call (at batch 1 a small layer's kernel takes tens of microseconds)."""
         known = self._shapes.get(x.shape)
         if known is None or x.dtype != torch.float32 or not x.is_contiguous() or not x.is_cpu:
             return None
         out_shape, args, tables = known
+        if residual is not None and (
+            type(residual) is not Tensor or residual.shape != out_shape
+            or residual.dtype != torch.float32 or not residual.is_contiguous()
+            or not residual.is_cpu
+        ):  # fmt: skip
+            return None
         out = buffers.POOL.empty(out_shape)  # large outputs reuse memory: no page faults
         status = self.lib.gp_conv2d(
             args.data_ptr(), x.data_ptr(), self.row_ptr.data_ptr(), self.col_idx.data_ptr(),
             self.wt.data_ptr(), _ptr(self.bias), out.data_ptr(), self.used.data_ptr(),
-            tables.data_ptr(), torch.get_num_threads(), self.mode, None,
+            tables.data_ptr(), torch.get_num_threads(), self.mode, None, _ptr(residual),
+            int(residual_relu),
         )  # fmt: skip
         ops.check_status(status)
         return out
 
-    def __call__(self, x: Tensor) -> Tensor:
+    def __call__(self, x: Tensor, residual: Tensor | None = None,
+                 residual_relu: bool = False) -> Tensor:  # fmt: skip
+        """The convolution; with ``residual`` (shaped like the output, no pool) the result is
+        ``residual + conv``, then a ReLU when ``residual_relu``: a residual block's tail, added
+        in the kernel's store on the eager path."""
+        if residual is not None and self.pool is not None:
+            raise ValueError("a residual cannot be added to a pooled convolution")
         if not self.count_visits and type(x) is Tensor and not torch.compiler.is_compiling():
-            out = self._fast(x)
+            out = self._fast(x, residual, residual_relu)
             if out is not None:
                 return out
+        out = self._conv(x)
+        if residual is None:
+            return out
+        out = out + residual  # traced, or the first call of a shape: PyTorch adds
+        return torch.relu(out) if residual_relu else out
+
+    def _conv(self, x: Tensor) -> Tensor:
         check_input(x, 4, self.in_channels, "Conv2d")
         x = _on_cpu(x)
         b, c, h, w = x.shape
@@ -207,6 +227,7 @@ class CpuBackend(LayerClassBackend):
 
     name = "cpu"
     fuses_maxpool = True
+    fuses_residual = True
     linear_layer = CpuLinear
     conv_layer = CpuConv2d
 

@@ -132,7 +132,8 @@ static inline __attribute__((always_inline)) void micro(
  * pooling a column is an output pixel (n0 = first column, N columns, L pixels per image); with
  * pooling the NR / 4 windows of the panel are (n0 = first window, N windows, L per image). */
 static void store(int rows, int m0, int64_t n0, int64_t N, int64_t M, int64_t L,
-                  float (*acc)[NR], const float *bias, int relu, int pool, float *out) {
+                  float (*acc)[NR], const float *bias, int relu, int pool, float *out,
+                  const float *res, int res_relu) {
     const int width = pool ? NR / 4 : NR;
     int64_t cols = N - n0 < width ? N - n0 : width;
     for (int r = 0; r < rows; r++) {
@@ -152,11 +153,24 @@ static void store(int rows, int m0, int64_t n0, int64_t N, int64_t M, int64_t L,
         }
         int64_t img = n0 / L, pix = n0 % L;
         if (pix + cols <= L) { /* the whole tile lies in one image: one contiguous run */
-            memcpy(out + img * M * L + m * L + pix, a, cols * sizeof(float));
+            const int64_t at = img * M * L + m * L + pix;
+            if (res) { /* a residual block's shortcut, added (then ReLU) as the row is stored */
+                for (int c = 0; c < cols; c++) {
+                    const float v = a[c] + res[at + c];
+                    out[at + c] = res_relu && v < 0.0f ? 0.0f : v;
+                }
+            } else {
+                memcpy(out + at, a, cols * sizeof(float));
+            }
         } else {
             for (int c = 0; c < cols; c++) {
-                const int64_t n = n0 + c;
-                out[(n / L) * M * L + m * L + n % L] = a[c];
+                const int64_t n = n0 + c, at = (n / L) * M * L + m * L + n % L;
+                float v = a[c];
+                if (res) {
+                    v += res[at];
+                    v = res_relu && v < 0.0f ? 0.0f : v;
+                }
+                out[at] = v;
             }
         }
     }
@@ -205,7 +219,7 @@ static inline int panel_vectors(int64_t cols, int pool) {
 static inline void gemm_task(int64_t p, int64_t i, const float *const *xp, int64_t M, int64_t N,
                              int bm, int bk, const int32_t *row_ptr, const int32_t *col_idx,
                              const float *wt, const float *bias, int relu, int pool, float *out,
-                             int64_t L, int mrmax) {
+                             int64_t L, int mrmax, const float *res, int res_relu) {
     static __thread float (*acc)[NR] = NULL; /* partial sums of the row-block: [bm][NR] */
     static __thread int acc_rows = 0;
     if (bm > acc_rows) {
@@ -260,7 +274,8 @@ static inline void gemm_task(int64_t p, int64_t i, const float *const *xp, int64
         }
         ja = jb;
     } while (ja < j1);
-    store(rows_valid, (int)(i * bm), p * (pool ? NR / 4 : NR), N, M, L, acc, bias, relu, pool, out);
+    store(rows_valid, (int)(i * bm), p * (pool ? NR / 4 : NR), N, M, L, acc, bias, relu, pool, out,
+          res, res_relu);
 }
 
 /* The integer arguments of a convolution call, as the caller passes them (one int64 array in
@@ -537,11 +552,13 @@ static inline void fill_panel(const gp_geom *g, const gp_cols *c, const int32_t 
  * fit int32 (the caller splits bigger batches). mode 0 picks: with enough N-panels for every
  * thread, each thread builds one panel at a time in its own buffer and runs all row-blocks on
  * it while it is in cache (fused); otherwise the whole X is built first and (panel, row-block)
- * tasks share it. */
+ * tasks share it. `res` (NULL: none) is an NCHW tensor shaped like the output, added to it as
+ * it is stored, after the bias and ReLU, then a ReLU when `res_relu` (a residual block's tail);
+ * not with a pool. */
 int gp_conv2d(const int64_t *geom, const float *img, const int32_t *row_ptr,
               const int32_t *col_idx, const float *wt, const float *bias, float *out,
               const uint8_t *used, const int32_t *tables, int nthreads, int mode,
-              int64_t *visits) {
+              int64_t *visits, const float *res, int res_relu) {
     const gp_geom *g = (const gp_geom *)geom;
     const gp_cols c = columns(g);
     const int64_t M = g->M, gm = g->gm, k_pad = g->k_pad;
@@ -604,7 +621,7 @@ int gp_conv2d(const int64_t *geom, const float *img, const int32_t *row_ptr,
                 for (int64_t i = 0; i < gm; i++) {
                     walked += row_ptr[i + 1] - row_ptr[i];
                     gemm_task(p, i, xp, M, c.groups, bm, bk, row_ptr, col_idx, wt, bias,
-                              relu, (int)g->pool, out, c.per_image, mrmax);
+                              relu, (int)g->pool, out, c.per_image, mrmax, res, res_relu);
                 }
             }
         } else {
@@ -624,7 +641,7 @@ int gp_conv2d(const int64_t *geom, const float *img, const int32_t *row_ptr,
                 const int64_t p = t / gm, i = t % gm;
                 walked += row_ptr[i + 1] - row_ptr[i];
                 gemm_task(p, i, xall + p * k_pad * NV, M, c.groups, bm, bk, row_ptr, col_idx, wt,
-                          bias, relu, (int)g->pool, out, c.per_image, mrmax);
+                          bias, relu, (int)g->pool, out, c.per_image, mrmax, res, res_relu);
             }
         }
     }
@@ -662,7 +679,7 @@ int gp_conv_chain(int n, const gp_chain_call *calls, const float *x, float *out,
         const gp_chain_call *c = &calls[i];
         float *dst = i == n - 1 ? out : buf[i % 2];
         const int status = gp_conv2d(c->geom, in, c->row_ptr, c->col_idx, c->wt, c->bias, dst,
-                                     c->used, c->tables, nthreads, (int)c->mode, NULL);
+                                     c->used, c->tables, nthreads, (int)c->mode, NULL, NULL, 0);
         if (status != 0) return status;
         in = dst;
     }
@@ -702,7 +719,7 @@ int gp_linear(const float *in, int64_t N, int64_t K, int64_t M, int64_t gm, int 
             const int64_t p = t / gm, i = t % gm;
             walked += row_ptr[i + 1] - row_ptr[i];
             gemm_task(p, i, xp + p * k_pad * NV, M, N, bm, bk, row_ptr, col_idx, wt, bias, relu,
-                      0, out, 1, mrmax);
+                      0, out, 1, mrmax, NULL, 0);
         }
     }
     if (visits) *visits += walked;

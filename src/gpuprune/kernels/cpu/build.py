@@ -38,8 +38,8 @@ _SIGNATURES = {
     "gp_max_rows": ([], ctypes.c_int),
     # args (int64: B, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, OH, OW, pool, M, gm, bm, bk,
     # k_pad, relu; see ops.conv_args), img, row_ptr, col_idx, wt, bias, out, used, tables,
-    # nthreads, mode, visits
-    "gp_conv2d": ([_PTR] * 9 + [_INT, _INT, _PTR], ctypes.c_int),
+    # nthreads, mode, visits, residual (added before the store, or NULL), ReLU after it
+    "gp_conv2d": ([_PTR] * 9 + [_INT, _INT, _PTR, _PTR, _INT], ctypes.c_int),
     "gp_conv_chain": ([_INT, _PTR, _PTR, _PTR, _INT], ctypes.c_int),
     # int32s of the tap tables for args, and the call that fills them (args, tables, nthreads)
     "gp_conv_table_ints": ([_PTR], ctypes.c_int64),

@@ -97,7 +97,7 @@ def conv2d(
         args = conv_args(xs.shape, geometry, pool, m, gm, bm, bk, k_pad, relu)
         check_status(lib.gp_conv2d(
             _ptr(args), _ptr(xs), _ptr(row_ptr), _ptr(col_idx), _ptr(wt), _ptr(bias), _ptr(ys),
-            _ptr(used), None, torch.get_num_threads(), mode, _ptr(visits),
+            _ptr(used), None, torch.get_num_threads(), mode, _ptr(visits), None, 0,
         ))  # fmt: skip
     return out
 
