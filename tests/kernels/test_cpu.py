@@ -472,3 +472,24 @@ def test_lone_panel_rows_split_between_threads(cpu, threads):
             assert_matches(layer(x), ref)
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("windows", [1, 2, 3, 5, 8, 15, 17])
+@pytest.mark.parametrize("batch", [1, 3, 37])
+@pytest.mark.parametrize("variant", ["tile", "simd"])
+def test_pooled_last_panel_packs_its_windows(cpu, windows, batch, variant):
+    # one row of `windows` pool windows per image: the last panel holds from 1 window to a full
+    # panel's worth, packed (bottom pairs right after the top ones); with 37 images the panels
+    # also repeat with a period and a partial tail of their own
+    cin, cout = 5, 37
+    block = POCL.simd_block() if variant == "simd" else POCL.tile_block()
+    weight = block_masked(cout, cin * 9, block, 0.6, seed=windows + batch)
+    bias = torch.randn(cout)
+    layer = get_backend("cpu").conv2d(
+        pack_for(weight, POCL, variant), bias, POCL, variant=variant,
+        geometry=ConvGeometry(cin, (3, 3), (1, 1), (1, 1)), relu=True, pool="ceil",
+    )  # fmt: skip
+    x = torch.randn(batch, cin, 2, 2 * windows - (windows % 2))  # odd width: ceil mode's edge
+    ref = _pooled_ref(x, weight, bias, (3, 3), 1, 1, (1, 1), relu=True, pool="ceil")
+    assert_matches(layer(x), ref)
+    assert_matches(layer(x), ref)  # the cached tables

@@ -21,7 +21,8 @@
  *   Pooled convolutions (a 2x2 stride-2 max pool fused into the store) order the columns by
  *       pool window instead: a panel holds NR / 4 windows, its first NR / 2 columns the top
  *       pixel pairs of those windows (contiguous input runs), the rest the bottom pairs, and
- *       the store reduces each window's four columns to one output pixel. In ceil mode the
+ *       the store reduces each window's four columns to one output pixel. A last panel with
+ *       fewer windows packs them: bottom pairs right after the top ones (pool_half). In ceil mode the
  *       windows of an odd last row or column reach past the conv output: their missing pixels
  *       repeat the last row or column, which leaves the max unchanged.
  *
@@ -128,6 +129,14 @@ static inline __attribute__((always_inline)) void micro(
                 if (v < nv) *(vf *)(acc_out[r] + v * VL) = acc[r][v];
 }
 
+/* A pooled panel with `windows` windows holds their top pixel pairs in columns [0, half) and the
+ * bottom pairs in [half, 2 half): half = NR / 2 for a full panel; a last panel with fewer
+ * windows packs them into its first vectors (at batch 1 the one window of a 2x2 conv output is
+ * 4 columns, one vector, where a full layout would spread it over two of four). */
+static inline int pool_half(int64_t windows) {
+    return windows >= NR / 4 || NV > 4 ? NR / 2 : (int)(2 * windows);
+}
+
 /* Bias, ReLU (and the 2x2 max pool) of a row-block's NR columns, scattered to NCHW. Without
  * pooling a column is an output pixel (n0 = first column, N columns, L pixels per image); with
  * pooling the NR / 4 windows of the panel are (n0 = first window, N windows, L per image). */
@@ -136,16 +145,25 @@ static void store(int rows, int m0, int64_t n0, int64_t N, int64_t M, int64_t L,
                   const float *res, int res_relu) {
     const int width = pool ? NR / 4 : NR;
     int64_t cols = N - n0 < width ? N - n0 : width;
+    const int half = pool ? pool_half(cols) : 0;
     for (int r = 0; r < rows; r++) {
         const int64_t m = m0 + r;
         const float b = bias ? bias[m] : 0.0f;
         float *a = acc[r];
-        if (pool) { /* window j: columns 2j, 2j+1 (top row) and NR/2 + 2j, NR/2 + 2j + 1 */
+        if (pool && half == NR / 2) { /* window j: columns 2j, 2j+1 (top row) and
+                                         * NR/2 + 2j, NR/2 + 2j + 1 */
             float rows_max[NR / 2]; /* top against bottom row: whole vectors */
             for (int c = 0; c < NR / 2; c++)
                 rows_max[c] = a[c] > a[NR / 2 + c] ? a[c] : a[NR / 2 + c];
             for (int j = 0; j < NR / 4; j++)
                 a[j] = rows_max[2 * j] > rows_max[2 * j + 1] ? rows_max[2 * j] : rows_max[2 * j + 1];
+        } else if (pool) { /* a packed last panel: the bottom pairs from column `half` */
+            for (int j = 0; j < half / 2; j++) {
+                const float t = a[2 * j] > a[2 * j + 1] ? a[2 * j] : a[2 * j + 1];
+                const float u = a[half + 2 * j] > a[half + 2 * j + 1] ? a[half + 2 * j]
+                                                                      : a[half + 2 * j + 1];
+                a[j] = t > u ? t : u;
+            }
         }
         for (int c = 0; c < cols; c++) {
             float v = a[c] + b; /* max commutes with the per-row bias and with ReLU */
@@ -209,10 +227,11 @@ static const float zero_row[NR] __attribute__((aligned(64)));
  * streams a dense layer's whole panel (over 1 MiB for K = 4608) from L3 again and again. */
 #define KC_STEPS 512
 
-/* Vectors of a panel with `cols` columns left that the micro-kernels compute: the last panel of
- * a plain call only those holding columns (pooled panels order their columns by window). */
-static inline int panel_vectors(int64_t cols, int pool) {
-    return pool || cols >= NR || NV > 4 ? NV : (int)((cols + VL - 1) / VL);
+/* Vectors of a panel with `left` columns (pooled: windows) from its first on that the
+ * micro-kernels compute: a last panel's only those holding columns. */
+static inline int panel_vectors(int64_t left, int pool) {
+    const int64_t cols = pool ? 2 * (int64_t)pool_half(left) : left;
+    return cols >= NR || NV > 4 ? NV : (int)((cols + VL - 1) / VL);
 }
 
 /* One (N-panel p, row-block i) task: every micro-tile of the row-block over the panel. */
@@ -230,9 +249,8 @@ static inline void gemm_task(int64_t p, int64_t i, const float *const *xp, int64
     }
     const int64_t j0 = row_ptr[i], j1 = row_ptr[i + 1];
     const int64_t group = KC_STEPS / bk > 1 ? KC_STEPS / bk : 1; /* kept blocks per pass */
-    /* vectors holding columns: a plain panel's columns are a prefix (pooled ones are not) */
-    const int64_t cols = N - p * NR;
-    const int nv = panel_vectors(cols, pool);
+    /* vectors holding columns (N counts windows when pooled: NR / 4 per panel) */
+    const int nv = panel_vectors(N - p * (pool ? NR / 4 : NR), pool);
     if (nv < NV) { /* fewer accumulators per row: taller micro-tiles fit the registers */
         const int fit = (NREG - nv - 2) / nv;
         mrmax = fit < MRCAP ? fit : MRCAP;
@@ -353,11 +371,13 @@ int64_t gp_conv_table_ints(const int64_t *geom) {
  * the batch (channel 0), or -1 where the window reads padding or the column is past N. Row
  * k = (ch, i, j) of the panel is then one gather, img[ch * H * W + table[tap][c]]. */
 static void tap_table(const gp_geom *g, const gp_cols *cs, int64_t p, int32_t *table) {
+    const int64_t left = cs->groups - p * cs->per_panel;
+    const int half = pool_half(left < cs->per_panel ? left : cs->per_panel);
     for (int c = 0; c < NR; c++) {
         int64_t grp, dy = 0, dx = 0;
         if (g->pool) { /* see the column order of pooled convolutions at the top */
-            grp = p * cs->per_panel + (c % (NR / 2)) / 2;
-            dy = c / (NR / 2);
+            grp = c < 2 * half ? p * cs->per_panel + (c % half) / 2 : cs->groups; /* past: none */
+            dy = c / half;
             dx = c % 2;
         } else {
             grp = p * cs->per_panel + c;

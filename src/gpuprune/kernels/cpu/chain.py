@@ -18,7 +18,6 @@ from torch import Tensor
 
 from gpuprune.kernels.cpu import buffers, ops
 from gpuprune.kernels.cpu.backend import CpuConv2d
-from gpuprune.kernels.cpu.build import load_library
 
 
 class _Call(ctypes.Structure):
@@ -77,6 +76,6 @@ class CpuConvChain:
             return self._prepare(x)
         calls, n, out_shape = known
         out = buffers.POOL.empty(out_shape)
-        ops.check_status(load_library().gp_conv_chain(
+        ops.check_status(self.layers[0].lib.gp_conv_chain(
             n, ctypes.addressof(calls), x.data_ptr(), out.data_ptr(), torch.get_num_threads()))
         return out
