@@ -58,8 +58,8 @@ STAT = statistics.median  # --stat picks median or min
 
 
 def forward_ms(model: nn.Module, x: torch.Tensor, repeats: int) -> float:
-    """The median whole forward with no hooks: as deployed (convolution runs and fused residual
-    blocks on; a hook on a module turns them off)."""
+    """The median whole forward as the model is; with no hooks on it, as deployed (a hook on a
+    module turns the convolution runs and fused residual blocks off)."""
     totals = []
     with torch.no_grad():
         model(x)
@@ -87,16 +87,10 @@ def per_module_ms(model: nn.Module, x: torch.Tensor, repeats: int) -> tuple[dict
             times[name].append((time.perf_counter() - start[name]) * 1e3)
 
         handles += [mod.register_forward_pre_hook(pre), mod.register_forward_hook(post)]
-    totals = []
-    with torch.no_grad():
-        model(x)
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            model(x)
-            totals.append((time.perf_counter() - t0) * 1e3)
+    total = forward_ms(model, x, repeats)
     for h in handles:
         h.remove()
-    return {n: STAT(t[1:]) for n, t in times.items()}, STAT(totals)
+    return {n: STAT(t[1:]) for n, t in times.items()}, total
 
 
 def _raw_call(layer: SkipConv2d, x: torch.Tensor, *, blocks: bool, used: str):
