@@ -146,3 +146,14 @@ def test_copies_pickles_and_traces(compiled):
         torch.testing.assert_close(fast(x), net(x), rtol=1e-4, atol=1e-4)
         program = torch.export.export(model, (x,))
         torch.testing.assert_close(program.module()(x), net(x), rtol=1e-4, atol=1e-4)
+
+
+def test_a_replaced_child_runs_the_blocks_own_forward(compiled):
+    net, model = compiled
+    model, net = copy.deepcopy(model), copy.deepcopy(net)
+    model.blocks[0].conv3 = copy.deepcopy(net.blocks[0].conv3)  # a plain Conv2d: no residual
+    model.blocks[0].bn3 = copy.deepcopy(net.blocks[0].bn3)
+    x = torch.randn(2, 3, 9, 9)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), net(x), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(model(x), net(x), rtol=1e-4, atol=1e-4)

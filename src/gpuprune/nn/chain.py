@@ -51,7 +51,9 @@ class ChainedSequential(nn.Sequential):
         i = 0
         while i < len(children):
             run = runs.get(i)
-            if run is not None and not run.hooked():
+            # a run is taken only over the very modules it was built from: after an insert,
+            # a delete or a replaced child the Sequential runs as written
+            if run is not None and not run.hooked() and children[i:run.end] == run.modules:
                 y = run.chain(x)
                 if y is not None:
                     x, i = y, run.end

@@ -245,8 +245,8 @@ class SkipLinear(_SkipLayer):
             raise UserError(
                 f"this layer has {self.folded_bn} (a BatchNorm1d) folded in, which is right for "
                 f"[batch, features] inputs only; got {x.dim()}-D",
-                "feed 2-D inputs, or compile the model without folding (set the BatchNorm1d "
-                "to train mode or give it track_running_stats=False)",
+                "run the uncompiled model for such inputs, or compile without this layer "
+                "(methods= naming the layers to compile)",
             )
         if x.dim() > 2:  # nn.Linear accepts [..., K]; the kernel takes [B, K]
             lead = x.shape[:-1]

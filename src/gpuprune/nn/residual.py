@@ -20,6 +20,7 @@ traced input runs the original forward.
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -111,7 +112,7 @@ def match_block(block: nn.Module, backend: Backend) -> Match | None:
 
 
 def _conv_path(end: object, x: fx.Node, children: dict[str, nn.Module],
-               users: dict[object, int], real
+               users: dict[object, int], real: Callable[[object], object]
                ) -> tuple[tuple[str, ...], tuple[bool, ...], set[fx.Node]] | None:  # fmt: skip
     """The skip convolutions from ``x`` to ``end`` (a ReLU allowed after each but the last),
     whether a ReLU follows each, and the path's nodes; None if the path is anything else."""
@@ -144,7 +145,7 @@ def _fusable_conv(module: nn.Module | None) -> bool:
 
 
 def _shortcut_ok(side: object, x: fx.Node, children: dict[str, nn.Module],
-                 users: dict[object, int], real) -> bool:  # fmt: skip
+                 users: dict[object, int], real: Callable[[object], object]) -> bool:  # fmt: skip
     if side is x:
         return True
     return (isinstance(side, fx.Node) and side.op == "call_module" and side.target in children
@@ -157,12 +158,16 @@ class FusedResidual:
 
     def __init__(self, block: nn.Module, match: Match) -> None:
         self.block, self.match = block, match
+        # the children as matched: one replaced since (by a user) sends calls to the block's own
+        # forward rather than to a child that may not take a residual
+        names = [*match.convs, *([match.shortcut] if match.shortcut else [])]
+        self.children = {n: getattr(block, n) for n in names}
 
     def __call__(self, x: Tensor) -> Tensor:
         block, m = self.block, self.match
         if (type(x) is not Tensor or torch.compiler.is_compiling() or _hooked(block)
-                or torch_module._global_forward_hooks
-                or torch_module._global_forward_pre_hooks):  # fmt: skip
+                or torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks
+                or any(getattr(block, n) is not c for n, c in self.children.items())):  # fmt: skip
             return type(block).forward(block, x)
         y = x
         for name in m.convs[:-1]:
@@ -176,10 +181,10 @@ def _hooked(block: nn.Module) -> bool:
 
 
 def fuse_residual_blocks(model: nn.Module, backend: Backend,
-                         relu_fused: callable) -> list[str]:  # fmt: skip
+                         relu_fused: Callable[[str, str], None]) -> list[str]:  # fmt: skip
     """Match every residual block of ``model`` and give it a :class:`FusedResidual` forward;
-    ``relu_fused(block_name, conv_name)`` makes a conv's kernel apply the ReLU that follows it
-    (and returns the new conv). Returns the matched blocks' names."""
+    ``relu_fused(block_name, conv_name)`` replaces a conv by one whose kernel applies the ReLU
+    that follows it. Returns the matched blocks' names."""
     if not backend.fuses_residual:
         return []
     fused = []

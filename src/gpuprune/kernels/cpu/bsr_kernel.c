@@ -157,12 +157,13 @@ static void store(int rows, int m0, int64_t n0, int64_t N, int64_t M, int64_t L,
                 rows_max[c] = a[c] > a[NR / 2 + c] ? a[c] : a[NR / 2 + c];
             for (int j = 0; j < NR / 4; j++)
                 a[j] = rows_max[2 * j] > rows_max[2 * j + 1] ? rows_max[2 * j] : rows_max[2 * j + 1];
-        } else if (pool) { /* a packed last panel: the bottom pairs from column `half` */
+        } else if (pool) { /* a packed last panel: the bottom pairs from column `half`, the
+                            * comparisons in the full layout's order (same result, NaN too) */
             for (int j = 0; j < half / 2; j++) {
-                const float t = a[2 * j] > a[2 * j + 1] ? a[2 * j] : a[2 * j + 1];
-                const float u = a[half + 2 * j] > a[half + 2 * j + 1] ? a[half + 2 * j]
-                                                                      : a[half + 2 * j + 1];
-                a[j] = t > u ? t : u;
+                const float r0 = a[2 * j] > a[half + 2 * j] ? a[2 * j] : a[half + 2 * j];
+                const float r1 = a[2 * j + 1] > a[half + 2 * j + 1] ? a[2 * j + 1]
+                                                                    : a[half + 2 * j + 1];
+                a[j] = r0 > r1 ? r0 : r1;
             }
         }
         for (int c = 0; c < cols; c++) {

@@ -39,8 +39,9 @@ class CpuConvChain:
 
     def __init__(self, layers: list[CpuConv2d]) -> None:
         self.layers = list(layers)
-        # per input shape: (the call array, its length, the output shape)
-        self._shapes: dict[torch.Size, tuple[ctypes.Array, int, torch.Size]] = {}
+        # per input shape: (the call array, its length, the output shape, the tensors the array
+        # points into: held here, so a layer that rebuilds its own entry frees nothing we read)
+        self._shapes: dict[torch.Size, tuple[ctypes.Array, int, torch.Size, list[Tensor]]] = {}
 
     def __getstate__(self) -> dict:
         # the call arrays hold raw pointers: a copy prepares its own
@@ -55,14 +56,17 @@ class CpuConvChain:
         known = [layer._shapes.get(s) for layer, s in zip(self.layers, shapes, strict=True)]
         if all(k is not None for k in known):  # each layer took its one-call path
             calls = (_Call * len(self.layers))()
+            held: list[Tensor] = []
             for call, layer, (out_shape, args, tables) in zip(calls, self.layers, known,
                                                               strict=True):  # fmt: skip
+                held += [args, tables, layer.row_ptr, layer.col_idx, layer.wt, layer.used]
+                held += [] if layer.bias is None else [layer.bias]
                 call.geom, call.tables = args.data_ptr(), tables.data_ptr()
                 call.row_ptr, call.col_idx = layer.row_ptr.data_ptr(), layer.col_idx.data_ptr()
                 call.wt, call.used = layer.wt.data_ptr(), layer.used.data_ptr()
                 call.bias = None if layer.bias is None else layer.bias.data_ptr()
                 call.out_floats, call.mode = math.prod(out_shape), layer.mode
-            self._shapes[x.shape] = (calls, len(self.layers), y.shape)
+            self._shapes[x.shape] = (calls, len(self.layers), y.shape, held)
         return y
 
     def __call__(self, x: Tensor) -> Tensor | None:
@@ -74,7 +78,7 @@ class CpuConvChain:
         known = self._shapes.get(x.shape)
         if known is None:
             return self._prepare(x)
-        calls, n, out_shape = known
+        calls, n, out_shape, _ = known
         out = buffers.POOL.empty(out_shape)
         ops.check_status(self.layers[0].lib.gp_conv_chain(
             n, ctypes.addressof(calls), x.data_ptr(), out.data_ptr(), torch.get_num_threads()))
