@@ -16,10 +16,9 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn.modules import module as torch_module
 
 from gpuprune.kernels.backends import Backend
-from gpuprune.nn.layers import SkipConv2d
+from gpuprune.nn.layers import SkipConv2d, observed
 
 
 class _Run:
@@ -29,12 +28,6 @@ class _Run:
                  modules: list[nn.Module]) -> None:  # fmt: skip
         self.start, self.end, self.chain, self.modules = start, end, chain, modules
 
-    def hooked(self) -> bool:
-        return any(m._forward_hooks or m._forward_pre_hooks for m in self.modules)
-
-
-def _global_hooks() -> bool:
-    return bool(torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks)
 
 
 class ChainedSequential(nn.Sequential):
@@ -44,8 +37,7 @@ class ChainedSequential(nn.Sequential):
 
     def forward(self, x: Any) -> Any:
         runs = self.__dict__.get("_gp_runs")
-        if (not runs or type(x) is not Tensor or torch.compiler.is_compiling()
-                or _global_hooks()):  # fmt: skip
+        if not runs or type(x) is not Tensor or torch.compiler.is_compiling():
             return super().forward(x)
         children = list(self._modules.values())
         i = 0
@@ -53,7 +45,8 @@ class ChainedSequential(nn.Sequential):
             run = runs.get(i)
             # a run is taken only over the very modules it was built from: after an insert,
             # a delete or a replaced child the Sequential runs as written
-            if run is not None and not run.hooked() and children[i:run.end] == run.modules:
+            if (run is not None and not observed(run.modules)
+                    and children[i:run.end] == run.modules):  # fmt: skip
                 y = run.chain(x)
                 if y is not None:
                     x, i = y, run.end

@@ -423,8 +423,8 @@ def compile(  # noqa: A001 - the public name the project documents (gpuprune.com
         quiet.add(len(notes))
         notes.append(f"max pool{'s' if len(pools) > 1 else ''} {', '.join(pools)}: the "
                      f"{runner.name} backend's pool kernel")  # fmt: skip
-    blocks = fuse_residual_blocks(out, runner, lambda block, conv: _fuse_relu(out, block, conv,
-                                                                              compiled))
+    blocks = fuse_residual_blocks(out, runner, lambda block, conv: _fuse_relu(
+        out, block, conv, runner, compiled))
     if blocks:  # not a warning: the same result, fewer passes over each block's output
         quiet.add(len(notes))
         notes.append(f"residual block{'s' if len(blocks) > 1 else ''} {', '.join(blocks)}: the "
@@ -455,13 +455,14 @@ def compile(  # noqa: A001 - the public name the project documents (gpuprune.com
     return out
 
 
-def _fuse_relu(model: nn.Module, block: str, conv: str, compiled: list[CompiledLayer]) -> None:
+def _fuse_relu(model: nn.Module, block: str, conv: str, runner: Backend,
+               compiled: list[CompiledLayer]) -> None:  # fmt: skip
     """Rebuild ``block.conv`` with the ReLU that follows it in its kernel's store (a residual
     block's inner conv, whose ReLU module is shared) and say so in its ``compiled`` entry. The
     block's own forward applies that ReLU again, which changes nothing."""
     parent = model.get_submodule(block) if block else model
     old = getattr(parent, conv)
-    new = SkipConv2d(old.packed, old.bias, get_backend(old.backend_name), old.target,
+    new = SkipConv2d(old.packed, old.bias, runner, old.target,
                      variant=old.variant, geometry=old.geometry, relu=True, conv1d=old.conv1d,
                      pool=old.pool)  # fmt: skip
     setattr(parent, conv, new)

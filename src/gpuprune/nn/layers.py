@@ -8,10 +8,12 @@ read ``linear.weight`` themselves (``nn.TransformerEncoderLayer``'s fast path) k
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules import module as torch_module
 
 from gpuprune.arch import Target
 from gpuprune.errors import UserError
@@ -19,6 +21,15 @@ from gpuprune.gemm import gemm_view
 from gpuprune.geometry import ConvGeometry
 from gpuprune.kernels.backends import Backend
 from gpuprune.kernels.format import BlockSparseWeight, pack_for
+
+
+def observed(modules: Iterable[nn.Module]) -> bool:
+    """Whether a forward hook, on one of ``modules`` or a global one, expects to see their own
+    outputs: then what compile joined (a run of convolutions, a residual block's tail) runs the
+    modules one by one."""
+    if torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks:
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
 
 
 class _SkipLayer(nn.Module):
@@ -146,7 +157,7 @@ class SkipConv2d(_SkipLayer):
         """``self(x) + residual``, then a ReLU when ``relu`` (a residual block's tail): added in
         the kernel's store on backends with ``fuses_residual``, as PyTorch ops otherwise (and
         whenever a hook on this layer must see its own output)."""
-        if self.fuses_residual and not (self._forward_hooks or self._forward_pre_hooks):
+        if self.fuses_residual and not observed([self]):
             return self._run(x, residual=residual, residual_relu=relu)
         y = self(x) + residual
         return torch.relu(y) if relu else y

@@ -26,10 +26,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
-from torch.nn.modules import module as torch_module
 
 from gpuprune.kernels.backends import Backend
-from gpuprune.nn.layers import SkipConv2d
+from gpuprune.nn.layers import SkipConv2d, observed
 
 _ADDS = {operator.add, operator.iadd, torch.add}
 _RELUS = {torch.relu, torch.relu_, F.relu}
@@ -165,8 +164,7 @@ class FusedResidual:
 
     def __call__(self, x: Tensor) -> Tensor:
         block, m = self.block, self.match
-        if (type(x) is not Tensor or torch.compiler.is_compiling() or _hooked(block)
-                or torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks
+        if (type(x) is not Tensor or torch.compiler.is_compiling() or observed(block.children())
                 or any(getattr(block, n) is not c for n, c in self.children.items())):  # fmt: skip
             return type(block).forward(block, x)
         y = x
@@ -174,10 +172,6 @@ class FusedResidual:
             y = getattr(block, name)(y)  # its ReLU fused at compile time
         shortcut = x if m.shortcut is None else getattr(block, m.shortcut)(x)
         return getattr(block, m.convs[-1]).with_residual(y, shortcut, m.relu)
-
-
-def _hooked(block: nn.Module) -> bool:
-    return any(c._forward_hooks or c._forward_pre_hooks for c in block.children())
 
 
 def fuse_residual_blocks(model: nn.Module, backend: Backend,

@@ -92,20 +92,6 @@ class CpuLinear(CpuGemm):
     """Forward of a packed Linear layer: [B, K] -> [B, M]."""
 
     def __call__(self, x: Tensor) -> Tensor:
-        if (not self.count_visits and type(x) is Tensor and x.dtype == torch.float32
-                and x.is_cpu and x.dim() == 2 and x.shape[1] == self.shape[1]
-                and x.is_contiguous() and not torch.compiler.is_compiling()):  # fmt: skip
-            # the eager call without the checks and the op's argument handling: at batch 1 a
-            # classifier layer's kernel takes a few microseconds
-            out = torch.empty(x.shape[0], self.shape[0])
-            if x.shape[0]:
-                ops.check_status(self.lib.gp_linear(
-                    x.data_ptr(), x.shape[0], self.shape[1], self.shape[0], self.gm,
-                    *self.block, self.k_pad, self.row_ptr.data_ptr(), self.col_idx.data_ptr(),
-                    self.wt.data_ptr(), _ptr(self.bias), int(self.relu), out.data_ptr(),
-                    torch.get_num_threads(), None,
-                ))  # fmt: skip
-            return out
         check_input(x, 2, self.shape[1], "Linear")
         x = _on_cpu(x)
         args = (x, self.wt, self.row_ptr, self.col_idx, self.bias, self.shape[0], *self.block,
