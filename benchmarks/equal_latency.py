@@ -34,6 +34,9 @@ def seed_config(base: dict, checkpoint: str, seed: int, backend: str) -> dict:
     cfg.update(seed=seed, name=f"equal latency, seed {seed}")
     cfg["model"]["checkpoint"] = checkpoint
     cfg["prune"]["methods"] = ["tile"]
+    cfg["prune"]["sparsities_for"] = {}  # the demo's other methods are not run here
+    cfg.pop("oneshot", None)  # nor its studies
+    cfg.pop("distill_study", None)
     cfg["latency"]["backends"] = [backend]
     cfg["equal_latency"] = {**cfg.get("equal_latency", {}), "reference": "tile@0.75",
                             "methods": ["tile"], "backend": backend}  # fmt: skip

@@ -166,3 +166,56 @@ def test_unreachable_budget_is_refused_before_any_loss_is_measured():
     plan_latency(0.5, pruner.specs, imps, get_method("tile"), evaluate,
                  latency_budget_ms=full.dense_ms / 2, latency_target=SMALL)  # fmt: skip
     assert calls  # a reachable budget measures the losses as before
+
+
+def pooled() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # "2": its pool is fused
+        nn.Conv2d(32, 48, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(48, 10),
+    )  # fmt: skip
+
+
+class PoolPriced:
+    """A latency model whose pooled convs cost three times as much (the pool runs in the store),
+    noting every geometry it is asked to price."""
+
+    target, variant = SMALL, "tile"
+
+    def __init__(self) -> None:
+        self.seen: dict[str, object] = {}
+
+    def curve(self, geom):
+        self.seen[geom.name] = geom
+        scale = 3.0 if geom.pool else 1.0
+        return lambda kept: scale * (0.2 + kept)
+
+
+def test_pruner_prices_a_fused_pool_as_compile_runs_it():
+    lm = PoolPriced()
+    pruner = Pruner(pooled(), "tile", target=SMALL, allocation="latency", input_size=(3, 8, 8),
+                    allocation_options={"latency_model": lm, "latency_budget": 0.7})  # fmt: skip
+    pruner.apply(0.5)
+    assert lm.seen["2"].pool == "floor"
+    assert lm.seen["5"].pool is None
+
+
+def test_the_reference_budget_and_the_options_priced_alike():
+    # the experiment prices its uniform reference on the model's geometries (pools included);
+    # the plan's options must be priced on the same ones, or the budget means another latency:
+    # here uniform pruning at the reference's own sparsity is then exactly the only fit
+    from gpuprune.experiment.equal_latency import _modelled_ms
+    from gpuprune.latency import model_geometries
+
+    model = pooled()
+    pruner = Pruner(model, "tile", target=SMALL, input_size=(3, 8, 8))
+    imps = {n: gemm_view(s.module.weight).detach().abs() for n, s in pruner.specs.items()}
+    geoms = model_geometries(model, 1, (3, 8, 8), names=list(pruner.specs))
+    assert geoms["2"].pool == "floor"
+    lm = PoolPriced()
+    budget = sum(_modelled_ms(pruner, imps, 0.5, geoms, lm).values())
+    plan = plan_latency(0.5, pruner.specs, imps, get_method("tile"), latency_budget_ms=budget,
+                        latency_model=lm, geometries=geoms, grid=(0.5,))  # fmt: skip
+    assert plan.sparsities == dict.fromkeys(pruner.specs, 0.5)
+    assert plan.latency_ms == pytest.approx(budget)

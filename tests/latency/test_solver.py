@@ -60,3 +60,48 @@ def test_prunes_the_cheap_layer_first():
 def test_unreachable_budget():
     with pytest.raises(UserError, match="budget"):
         solve({"a": layer(1.0, 1.0)}, 0.05)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    costs=st.lists(st.floats(0.1, 50.0), min_size=1, max_size=4),
+    losses=st.lists(st.floats(0.0, 10.0), min_size=16, max_size=16),
+    frac=st.floats(0.15, 1.0),
+)
+def test_never_worse_than_any_choice_of_grid_options(costs, losses, frac):
+    """Measured loss curves jump (not convex): the hull greedy alone can miss the best choice of
+    grid options, uniform ones included; the result is at least as good as the best of them."""
+    import itertools
+
+    options = {}
+    for i, c in enumerate(costs):
+        steps, worst = losses[4 * i : 4 * i + 4], 0.0
+        curve = [Option(0.0, c, 0.0)]
+        for s, extra in zip(GRID[1:], steps, strict=True):
+            worst += extra  # monotone, any shape
+            curve.append(Option(s, c * (1 - s), worst))
+        options[f"l{i}"] = curve
+    budget = frac * sum(costs)
+    choice = solve(options, budget)
+    assert total_of(options, choice, "cost") <= budget * (1 + 1e-9) + 1e-9
+    best = min(
+        (sum(o.loss for o in combo) for combo in itertools.product(*options.values())
+         if sum(o.cost for o in combo) <= budget * (1 + 1e-12)),
+        default=None,
+    )  # fmt: skip
+    assert best is not None  # the budget is above the all-0.9 choice
+    assert total_of(options, choice, "loss") <= best + 1e-9
+
+
+def test_a_hull_segment_that_skips_an_option():
+    # b's loss jumps before 0.5 and barely grows after: its hull runs from dense straight to 0.9
+    # past 0.5. Taking that segment in part along the hull would give b = 0.45, which costs 6.4
+    # read between b's real neighbours (0 and 0.5), not the 5.5 the hull promised: over budget.
+    options = {
+        "a": [Option(0.0, 10.0, 0.0), Option(0.5, 5.0, 0.1), Option(0.9, 4.0, 5.0)],
+        "b": [Option(0.0, 10.0, 0.0), Option(0.5, 6.0, 3.0), Option(0.9, 1.0, 3.2)],
+    }
+    choice = solve(options, 10.5)
+    assert total_of(options, choice, "cost") <= 10.5 + 1e-9
+    assert choice["a"] == 0.5 and 0.5 < choice["b"] < 0.9  # part way between b's own options
+    assert total_of(options, choice, "loss") == pytest.approx(0.1 + 3.0 + 0.2 * 0.5 / 5.0)

@@ -178,7 +178,7 @@ def plan_matched(cfg: ExperimentConfig, model: nn.Module, pruner: Any, data: Ima
     with inference_layout(model):  # once for every loss the search evaluates
         plan = plan_latency(
             ref_sparsity, pruner.specs, own, pruner.method, evaluate, latency_budget_ms=budget,
-            latency_batch=batch, latency_model=model_of(pruner.method),
+            latency_batch=batch, latency_model=model_of(pruner.method), geometries=geoms,
         )  # fmt: skip
     return {
         "plan": {n: float(s) for n, s in plan.sparsities.items()},

@@ -18,7 +18,7 @@ overall ``sparsity`` (a fraction of the pruned layers' weights).
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,7 +28,7 @@ from gpuprune.arch import Target, get_target
 from gpuprune.errors import UserError
 from gpuprune.gemm import block_reduce
 from gpuprune.kernels.format import block_for
-from gpuprune.latency.geometry import geometry_of
+from gpuprune.latency.geometry import LayerGeometry, fused_pools, geometry_of
 from gpuprune.latency.model import ANALYTICAL, LatencyModel
 from gpuprune.latency.solver import BudgetError, Option, solve, total_of
 from gpuprune.prune.allocation import ALLOCATIONS, Evaluate
@@ -88,6 +88,7 @@ def plan_latency(
     latency_model: LatencyModel | None = None,
     grid: tuple[float, ...] = LATENCY_GRID,
     progress: Callable[[int, int, str], None] | None = None,
+    geometries: Mapping[str, LayerGeometry] | None = None,
 ) -> LatencyPlan:
     """Per-layer sparsities minimising the estimated loss within the budget (module docstring).
 
@@ -101,6 +102,10 @@ def plan_latency(
         latency_batch: batch size the latency is modelled at.
         latency_model: a ready model (overrides backend and target).
         grid: sparsities tried per layer (0 is always added).
+        geometries: each layer's geometry as compile() will run it (its fused max pool above
+            all: :func:`~gpuprune.latency.geometry.model_geometries` or ``fused_pools``). A
+            layer not in it is priced from its spec alone, without a pool; a budget priced on
+            other geometries than the options would ask for another latency than it means.
     """
     if latency_budget is not None and not 0.0 < float(latency_budget) <= 1.0:
         raise UserError(
@@ -136,7 +141,10 @@ def plan_latency(
         curve = block = None
         if latency_budget is not None:
             lm = model_for(spec)
-            curve = lm.curve(geometry_of(name, spec.module, spec.in_hw, latency_batch))
+            geom = (geometries or {}).get(name)
+            geom = (geom.with_batch(latency_batch) if geom is not None
+                    else geometry_of(name, spec.module, spec.in_hw, latency_batch))  # fmt: skip
+            curve = lm.curve(geom)
             block = block_for(lm.target, lm.variant)
         masks[name], costs[name] = [], []
         for s in points:
@@ -196,6 +204,7 @@ def latency_allocation(
     method: PruneMethod,
     evaluate: Evaluate | None = None,
     progress: Callable[[int, int, str], None] | None = None,
+    model: torch.nn.Module | None = None,
     **options,
 ) -> dict[str, float]:
     """The ``latency`` allocation: :func:`plan_latency`'s sparsities (options pass through).
@@ -204,7 +213,7 @@ def latency_allocation(
     would get the final plan at its first step: solve once with :func:`plan_latency` and prune
     with ``allocation="plan"`` instead (what the experiment's latency-matched cells do).
     """
-    known = set(inspect.signature(plan_latency).parameters)
+    known = set(inspect.signature(plan_latency).parameters) - {"geometries"}
     unknown = sorted(set(options) - known)
     if unknown:
         raise UserError(
@@ -212,7 +221,12 @@ def latency_allocation(
             "use latency_budget, latency_budget_ms, latency_backend, latency_target, "
             "latency_batch or grid",
         )
+    # the pools compile() will fuse into the convs' stores: their cost is part of the layer's
+    pools = fused_pools(model) if model is not None else {}
+    geometries = {n: geometry_of(n, s.module, s.in_hw, pool=pools[n])
+                  for n, s in specs.items() if n in pools}  # fmt: skip
     plan = plan_latency(
-        sparsity, specs, importances, method, evaluate, progress=progress, **options
-    )
+        sparsity, specs, importances, method, evaluate, progress=progress,
+        geometries=geometries, **options,
+    )  # fmt: skip
     return {n: float(np.clip(s, 0.0, 0.999)) for n, s in plan.sparsities.items()}

@@ -202,6 +202,7 @@ class Pruner:
             self.specs,
             importances=imps,
             method=self.method,
+            model=self.model,
             evaluate=self._evaluator(batches, loss_fn) if batches else None,
             progress=self._progress_callback() if self.progress else None,
             **self.allocation_options,
