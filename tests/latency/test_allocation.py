@@ -219,3 +219,17 @@ def test_the_reference_budget_and_the_options_priced_alike():
                         latency_model=lm, geometries=geoms, grid=(0.5,))  # fmt: skip
     assert plan.sparsities == dict.fromkeys(pruner.specs, 0.5)
     assert plan.latency_ms == pytest.approx(budget)
+
+
+def test_an_allocator_without_the_model_keyword_still_runs():
+    # user allocators registered before the pruner passed ``model`` take only the old keywords
+    def halves(sparsity, specs, importances, method, evaluate=None, progress=None):
+        return dict.fromkeys(specs, 0.5)
+
+    ALLOCATIONS.register("test-halves")(halves)
+    try:
+        result = prune(tiny(), "tile", 0.75, target=SMALL, allocation="test-halves",
+                       input_size=(3, 8, 8))  # fmt: skip
+        assert {lr.requested for lr in result.layers} == {0.5}
+    finally:
+        ALLOCATIONS._items.pop("test-halves", None)

@@ -11,11 +11,15 @@
 * a ``{layer: sparsity}`` mapping: explicit; unlisted layers get the overall sparsity.
 
 Sparsity is always a fraction of weights (elements), weighted by layer size when averaged.
+An allocator is called with keywords: ``sparsity``, ``specs``, ``importances``, ``method``,
+``evaluate``, ``progress``, the pruner's ``allocation_options``, and ``model`` (the model being
+pruned) when it takes that keyword or ``**kwargs``.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable, Mapping
 
 import numpy as np
@@ -175,7 +179,16 @@ def allocate(
         for name, s in allocation.items():
             check_sparsity(s, f"sparsity of layer {name}")
         return {n: float(allocation.get(n, sparsity)) for n in specs}
-    return get_allocation(allocation)(sparsity=sparsity, specs=specs, **kwargs)
+    fn = get_allocation(allocation)
+    if "model" in kwargs and not _takes(fn, "model"):
+        del kwargs["model"]  # added after allocators were registrable: theirs need not take it
+    return fn(sparsity=sparsity, specs=specs, **kwargs)
+
+
+def _takes(fn: Callable, name: str) -> bool:
+    """Whether ``fn`` accepts the keyword ``name`` (by name or through ``**kwargs``)."""
+    params = inspect.signature(fn).parameters.values()
+    return any(p.name == name or p.kind is p.VAR_KEYWORD for p in params)
 
 
 # Allocations living in packages above ``prune`` (they time kernels); imported on first use so
