@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
         ({"prune": {"sparsities": [0.0]}}, "prune.sparsities.0: Input should be greater than 0"),
         ({"latency": {"batch_size": 0}}, "latency.batch_size"),
         ({"colour": "blue"}, "colour: unknown key"),
+        ({"data": {"\n": None}}, "data.'\\\\n': unknown key"),  # the fuzzer's find: quoted
     ],
 )
 def test_bad_configs_name_the_key(patch, needle) -> None:

@@ -357,8 +357,10 @@ def _dump(value: Any) -> Any:
 
 def _one_line(err: ValidationError, source: str) -> UserError:
     first = err.errors()[0]
-    key = ".".join(str(p) for p in first["loc"]) or "(top level)"
-    msg = first["msg"].removeprefix("Value error, ")
+    # a key with a line break or other unprintable text is quoted: the error stays one line
+    key = ".".join(str(p) if str(p).isprintable() and str(p) else repr(p)
+                   for p in first["loc"]) or "(top level)"  # fmt: skip
+    msg = " ".join(first["msg"].removeprefix("Value error, ").splitlines())
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
     elif "input" in first and first["type"] != "missing":
