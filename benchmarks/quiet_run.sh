@@ -9,6 +9,8 @@ BIN=${BIN:-.venv/bin}
 steps=${*:-demo runtimes profiles zoo prune-speed}
 # results of different SIMD levels (the same CPU name with AVX2 or AVX-512) are kept apart
 isa=$($BIN/python -c "import torch; print(torch.backends.cpu.get_cpu_capability().lower())")
+# profiles are named by the host too, so another machine's run never replaces them
+device=$($BIN/python -c "from gpuprune.bench.environment import device_slug, environment; print(device_slug(environment()))")
 stamp() { echo "== $1 at $(date -u +%H:%M:%S), load $(cut -d' ' -f1-3 /proc/loadavg)"; }
 for step in $steps; do
   stamp "$step"
@@ -38,12 +40,12 @@ for step in $steps; do
     profiles)  # JSON with -o, the tables from stdout
       for b in 1 16; do
         $BIN/python benchmarks/profile_cpu.py --model vgg16 --width 0.5 --batch $b --threads 2 \
-          -o benchmarks/results/profile/vgg16-w0.5-b$b-tile75-$isa.json \
-          | tee benchmarks/results/profile/vgg16-w0.5-b$b-tile75-$isa.md
+          -o benchmarks/results/profile/vgg16-w0.5-b$b-tile75-$device-$isa.json \
+          | tee benchmarks/results/profile/vgg16-w0.5-b$b-tile75-$device-$isa.md
       done
       $BIN/python benchmarks/profile_cpu.py --model resnet50 --batch 1 --threads 2 --repeats 5 \
-        -o benchmarks/results/profile/resnet50-b1-tile75-$isa.json \
-        | tee benchmarks/results/profile/resnet50-b1-tile75-$isa.md ;;
+        -o benchmarks/results/profile/resnet50-b1-tile75-$device-$isa.json \
+        | tee benchmarks/results/profile/resnet50-b1-tile75-$device-$isa.md ;;
     zoo)  # each model its own process (see zoo_merge.py), merged as results/zoo-<device>-<isa>
       rm -rf runs/zoo
       for model in resnet18 resnet50 mobilenet_v2 efficientnet_b0 convnext_tiny vit_tiny; do
