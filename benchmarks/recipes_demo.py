@@ -8,8 +8,9 @@ Recipes (everything else as configs/demo.yaml): ``magnitude-agp`` (the demo's), 
 reconstruction at every AGP step), ``obs-oneshot`` (OBS once at the final sparsity, then
 fine-tuning); ``--recipes ft-1x24000,ft-2x12000`` cuts the fine-tuning by 20% instead;
 ``ramp-0.25``, ``ramp-0.75``, ``agp-every-2`` and ``lr-0.04`` schedule the same budget
-otherwise. Two worker processes of one thread, as the demo's ``workers: 2``; accuracies only, so
-a busy machine changes nothing but the wall time.
+otherwise; ``permute`` and ``no-permute`` set ``prune.permute`` (channels reordered before
+pruning: the demo's default since it was measured). Two worker processes of one thread, as the
+demo's ``workers: 2``; accuracies only, so a busy machine changes nothing but the wall time.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ RECIPES = {  # config section -> keys changed
     # how the overall sparsity is shared among layers (the demo's is uniform)
     "alloc-global": {"prune": {"allocation": "global"}},
     "alloc-sensitivity": {"prune": {"allocation": "sensitivity"}},
+    # channels reordered before pruning so blocks gather important weights (prune.permute)
+    "permute": {"prune": {"permute": True}},
+    "no-permute": {"prune": {"permute": False}},
 }
 METHODS = ["tile", "simd", "unstructured"]
 

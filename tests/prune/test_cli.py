@@ -94,6 +94,7 @@ def test_prune_json_with_options_and_safetensors_input(checkpoint, tmp_path, cap
         (["--method", "unstructured", "--allocation", "magic", "--sparsity", "0.5"], "allocation"),
         (["--method", "nm", "-O", "n", "--sparsity", "0.5"], "KEY=VALUE"),
         (["--method", "nm", "-O", "q=3", "--sparsity", "0.5"], "bad option"),
+        (["--method", "nm", "--sparsity", "0.5", "--permute"], "channel order is not searched"),
     ],
 )
 def test_bad_prune_input_is_one_line_exit_2(checkpoint, tmp_path, capsys, args, match):
@@ -102,6 +103,22 @@ def test_bad_prune_input_is_one_line_exit_2(checkpoint, tmp_path, capsys, args, 
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and re.search(match, err), err
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_permute_reorders_channels_and_says_so(checkpoint, tmp_path, capsys):
+    out = tmp_path / "p.safetensors"
+    code, text, err = run(capsys, "prune", checkpoint, "--model", "vgg16", *WIDTH, "--method",
+                          "tile", "--target", "cpu-pocl", "--sparsity", "0.75", "--permute",
+                          "-o", out)  # fmt: skip
+    assert code == 0, err
+    assert re.search(r"channels reordered on \d+ of \d+ links", text), text
+    assert "channels left in order:" in text and "classifier.3: its output is the model's" in text
+    code, text, err = run(capsys, "prune", checkpoint, "--model", "vgg16", *WIDTH, "--method",
+                          "tile", "--target", "cpu-pocl", "--sparsity", "0.75", "--permute",
+                          "-o", tmp_path / "q.safetensors", "--json")  # fmt: skip
+    summary = json.loads(text)["permutation"]
+    assert summary["swaps"] > 0
+    assert sum(summary["kept_after"].values()) > sum(summary["kept_before"].values())
 
 
 def test_checkpoint_for_another_model_is_refused(tmp_path, capsys):

@@ -138,6 +138,8 @@ def cell_key(cfg: ExperimentConfig, matched: bool = False) -> str:
     """
     # the grid (other cells) does not matter
     prune = cfg.prune.model_dump(exclude={"methods", "sparsities", "sparsities_for"})
+    if not prune["permute"]:  # runs made before the option keep their keys
+        del prune["permute"]
     extra = {"equal_latency": cfg.equal_latency.model_dump(exclude={"methods", "tolerance"})}
     return cfg.digest("data", "model", "dense", "finetune", "latency", "seed", prune=prune,
                       **weights_digest(cfg), **_allocation_digest(cfg),
@@ -419,6 +421,21 @@ def _pruner(cfg: ExperimentConfig, model: nn.Module, method: str, data: ImageDat
     )  # fmt: skip
 
 
+def _permute(cfg: ExperimentConfig, pruner: Any, sparsity: float,
+             data_for: Any) -> dict[str, Any] | None:  # fmt: skip
+    """Reorder channels for the cell's final sparsity (``prune.permute``): the summary, or why
+    not (a method whose mask does not rank blocks); None when the option is off."""
+    from gpuprune.prune.permute import selection_of
+
+    if not cfg.prune.permute:
+        return None
+    if selection_of(pruner.method) is None:
+        return {"not_applied": f"method {pruner.method.name!r} does not keep the highest-"
+                               "scoring blocks: channel order is not searched for it"}  # fmt: skip
+    data = data_for() if data_for is not None and pruner.importance.needs_grad else None
+    return pruner.permute(sparsity, data=data).summary()
+
+
 def _train(cfg: ExperimentConfig, run_dir: Path, method: str, sparsity: float,
            data: ImageData | None, progress: bool, matched: bool,
            plan: dict[str, Any] | None, work: Path) -> dict[str, Any]:  # fmt: skip
@@ -441,6 +458,7 @@ def _train(cfg: ExperimentConfig, run_dir: Path, method: str, sparsity: float,
     sync = (lambda: ddp.broadcast_module(model)) if rank.enabled else None
     calib = calibration_batches(cfg, ft_data) if needs_calibration(cfg) else None
     data_for = (lambda: calib) if calib else _importance_data(cfg, pruner, ft_data)
+    permuted = _permute(cfg, pruner, sparsity, data_for)
     hook = PrunerHook(pruner, schedule_for(cfg, method, total), sparsity, ssl_strength=strength,
                       sync=sync, data=data_for)  # fmt: skip
     if rank.is_main:
@@ -476,6 +494,7 @@ def _train(cfg: ExperimentConfig, run_dir: Path, method: str, sparsity: float,
         "achieved_sparsity": pruned.sparsity,
         "flops_kept": pruned.flops_kept,
         "skipped_layers": [s.name for s in pruned.skipped],
+        **({"permutation": permuted} if permuted is not None else {}),
         "layers": per_layer,
         "prune_events": hook.events,
         "finetune": {"steps": total, "seconds": result.seconds, "history": result.history},

@@ -128,6 +128,9 @@ class PruneSection(_Section):
     method_options: dict[str, dict[str, Any]] = Field(default_factory=dict)  # {nm: {m: 4}}
     reconstruct: bool = False  # re-fit kept weights to the dense layer outputs (implied by obs)
     calibration: int = Field(256, ge=1)  # train images (labels unused) for obs / reconstruct
+    # reorder channels before pruning so tile/simd blocks gather important weights (the model's
+    # function is unchanged; gpuprune.prune.permute); methods it does not apply to say so
+    permute: bool = False
 
     @field_validator("sparsities")
     @classmethod

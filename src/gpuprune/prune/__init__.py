@@ -36,7 +36,10 @@ cross-entropy. ``exclude_first_last`` defaults to True. Allocations: ``uniform``
 ``random``, ``obs`` (block Optimal Brain Surgeon: chooses the blocks by layer output error on
 ``data`` and re-fits the kept weights; ``reconstruct=True`` re-fits after any importance).
 ``recalibrate_bn(model, data, batches)`` re-estimates batch-norm statistics after one-shot
-pruning. Bad input raises :class:`~gpuprune.errors.UserError`.
+pruning. ``pruner.permute(sparsity)`` (before the first ``apply``; ``prune(...,
+permute=True)``) reorders channels so the method's blocks gather important weights, the
+function unchanged (:mod:`gpuprune.prune.permute`). Bad input raises
+:class:`~gpuprune.errors.UserError`.
 
 The package object itself is callable: ``gpuprune.prune(model, ...)`` is :func:`prune`.
 """

@@ -34,6 +34,7 @@ from gpuprune.prune.layers import (
 )
 from gpuprune.prune.masks import get_mask, mask_buffer, masked_weight, set_mask, stored_layout
 from gpuprune.prune.methods import PruneMethod, get_method
+from gpuprune.prune.permute import PermuteResult, reorder
 from gpuprune.prune.result import LayerResult, PruneResult
 
 log = logging.getLogger(__name__)
@@ -154,6 +155,7 @@ class Pruner:
             )
         self._requested = 0.0
         self._alloc: dict[str, float] = dict.fromkeys(self.specs, 0.0)
+        self.permutation: PermuteResult | None = None  # what permute() did, if it ran
 
     @property
     def masks(self) -> dict[str, torch.Tensor]:
@@ -217,6 +219,34 @@ class Pruner:
         # The plan travels with the model: compile(model) reads each layer's kernel from it.
         self.model.gpuprune_plan = result.plan
         return result
+
+    def permute(
+        self,
+        sparsity: float | None = None,
+        data: Iterable[Batch] | None = None,
+        loss_fn: LossFn | None = None,
+        max_batches: int = 16,
+        *,
+        passes: int = 6,
+        seed: int = 0,
+    ) -> PermuteResult:
+        """Reorder channels so this method's blocks keep more importance at ``sparsity``.
+
+        Call it once before the first :meth:`apply`, with the final sparsity. Each output
+        channel that feeds only the next layer moves together with that layer's input channel
+        and its batch norm, so the model computes the same function (to float rounding); only
+        which weights share a block changes (:mod:`gpuprune.prune.permute`). The result names
+        each link reordered, the fraction of importance kept before and after, and every layer
+        whose channels stayed with the reason (``result.fixed``). ``data`` is read only by
+        gradient importances (``taylor``).
+        """
+        s = sparsity_arg(sparsity, None)
+        batches = (list(itertools.islice(data, max_batches))
+                   if self.importance.needs_grad and data is not None else [])  # fmt: skip
+        imps = self.importances(batches, loss_fn)
+        self.permutation = reorder(self.model, self.specs, self.method, imps, s, self._mask,
+                                   passes=passes, seed=seed)  # fmt: skip
+        return self.permutation
 
     def _mask(self, importance: torch.Tensor, sparsity: float, spec: LayerSpec) -> torch.Tensor:
         """The method's [M, K] keep-mask; a grouped conv's groups are masked one by one."""
@@ -294,6 +324,7 @@ class Pruner:
             layers=tuple(layers),
             skipped=tuple(self.skipped),
             plan=plan,
+            permutation=self.permutation.summary() if self.permutation else None,
         )
 
     def _layer_plan(self, spec: LayerSpec, res: LayerResult) -> LayerPlan:
@@ -395,10 +426,12 @@ def prune(
     loss_fn: LossFn | None = None,
     *,
     amount: float | None = None,
+    permute: bool = False,
     **options: Any,
 ) -> PruneResult:
     """Prune ``model`` in place once; ``options`` go to :class:`Pruner` (``skip_small``,
     ``example_inputs``...). ``sparsity`` defaults to 0.5; ``amount`` is torch's name for it.
+    ``permute=True`` reorders channels first (:meth:`Pruner.permute`; ``result.permutation``).
 
     Example:
         >>> result = prune(model, method="tile", sparsity=0.75, target="nvidia")  # doctest: +SKIP
@@ -413,6 +446,8 @@ def prune(
     pruner = Pruner(
         model, method, target, importance, allocation, exclude, exclude_first_last, **options
     )
+    if permute:
+        pruner.permute(s, data=data, loss_fn=loss_fn)
     return pruner.apply(s, data=data, loss_fn=loss_fn)
 
 

@@ -204,6 +204,10 @@ class PruneMethod:
     # The kernel variant that skips this pattern: "tile" (whole MWG x KWG blocks of zeros) or
     # "simd" (whole R x simd_k vectors). Patterns finer than either default to "tile".
     kernel: ClassVar[str] = "tile"
+    # How the mask picks blocks, for channel permutation (gpuprune.prune.permute): "blocks" (the
+    # highest-scoring blocks of the layer, this class's mask), "per-row" (the same count in every
+    # row of blocks), or None (another rule: channel order is not searched for it).
+    selection: ClassVar[str | None] = "blocks"
 
     def unit(self, layer: LayerSpec) -> tuple[int, int]:
         """(rows, k) of the block the method keeps or prunes whole (also used for reporting)."""
@@ -272,6 +276,7 @@ class SimdBalancedPruning(SimdPruning):
     """
 
     name = "simd-balanced"
+    selection = "per-row"
 
     def mask(self, importance: torch.Tensor, sparsity: float, layer: LayerSpec) -> torch.Tensor:
         block = self.unit(layer)
@@ -337,6 +342,7 @@ class BalancedPruning(PruneMethod):
     """
 
     name = "balanced"
+    selection = None
 
     def __init__(self, bank: int | None = None) -> None:
         if bank is not None and bank < 1:
@@ -408,6 +414,7 @@ class ChannelPerfPruning(PruneMethod):
     """
 
     name = "channel-perf"
+    selection = None
 
     def __init__(
         self, probes: int = 8, tolerance: float = 0.05, latency: LatencyFn | None = None

@@ -36,6 +36,7 @@ class PruneResult:
     layers: tuple[LayerResult, ...]
     skipped: tuple[SkippedLayer, ...] = field(default=())  # weight layers left dense, and why
     plan: PrunePlan | None = None  # per layer: pattern, kernel, tiling, geometry (the pruner's)
+    permutation: dict[str, Any] | None = None  # Pruner.permute's summary, if channels moved
 
     @property
     def sparsity(self) -> float:
@@ -66,6 +67,7 @@ class PruneResult:
             "layers": self.layer_facts(),
             "skipped": [s.to_dict() for s in self.skipped],
             "plan": self.plan.to_dict() if self.plan else None,
+            "permutation": self.permutation,
         }
 
     def table(self) -> tuple[list[str], list[list[str]]]:

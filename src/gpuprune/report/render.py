@@ -112,6 +112,8 @@ def _setup_lines(res: RunResults) -> list[str]:
         lines.append(f"pruning: target {prune.get('target')}, importance {prune.get('importance')},"
                      f" allocation {prune.get('allocation')}, schedule {prune.get('schedule')}, "
                      f"first/last layers dense: {prune.get('exclude_first_last')}")  # fmt: skip
+    if prune.get("permute"):
+        lines.append(_permute_line(res))
     for phase in ("dense", "finetune"):
         r = cfg.get(phase)
         if r:
@@ -133,6 +135,28 @@ def _setup_lines(res: RunResults) -> list[str]:
         lines.append(f"machine: {cpu}{env.get('machine')}, {env.get('cpus')} CPUs, torch "
                      f"{env.get('torch')}; run took {s.get('seconds', 0):.0f} s")  # fmt: skip
     return lines
+
+
+def _permute_line(res: RunResults) -> str:
+    """Which methods' cells had their channels reordered, and what it did (or why not)."""
+    done: dict[str, list[float]] = {}
+    skipped: dict[str, str] = {}
+    for r in res.rows:
+        perm = r.permutation
+        if "not_applied" in perm:
+            skipped[r.base_method] = perm["not_applied"]
+        elif perm.get("swaps"):
+            before, after = perm["kept_before"], perm["kept_after"]
+            done.setdefault(r.base_method, []).append(
+                (sum(after.values()) - sum(before.values())) / max(len(after), 1))
+    parts = [f"{m} (+{max(g) * 100:.1f} pt of importance kept per layer)" if len(g) == 1 else
+             f"{m} (+{min(g) * 100:.1f} to +{max(g) * 100:.1f} pt of importance kept per layer)"
+             for m, g in done.items()]  # fmt: skip
+    line = ("channels reordered before pruning (prune.permute; the dense function unchanged): "
+            + (", ".join(parts) if parts else "no cell changed"))  # fmt: skip
+    if skipped:
+        line += "; not searched for " + ", ".join(sorted(skipped)) + " (masks not ranked blocks)"
+    return line
 
 
 def extra_sections(res: RunResults) -> list[Section]:

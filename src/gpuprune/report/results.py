@@ -45,6 +45,7 @@ class Row:
     # this cell's model packed for every preset target (computed in the cell): rows of
     # {target, variant, block, skippable, dense_ms, modelled_ms, modelled_speedup}
     cross_target: list[dict[str, Any]] = field(default_factory=list)
+    permutation: dict[str, Any] = field(default_factory=dict)  # prune.permute's summary, if on
 
     @property
     def ideal_speedup(self) -> float:
@@ -178,6 +179,7 @@ def _load_results(run: Path) -> RunResults:
             row.layers = cell.get("layers", [])
             row.variant = cell.get("variant", "")
             row.cross_target = cell.get("cross_target", [])
+            row.permutation = cell.get("permutation", {})
             for backend, lat in cell.get("latency", {}).items():
                 row.latency_ms[backend] = lat["median_ms"]
                 base = lat.get("dense_ms", res.dense_latency(backend))
