@@ -235,7 +235,7 @@ def apply_order(model: nn.Module, link: ChannelLink, order: torch.Tensor) -> Non
 # ---- the search -------------------------------------------------------------------------------
 # Block scores one link's search may compute (a count, so every machine stops at the same swap):
 # the 1/8-width demo VGG16 needs under 10% of it per link; a full-width VGG16's 512-channel links
-# under simd pruning stop after about half a pass (measured in docs/design/pruning.md).
+# under simd pruning stop within the first pass (526 s for the model: docs/design/pruning.md).
 WORK_PER_LINK = 5e8
 SMALL_GRID = 8192  # blocks: up to this many, exact() ranks whole candidate grids
 
