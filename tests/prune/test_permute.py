@@ -140,7 +140,7 @@ def test_block_sums_follow_the_swaps(channels: int, rows: int, width: int,
     m = cons.shape[0]
     moved = [prod[order], cons.view(m, channels, width)[:, order].reshape(m, -1)]
     for s, x in zip(sides, moved, strict=True):
-        want = _block_sums(x.double(), block, s.gm, s.gk)
+        want = _block_sums(x.double(), block)
         torch.testing.assert_close(s.sums, want, rtol=1e-9, atol=1e-9)
 
 
@@ -150,7 +150,7 @@ def test_value_is_the_masks_kept_fraction() -> None:
     layer = spec(32, 48)
     method = TilePruning()
     mask = method.mask(imp, 0.75, layer)
-    keep = int(_block_sums(mask.double(), (16, 16), 2, 3).gt(0).sum())
+    keep = int(_block_sums(mask.double(), (16, 16)).gt(0).sum())
     side = _Side(imp, (16, 16), keep, True, 32, False)
     kept = float((imp.double() * mask).sum() / imp.double().sum())
     assert float(side.value(side.sums[None])[0]) == pytest.approx(kept, rel=1e-12)

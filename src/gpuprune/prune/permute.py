@@ -31,6 +31,8 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from gpuprune.errors import UserError
+from gpuprune.gemm import block_grid, block_reduce
+from gpuprune.prune.methods import real_sizes
 
 if TYPE_CHECKING:
     from gpuprune.prune.layers import LayerSpec
@@ -252,13 +254,10 @@ class _Side:
         m, k = imp.shape
         bm, bk = block
         self.bm, self.bk = bm, bk
-        self.gm, self.gk = -(-m // bm), -(-k // bk)
+        self.gm, self.gk = block_grid((m, k), block)
         x = imp.double()
         self.total = float(x.sum()) or 1.0
-        rows = torch.full((self.gm,), float(bm), dtype=torch.float64)
-        cols = torch.full((self.gk,), float(bk), dtype=torch.float64)
-        rows[-1], cols[-1] = m - bm * (self.gm - 1), k - bk * (self.gk - 1)
-        self.sizes = rows[:, None] * cols[None, :]
+        self.sizes = real_sizes((m, k), block)
         if rows_side:  # channels are rows: per-channel sums over each K block
             padded = F.pad(x, (0, self.gk * bk - k))
             self.units = padded.view(m, self.gk, bk).sum(-1)  # [C, gk]
@@ -268,7 +267,7 @@ class _Side:
             self.units = padded.view(self.gm, bm, channels, self.w).sum(1).permute(1, 0, 2)
             self.units = self.units.contiguous()  # [C, gm, w]
             self.cols = torch.arange(self.w)
-        self.sums = _block_sums(x, block, self.gm, self.gk)
+        self.sums = _block_sums(x, block)
         self.threshold: torch.Tensor | None = None  # the keep threshold of ``sums`` (lazy)
         self.over = self.sums
         self.ranked: object = None  # the current ranking, for exact(): (lazy)
@@ -401,9 +400,11 @@ class _Side:
         return sums.flatten(1).gather(-1, top).sum(-1) / self.total
 
 
-def _block_sums(x: torch.Tensor, block: tuple[int, int], gm: int, gk: int) -> torch.Tensor:
-    m, k = x.shape
-    bm, bk = block
+def _block_sums(x: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:
+    """[gm, gk] float64 block sums (``gemm.block_reduce`` sums in float32; the search updates
+    these in place swap after swap and compares them exactly)."""
+    (m, k), (bm, bk) = x.shape, block
+    gm, gk = block_grid((m, k), block)
     padded = F.pad(x, (0, gk * bk - k, 0, gm * bm - m))
     return padded.view(gm, bm, gk, bk).sum((1, 3))
 
@@ -550,12 +551,12 @@ def _side(imp: torch.Tensor, sparsity: float, spec: LayerSpec, method: PruneMeth
     """The layer's side of a link, or None where channel order cannot change its blocks."""
     m, k = spec.shape
     bm, bk = method.unit(spec)
-    gm, gk = -(-m // bm), -(-k // bk)
+    gm, gk = block_grid((m, k), (bm, bk))
     if rows_side and (bm == 1 or gm == 1):
         return None  # each channel its own row block, or one row block for all
     if not rows_side and (gk == 1 or (k // channels) % bk == 0):
         return None  # every block lies inside one channel's columns: order only moves blocks
-    kept = _block_sums(mask(imp, sparsity, spec).double(), (bm, bk), gm, gk) > 0
+    kept = block_reduce(mask(imp, sparsity, spec), (bm, bk), "any")
     keep = int(kept.sum(-1).max()) if kind == "per-row" else int(kept.sum())
     if keep == 0 or keep == (gk if kind == "per-row" else gm * gk):
         return None  # nothing or everything kept: order changes nothing
