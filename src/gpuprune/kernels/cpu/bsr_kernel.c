@@ -235,11 +235,123 @@ static inline int panel_vectors(int64_t left, int pool) {
     return cols >= NR || NV > 4 ? NV : (int)((cols + VL - 1) / VL);
 }
 
+/* Narrow panels: a panel with at most NNMAX columns (batch 1: a 2x2 layer's 4, a pooled 2x2
+ * layer's one window, a classifier's one row) would fill a sliver of each vector in the
+ * micro-kernels above, which then multiply mostly padding. Such a panel is mapped instead as a
+ * compact [k_pad][cols] array and multiplied the other way round: the weights of one k are a
+ * row vector (wt is k-major), and each column's x is a broadcast. Row vectors are VL wide
+ * where the row-block's height is a multiple of VL (tiles), else 4 (SIMD-group vectors of 4
+ * rows); other heights keep the vector kernels. */
+#define NNMAX (VL / 2) /* 8 on AVX-512, 4 on AVX2, 2 on SSE2/NEON */
+#if VL > 4
+typedef float v4 __attribute__((vector_size(16), aligned(4)));
+#endif
+
+static inline int narrow_width(int bm) {
+    if (NV > 4) return 0; /* a custom panel layout (-DNV) keeps the vector kernels */
+    if (bm % VL == 0) return VL;
+    return bm % 4 == 0 ? 4 : 0;
+}
+
+/* Columns of a panel with `left` columns (pooled: windows) when the narrow kernels take it,
+ * else 0. */
+static inline int narrow_cols(int64_t left, int pool, int bm) {
+    const int64_t cols = pool ? 2 * (int64_t)pool_half(left) : left;
+    return cols <= NNMAX && narrow_width(bm) ? (int)cols : 0;
+}
+
+/* rows r0 .. r0 + g*W of a row-block (g <= 2 row vectors of W rows) x nc columns, over its kept
+ * blocks j0..j1: acc_out[row][c] (the layout store() reads) */
+#define GP_NARROW(NAME, VT, W)                                                                \
+    static inline __attribute__((always_inline)) void NAME(                                   \
+        const int g, const int nc, const int64_t j0, const int64_t j1, const int bm,          \
+        const int bk, const int32_t *col_idx, const float *wt, const float *xc,               \
+        float (*acc_out)[NR]) {                                                               \
+        VT acc[2][NNMAX];                                                                     \
+        _Pragma("GCC unroll 2") for (int a = 0; a < 2; a++)                                   \
+            _Pragma("GCC unroll 8") for (int c = 0; c < NNMAX; c++)                           \
+                if (a < g && c < nc) acc[a][c] = (VT){0};                                     \
+        for (int64_t j = j0; j < j1; j++) {                                                   \
+            const float *xb = xc + (int64_t)col_idx[j] * bk * nc;                             \
+            const float *wb = wt + j * (int64_t)bk * bm;                                      \
+            for (int k = 0; k < bk; k++) {                                                    \
+                VT w[2];                                                                      \
+                _Pragma("GCC unroll 2") for (int a = 0; a < 2; a++)                           \
+                    if (a < g) w[a] = *(const VT *)(wb + (int64_t)k * bm + a * W);            \
+                _Pragma("GCC unroll 8") for (int c = 0; c < NNMAX; c++) {                     \
+                    if (c < nc) {                                                             \
+                        const float x_ = xb[k * nc + c];                                      \
+                        _Pragma("GCC unroll 2") for (int a = 0; a < 2; a++)                   \
+                            if (a < g) acc[a][c] += w[a] * x_;                                \
+                    }                                                                         \
+                }                                                                             \
+            }                                                                                 \
+        }                                                                                     \
+        for (int a = 0; a < g; a++)                                                           \
+            for (int c = 0; c < nc; c++)                                                      \
+                for (int r = 0; r < W; r++) acc_out[a * W + r][c] = acc[a][c][r];             \
+    }
+GP_NARROW(narrow_vl, vf, VL)
+#if VL > 4
+GP_NARROW(narrow_4, v4, 4)
+#endif
+#undef GP_NARROW
+
+/* Every row of a row-block (rows_valid of bm) over a narrow panel of nc columns. */
+static void narrow_task(int rows_valid, int nc, int64_t j0, int64_t j1, int bm, int bk,
+                        const int32_t *col_idx, const float *wt, const float *xc,
+                        float (*acc)[NR]) {
+    const int W = narrow_width(bm);
+    for (int r0 = 0; r0 < rows_valid; r0 += 2 * W) {
+        const int g = rows_valid - r0 > W ? 2 : 1;
+        const float *w = wt + r0;
+        /* constant sizes per call keep the accumulators in registers */
+#define GP_NCASE(F, G, C) case C: F(G, C, j0, j1, bm, bk, col_idx, w, xc, acc + r0); break;
+#if NNMAX >= 8
+#define GP_NCOLS(F, G)                                                                    \
+    switch (nc) {                                                                         \
+        GP_NCASE(F, G, 1) GP_NCASE(F, G, 2) GP_NCASE(F, G, 3) GP_NCASE(F, G, 4)           \
+        GP_NCASE(F, G, 5) GP_NCASE(F, G, 6) GP_NCASE(F, G, 7) GP_NCASE(F, G, 8)           \
+        default: break;                                                                   \
+    }
+#elif NNMAX >= 4
+#define GP_NCOLS(F, G)                                                                    \
+    switch (nc) {                                                                         \
+        GP_NCASE(F, G, 1) GP_NCASE(F, G, 2) GP_NCASE(F, G, 3) GP_NCASE(F, G, 4)           \
+        default: break;                                                                   \
+    }
+#else
+#define GP_NCOLS(F, G)                                                                    \
+    switch (nc) {                                                                         \
+        GP_NCASE(F, G, 1) GP_NCASE(F, G, 2) default: break;                               \
+    }
+#endif
+#if VL > 4
+        if (W == 4) {
+            if (g == 2) {
+                GP_NCOLS(narrow_4, 2)
+            } else {
+                GP_NCOLS(narrow_4, 1)
+            }
+            continue;
+        }
+#endif
+        if (g == 2) {
+            GP_NCOLS(narrow_vl, 2)
+        } else {
+            GP_NCOLS(narrow_vl, 1)
+        }
+#undef GP_NCOLS
+#undef GP_NCASE
+    }
+}
+
 /* One (N-panel p, row-block i) task: every micro-tile of the row-block over the panel. */
 static inline void gemm_task(int64_t p, int64_t i, const float *const *xp, int64_t M, int64_t N,
                              int bm, int bk, const int32_t *row_ptr, const int32_t *col_idx,
                              const float *wt, const float *bias, int relu, int pool, float *out,
-                             int64_t L, int mrmax, const float *res, int res_relu) {
+                             int64_t L, int mrmax, const float *res, int res_relu,
+                             const float *xc, int nc) {
     static __thread float (*acc)[NR] = NULL; /* partial sums of the row-block: [bm][NR] */
     static __thread int acc_rows = 0;
     if (bm > acc_rows) {
@@ -257,6 +369,12 @@ static inline void gemm_task(int64_t p, int64_t i, const float *const *xp, int64
         mrmax = fit < MRCAP ? fit : MRCAP;
     }
     const int rows_valid = (int)((M - i * bm) < bm ? (M - i * bm) : bm);
+    if (nc > 0) { /* a narrow panel, mapped compact (xc) */
+        narrow_task(rows_valid, nc, j0, j1, bm, bk, col_idx, wt, xc, acc);
+        store(rows_valid, (int)(i * bm), p * (pool ? NR / 4 : NR), N, M, L, acc, bias, relu,
+              pool, out, res, res_relu);
+        return;
+    }
     int64_t ja = j0;
     do {
         const int64_t jb = j1 - ja < group ? j1 : ja + group;
@@ -507,7 +625,9 @@ void gp_conv_tables(const int64_t *geom, int32_t *tables, int nthreads) {
  * division per row cost more than the row. */
 static inline void map_rows(const float *img, const int32_t *table, const int32_t *kinds,
                             int64_t HW, int64_t K, int taps, int64_t k0, int64_t k1,
-                            const uint8_t *used, int bk, float *gather, const float **xp) {
+                            const uint8_t *used, int bk, int nv, float *gather,
+                            const float **xp) {
+    const int64_t stride = (int64_t)nv * VL; /* a row's slots: only the vectors read */
     int tap = (int)(k0 % taps);
     const float *src = img + k0 / taps * HW; /* channel k / taps (past K: never read) */
     for (int64_t k = k0; k < k1;) {
@@ -524,15 +644,15 @@ static inline void map_rows(const float *img, const int32_t *table, const int32_
             const int32_t *kind = kinds + 2 * tap * NV;
             if (k < K && kinds[2 * taps * NV + tap]) { /* the whole row gathered at once */
                 const int32_t *t = table + tap * NR;
-                float *dst = gather + k * NR;
+                float *dst = gather + k * stride;
 #pragma GCC ivdep
-                for (int c = 0; c < NR; c++) dst[c] = t[c] >= 0 ? src[t[c]] : 0.0f;
-                for (int v = 0; v < NV; v++) row[v] = dst + v * VL;
+                for (int c = 0; c < stride; c++) dst[c] = t[c] >= 0 ? src[t[c]] : 0.0f;
+                for (int v = 0; v < nv; v++) row[v] = dst + v * VL;
             } else {
-                for (int v = 0; v < NV; v++) {
+                for (int v = 0; v < nv; v++) {
                     const int32_t kv = k < K ? kind[2 * v] : VEC_ZERO, base = kind[2 * v + 1];
                     const int32_t *t = table + tap * NR + v * VL;
-                    float *dst = gather + k * NR + v * VL;
+                    float *dst = gather + k * stride + v * VL;
                     if (kv == VEC_RUN) {
                         row[v] = src + base;
                         continue;
@@ -558,6 +678,34 @@ static inline void map_rows(const float *img, const int32_t *table, const int32_
     }
 }
 
+/* Rows k0..k1 of a narrow panel (nc columns) as a compact array xc[k][c] (zeros for padding and
+ * rows past K, which meet zero weights: never garbage, which could be NaN). */
+static inline void map_compact(const float *img, const int32_t *table, int64_t HW, int64_t K,
+                               int taps, int64_t k0, int64_t k1, const uint8_t *used, int bk,
+                               int nc, float *xc) {
+    int tap = (int)(k0 % taps);
+    const float *src = img + k0 / taps * HW;
+    for (int64_t k = k0; k < k1;) {
+        const int64_t kb = k / bk, end = (kb + 1) * bk < k1 ? (kb + 1) * bk : k1;
+        if (!used[kb]) { /* never read */
+            const int64_t skip = tap + (end - k);
+            src += skip / taps * HW;
+            tap = (int)(skip % taps);
+            k = end;
+            continue;
+        }
+        for (; k < end; k++) {
+            float *dst = xc + k * nc;
+            const int32_t *t = table + tap * NR;
+            for (int c = 0; c < nc; c++) dst[c] = k < K && t[c] >= 0 ? src[t[c]] : 0.0f;
+            if (++tap == taps) {
+                tap = 0;
+                src += HW;
+            }
+        }
+    }
+}
+
 /* Rows k0..k1 of panel p of X, from its tables. */
 static inline void fill_panel(const gp_geom *g, const gp_cols *c, const int32_t *tables,
                               int64_t p, const float *img, int64_t k0, int64_t k1,
@@ -565,7 +713,16 @@ static inline void fill_panel(const gp_geom *g, const gp_cols *c, const int32_t 
     int64_t base;
     const int32_t *t = tables + table_of(g, c, p, &base) * c->table_ints;
     const int64_t K = g->C * c->taps, HW = g->H * g->W;
-    map_rows(img + base, t, t + c->taps * NR, HW, K, c->taps, k0, k1, used, bk, gather, xp);
+    const int64_t left = c->groups - p * c->per_panel;
+    const int nc = narrow_cols(left, (int)g->pool, (int)g->bm);
+    if (nc > 0) { /* a narrow panel: the compact array in the gather buffer, no row table */
+        map_compact(img + base, t, HW, K, c->taps, k0, k1, used, bk, nc, gather);
+        return;
+    }
+    /* a last panel with fewer columns (batch 1: one vector of a 4x4 layer's 64) maps only the
+     * vectors the micro-kernels read, packed: its rows' slots a quarter as far apart */
+    const int nv = panel_vectors(left, (int)g->pool);
+    map_rows(img + base, t, t + c->taps * NR, HW, K, c->taps, k0, k1, used, bk, nv, gather, xp);
 }
 
 /* A groups=1 convolution, NCHW in and out, with the integer arguments `geom` (gp_geom) and
@@ -639,10 +796,12 @@ int gp_conv2d(const int64_t *geom, const float *img, const int32_t *row_ptr,
             for (int64_t p = 0; p < panels; p++) {
                 if (!panel || !xp) continue;
                 fill_panel(g, &c, tables, p, img, 0, k_pad, used, bk, panel, xp);
+                const int nc = narrow_cols(c.groups - p * c.per_panel, (int)g->pool, bm);
                 for (int64_t i = 0; i < gm; i++) {
                     walked += row_ptr[i + 1] - row_ptr[i];
                     gemm_task(p, i, xp, M, c.groups, bm, bk, row_ptr, col_idx, wt, bias,
-                              relu, (int)g->pool, out, c.per_image, mrmax, res, res_relu);
+                              relu, (int)g->pool, out, c.per_image, mrmax, res, res_relu,
+                              panel, nc);
                 }
             }
         } else {
@@ -662,7 +821,9 @@ int gp_conv2d(const int64_t *geom, const float *img, const int32_t *row_ptr,
                 const int64_t p = t / gm, i = t % gm;
                 walked += row_ptr[i + 1] - row_ptr[i];
                 gemm_task(p, i, xall + p * k_pad * NV, M, c.groups, bm, bk, row_ptr, col_idx, wt,
-                          bias, relu, (int)g->pool, out, c.per_image, mrmax, res, res_relu);
+                          bias, relu, (int)g->pool, out, c.per_image, mrmax, res, res_relu,
+                          x + p * k_pad * NR,
+                          narrow_cols(c.groups - p * c.per_panel, (int)g->pool, bm));
             }
         }
     }
@@ -724,6 +885,13 @@ int gp_linear(const float *in, int64_t N, int64_t K, int64_t M, int64_t gm, int 
 #pragma omp for schedule(static)
         for (int64_t p = 0; p < panels; p++) {
             float *slab = x + p * k_pad * NR;
+            const int nc = narrow_cols(N - p * NR, 0, bm);
+            if (nc > 0) { /* a few rows (batch 1): the compact array of the narrow kernels */
+                for (int64_t k = 0; k < k_pad; k++)
+                    for (int c = 0; c < nc; c++)
+                        slab[k * nc + c] = k < K ? in[(p * NR + c) * K + k] : 0.0f;
+                continue;
+            }
             /* only the columns the micro-kernels read (a batch of 1 fills one vector, not NR) */
             const int width = panel_vectors(N - p * NR, 0) * VL;
             for (int64_t k = 0; k < k_pad; k++) {
@@ -740,7 +908,7 @@ int gp_linear(const float *in, int64_t N, int64_t K, int64_t M, int64_t gm, int 
             const int64_t p = t / gm, i = t % gm;
             walked += row_ptr[i + 1] - row_ptr[i];
             gemm_task(p, i, xp + p * k_pad * NV, M, N, bm, bk, row_ptr, col_idx, wt, bias, relu,
-                      0, out, 1, mrmax, NULL, 0);
+                      0, out, 1, mrmax, NULL, 0, x + p * k_pad * NR, narrow_cols(N - p * NR, 0, bm));
         }
     }
     if (visits) *visits += walked;

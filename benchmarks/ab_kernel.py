@@ -1,0 +1,117 @@
+"""A/B of two versions of the CPU kernel source in one process, on a whole compiled model.
+
+The kernel file at a git revision (``--base``, default HEAD) and the working tree's are both built
+(each into the kernel cache under its own hash) and loaded; one compiled model then runs with
+either library in turn, round after round, so a host that gets busier or quieter slows both
+alike (this VM's speed drifts between processes and over minutes by more than most changes
+are worth). Each round runs each library's forwards back to back, ``--warm`` untimed, then the
+mean of ``--calls`` timed; the two take turns going first. Prints and writes (``-o``) the medians, their ratio (new / base) and
+the quartiles of the per-round ratios, and the largest difference between the two outputs.
+
+    python benchmarks/ab_kernel.py --model vgg16 --method tile --batch 1 --rounds 100 \\
+        -o benchmarks/results/kernel-ab/narrow-vgg16-tile-b1.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+from gpuprune.bench.config import BenchConfig
+from gpuprune.bench.e2e_bench import _build_model
+from gpuprune.bench.environment import environment
+from gpuprune.fileio import atomic_write_text
+from gpuprune.kernels.cpu import backend as cpu_backend
+from gpuprune.kernels.cpu import build, ops, pool
+from gpuprune.nn import compile as compile_model
+
+KERNEL = "src/gpuprune/kernels/cpu/" + build.SOURCE
+
+
+def base_library(rev: str):
+    """The kernel library built from the source at git revision ``rev``."""
+    root = Path(__file__).resolve().parents[1]
+    source = subprocess.run(["git", "show", f"{rev}:{KERNEL}"], cwd=root, check=True,
+                            capture_output=True, text=True).stdout  # fmt: skip
+    own = build._source
+    build._source = lambda: source
+    try:
+        return build.load_library.__wrapped__()
+    finally:
+        build._source = own
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=["vgg16", "resnet50"], default="vgg16")
+    parser.add_argument("--width", type=float, default=0.5)
+    parser.add_argument("--method", default="tile")
+    parser.add_argument("--sparsity", type=float, default=0.75)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=50)
+    parser.add_argument("--warm", type=int, default=3)
+    parser.add_argument("--calls", type=int, default=5)
+    parser.add_argument("--base", default="HEAD", help="git revision of the base kernel")
+    parser.add_argument("-o", "--out", type=Path)
+    args = parser.parse_args()
+    warnings.simplefilter("ignore")
+    torch.set_num_threads(args.threads)
+
+    libs = {"base": base_library(args.base), "new": build.load_library()}
+    current = {"lib": libs["new"]}
+    for module in (cpu_backend, ops, pool):  # every caller looks the library up per call
+        module.load_library = lambda: current["lib"]
+
+    cfg = BenchConfig(e2e_width=args.width)
+    model = _build_model(args.model, cfg, args.method, args.sparsity)
+    compiled = compile_model(model, target=cfg.target, backend="cpu", methods=args.method,
+                             verbose=False)  # fmt: skip
+    side = 224 if args.model == "resnet50" else 32
+    x = torch.randn(args.batch, 3, side, side)
+    times: dict[str, list[float]] = {name: [] for name in libs}
+    outputs = {}
+    with torch.no_grad():
+        for name, lib in libs.items():
+            current["lib"] = lib
+            compiled(x)  # prepares each layer's arguments for this shape
+            outputs[name] = compiled(x)
+        for r in range(args.rounds):
+            order = list(libs.items())  # each goes first every other round: no order bias
+            for name, lib in order if r % 2 == 0 else order[::-1]:
+                current["lib"] = lib
+                for _ in range(args.warm):
+                    compiled(x)
+                t0 = time.perf_counter()
+                for _ in range(args.calls):
+                    compiled(x)
+                times[name].append((time.perf_counter() - t0) / args.calls * 1e3)
+    ratios = [n / b for n, b in zip(times["new"], times["base"], strict=True)]
+    q = statistics.quantiles(ratios, n=4)
+    result = {
+        "model": args.model, "width": args.width if args.model == "vgg16" else None,
+        "method": args.method, "sparsity": args.sparsity, "batch": args.batch,
+        "threads": args.threads, "rounds": args.rounds, "base": args.base,
+        "base_ms": statistics.median(times["base"]), "new_ms": statistics.median(times["new"]),
+        "ratio_new_over_base": statistics.median(times["new"]) / statistics.median(times["base"]),
+        "round_ratio_quartiles": q,
+        "max_abs_difference": float((outputs["new"] - outputs["base"]).abs().max()),
+        "environment": environment(),
+    }  # fmt: skip
+    print(f"{args.model} {args.method}@{args.sparsity} b{args.batch}: base {result['base_ms']:.3f}"
+          f" ms, new {result['new_ms']:.3f} ms, new/base {result['ratio_new_over_base']:.3f} "
+          f"(rounds {q[0]:.3f}-{q[2]:.3f}), outputs differ by {result['max_abs_difference']:.2g}")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(args.out, json.dumps(result, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
