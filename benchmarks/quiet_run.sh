@@ -11,6 +11,10 @@ steps=${*:-demo runtimes profiles zoo prune-speed}
 isa=$($BIN/python -c "import torch; print(torch.backends.cpu.get_cpu_capability().lower())")
 # profiles are named by the host too, so another machine's run never replaces them
 device=$($BIN/python -c "from gpuprune.bench.environment import device_slug, environment; print(device_slug(environment()))")
+# and by the CPU family where /proc/cpuinfo has one: VMs of two AMD generations both call
+# themselves "AMD EPYC" (family 25 is Zen 3/4, 26 Zen 5), and their speeds differ by 2x
+family=$(awk -F': ' '/^cpu family/ {print $2; exit}' /proc/cpuinfo 2>/dev/null || true)
+host=$device${family:+-f$family}
 stamp() { echo "== $1 at $(date -u +%H:%M:%S), load $(cut -d' ' -f1-3 /proc/loadavg)"; }
 for step in $steps; do
   stamp "$step"
@@ -34,18 +38,18 @@ for step in $steps; do
       for dir in vgg16-1 vgg16-2 vgg16-3 resnet50; do
         for f in runs/runtimes/$dir/*.json runs/runtimes/$dir/*.md; do
           name=$(basename "$f"); model=${dir%-*}; run=${dir#"$model"}
-          cp "$f" "benchmarks/results/runtimes/$model-${name%.*}-$isa$run.${name##*.}"
+          cp "$f" "benchmarks/results/runtimes/$model-$host-$isa$run.${name##*.}"
         done
       done ;;
     profiles)  # JSON with -o, the tables from stdout
       for b in 1 16; do
         $BIN/python benchmarks/profile_cpu.py --model vgg16 --width 0.5 --batch $b --threads 2 \
-          -o benchmarks/results/profile/vgg16-w0.5-b$b-tile75-$device-$isa.json \
-          | tee benchmarks/results/profile/vgg16-w0.5-b$b-tile75-$device-$isa.md
+          -o benchmarks/results/profile/vgg16-w0.5-b$b-tile75-$host-$isa.json \
+          | tee benchmarks/results/profile/vgg16-w0.5-b$b-tile75-$host-$isa.md
       done
       $BIN/python benchmarks/profile_cpu.py --model resnet50 --batch 1 --threads 2 --repeats 5 \
-        -o benchmarks/results/profile/resnet50-b1-tile75-$device-$isa.json \
-        | tee benchmarks/results/profile/resnet50-b1-tile75-$device-$isa.md ;;
+        -o benchmarks/results/profile/resnet50-b1-tile75-$host-$isa.json \
+        | tee benchmarks/results/profile/resnet50-b1-tile75-$host-$isa.md ;;
     zoo)  # each model its own process (see zoo_merge.py), merged as results/zoo-<device>-<isa>
       rm -rf runs/zoo
       for model in resnet18 resnet50 mobilenet_v2 efficientnet_b0 convnext_tiny vit_tiny; do
