@@ -5,8 +5,9 @@ The kernel file at a git revision (``--base``, default HEAD) and the working tre
 either library in turn, round after round, so a host that gets busier or quieter slows both
 alike (this VM's speed drifts between processes and over minutes by more than most changes
 are worth). Each round runs each library's forwards back to back, ``--warm`` untimed, then the
-mean of ``--calls`` timed; the two take turns going first. Prints and writes (``-o``) the medians, their ratio (new / base) and
-the quartiles of the per-round ratios, and the largest difference between the two outputs.
+mean of ``--calls`` timed; the two take turns going first. Prints and writes (``-o``) the
+medians, their ratio (new / base) and the quartiles of the per-round ratios, and the largest
+difference between the two outputs.
 
     python benchmarks/ab_kernel.py --model vgg16 --method tile --batch 1 --rounds 100 \\
         -o benchmarks/results/kernel-ab/narrow-vgg16-tile-b1.json

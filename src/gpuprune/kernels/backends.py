@@ -54,6 +54,14 @@ class Backend(abc.ABC):
         The callable returns None for an input it cannot take; the caller then runs the layers."""
         return None
 
+    def block_chain(self, blocks: list[tuple[list[Any], Any, bool]]
+                    ) -> Callable[[Tensor], Tensor | None] | None:  # fmt: skip
+        """One callable running consecutive residual blocks as one call, or None (the default).
+        A block is ``(path, shortcut, relu)``: this backend's conv2d forwards applied in turn
+        (each with its own ReLU), the shortcut's forward or None for the input itself, and
+        whether a ReLU follows the add. The callable returns None for an input it cannot take."""
+        return None
+
     def check_available(self) -> None:  # noqa: B027 - optional hook, default: always available
         """Raise a :class:`UserError` naming the fix (setup step, other backend) if unusable."""
 

@@ -429,10 +429,15 @@ def compile(  # noqa: A001 - the public name the project documents (gpuprune.com
         quiet.add(len(notes))
         notes.append(f"residual block{'s' if len(blocks) > 1 else ''} {', '.join(blocks)}: the "
                      f"shortcut's add and the ReLU after it in the last conv's store")
-    chained = chain_convolutions(out, runner)
+    block_runs: list[str] = []
+    chained = chain_convolutions(out, runner, block_runs)
     if chained:  # not a warning either: the same result, one call per run
         quiet.add(len(notes))
         notes.append(f"convolutions {', '.join(chained)}: one {runner.name} backend call per run")
+    if block_runs:
+        quiet.add(len(notes))
+        notes.append(f"residual blocks {', '.join(block_runs)}: one {runner.name} backend call "
+                     "per run")
     fast = sorted(lay.name for lay in compiled if _in_encoder_layer(modules, lay.name))
     if fast:
         notes.append(f"layers {', '.join(fast)} run the skip kernels off PyTorch's fused fast path "

@@ -162,10 +162,14 @@ class FusedResidual:
         names = [*match.convs, *([match.shortcut] if match.shortcut else [])]
         self.children = {n: getattr(block, n) for n in names}
 
+    def intact(self) -> bool:
+        """Whether the block still has the children it was matched with."""
+        return all(getattr(self.block, n) is c for n, c in self.children.items())
+
     def __call__(self, x: Tensor) -> Tensor:
         block, m = self.block, self.match
         if (type(x) is not Tensor or torch.compiler.is_compiling() or observed(block.children())
-                or any(getattr(block, n) is not c for n, c in self.children.items())):  # fmt: skip
+                or not self.intact()):  # fmt: skip
             return type(block).forward(block, x)
         y = x
         for name in m.convs[:-1]:

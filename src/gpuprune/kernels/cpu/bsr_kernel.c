@@ -199,7 +199,7 @@ static void store(int rows, int m0, int64_t n0, int64_t N, int64_t M, int64_t L,
  * rows, and the row address tables: see "X" at the top): a fresh multi-MB buffer per call costs
  * more in page faults than the gathers themselves (first touch of every page), so buffers only
  * grow. */
-enum { SCRATCH_GATHER = 0, SCRATCH_ROWS = 1, SCRATCH_CHAIN = 2, SCRATCH_SLOTS = 4 };
+enum { SCRATCH_GATHER = 0, SCRATCH_ROWS = 1, SCRATCH_CHAIN = 2, SCRATCH_SLOTS = 6 }; /* 4 chain */
 
 static void *scratch(int slot, size_t bytes) {
     static __thread void *buf[SCRATCH_SLOTS];
@@ -831,40 +831,54 @@ int gp_conv2d(const int64_t *geom, const float *img, const int32_t *row_ptr,
     return status;
 }
 
-/* One convolution of a chain (gp_conv_chain): gp_conv2d's arguments, fixed per input shape. */
+/* One convolution of a chain (gp_conv_chain): gp_conv2d's arguments, fixed per input shape, and
+ * which buffers it reads and writes: CHAIN_IN the chain's input, CHAIN_OUT its output, 0 ..
+ * CHAIN_BUFFERS - 1 the chain's scratch buffers; `res` (CHAIN_NONE: none) is added in the store,
+ * then a ReLU when `res_relu` (a residual block's tail). `dst` may be `res`: the store reads each
+ * element of the shortcut just before it writes the same element. */
 typedef struct {
     const int64_t *geom;
     const int32_t *row_ptr, *col_idx;
     const float *wt, *bias;
     const uint8_t *used;
     const int32_t *tables;
-    int64_t out_floats; /* the output's size: what the next convolution reads */
+    int64_t out_floats; /* the output's size */
     int64_t mode;
+    int64_t src, dst, res, res_relu;
 } gp_chain_call;
 
-/* Consecutive convolutions, each reading the one before's output: one call from Python for a
- * whole run of layers (at batch 1 the per-layer Python and ctypes cost is a sixth of VGG16's
- * forward). The intermediates live in two per-thread scratch buffers, used in turn; the last
- * convolution writes `out`. */
+enum { CHAIN_IN = -1, CHAIN_OUT = -2, CHAIN_NONE = -3, CHAIN_BUFFERS = 4 };
+
+/* Convolutions run back to back, each reading an earlier one's output (or the input): one call
+ * from Python for a whole run of layers or residual blocks (at batch 1 the per-layer Python and
+ * ctypes cost is a sixth of VGG16's forward). The intermediates live in per-thread scratch
+ * buffers, each as large as the largest output written to it. */
 int gp_conv_chain(int n, const gp_chain_call *calls, const float *x, float *out, int nthreads) {
-    int64_t most = 0;
-    for (int i = 0; i + 1 < n; i++)
-        if (calls[i].out_floats > most) most = calls[i].out_floats;
-    float *buf[2] = {NULL, NULL};
-    if (n > 1) {
-        buf[0] = (float *)scratch(SCRATCH_CHAIN, (size_t)most * sizeof(float));
-        buf[1] = (float *)scratch(SCRATCH_CHAIN + 1, (size_t)most * sizeof(float));
-        if (!buf[0] || !buf[1]) return 1;
-    }
-    const float *in = x;
+    int64_t need[CHAIN_BUFFERS] = {0};
     for (int i = 0; i < n; i++) {
         const gp_chain_call *c = &calls[i];
-        float *dst = i == n - 1 ? out : buf[i % 2];
-        const int status = gp_conv2d(c->geom, in, c->row_ptr, c->col_idx, c->wt, c->bias, dst,
-                                     c->used, c->tables, nthreads, (int)c->mode, NULL, NULL, 0);
-        if (status != 0) return status;
-        in = dst;
+        if (c->src < CHAIN_OUT || c->src >= CHAIN_BUFFERS || c->dst < CHAIN_OUT ||
+            c->dst >= CHAIN_BUFFERS || c->dst == CHAIN_IN || c->res < CHAIN_NONE ||
+            c->res >= CHAIN_BUFFERS || c->dst == c->src)
+            return 2; /* the caller's program is malformed */
+        if (c->dst >= 0 && c->out_floats > need[c->dst]) need[c->dst] = c->out_floats;
     }
+    float *buf[CHAIN_BUFFERS] = {NULL};
+    for (int b = 0; b < CHAIN_BUFFERS; b++) {
+        if (!need[b]) continue;
+        buf[b] = (float *)scratch(SCRATCH_CHAIN + b, (size_t)need[b] * sizeof(float));
+        if (!buf[b]) return 1;
+    }
+#define GP_SLOT(s) ((s) == CHAIN_IN ? (float *)x : (s) == CHAIN_OUT ? out : buf[s])
+    for (int i = 0; i < n; i++) {
+        const gp_chain_call *c = &calls[i];
+        const float *res = c->res == CHAIN_NONE ? NULL : GP_SLOT(c->res);
+        const int status = gp_conv2d(c->geom, GP_SLOT(c->src), c->row_ptr, c->col_idx, c->wt,
+                                     c->bias, GP_SLOT(c->dst), c->used, c->tables, nthreads,
+                                     (int)c->mode, NULL, res, (int)c->res_relu);
+        if (status != 0) return status;
+    }
+#undef GP_SLOT
     return 0;
 }
 

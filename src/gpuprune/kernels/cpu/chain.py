@@ -2,16 +2,24 @@
 
 At batch 1 a small convolution's kernel takes tens of microseconds, and the Python around each
 call (the module, the ctypes call, the output tensor) about ten more: a sixth of VGG16's
-forward. A :class:`CpuConvChain` runs a whole run of layers, each reading the one before's
-output, in one call; the intermediates live in the kernel's per-thread scratch and never become
-tensors. The per-layer arguments are the ones each :class:`CpuConv2d` prepared for its input
-shape, so the chain computes exactly what the layers would one by one (tested).
+forward. A chain runs a whole run of layers in one call; the intermediates live in the kernel's
+per-thread scratch and never become tensors. Two shapes of run:
+
+* :class:`CpuConvChain`: convolutions each reading the one before's output (a VGG ``features``);
+* :class:`CpuBlockChain`: residual blocks, each ``relu?(path(x) + shortcut(x))`` with the add
+  (and the ReLU) in the last path convolution's store, as a fused block runs one by one.
+
+The per-layer arguments are the ones each :class:`CpuConv2d` prepared for its input shape, so a
+chain computes exactly what its layers would one by one (tested). The first input of each shape
+goes through the layers one by one, which checks it and prepares every layer's arguments; later
+inputs of that shape take one native call.
 """
 
 from __future__ import annotations
 
 import ctypes
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -19,55 +27,74 @@ from torch import Tensor
 from gpuprune.kernels.cpu import buffers, ops
 from gpuprune.kernels.cpu.backend import CpuConv2d
 
+IN, OUT, NONE = -1, -2, -3  # the chain's input and output buffers, no residual (bsr_kernel.c)
+BUFFERS = 4  # scratch buffers a chain may name (CHAIN_BUFFERS)
+
 
 class _Call(ctypes.Structure):
     """``gp_chain_call`` in bsr_kernel.c."""
 
     _fields_ = [(name, ctypes.c_void_p) for name in
                 ("geom", "row_ptr", "col_idx", "wt", "bias", "used", "tables")] + [
-                ("out_floats", ctypes.c_int64), ("mode", ctypes.c_int64)]  # fmt: skip
+                (name, ctypes.c_int64) for name in
+                ("out_floats", "mode", "src", "dst", "res", "res_relu")]  # fmt: skip
 
 
-class CpuConvChain:
-    """Call ``layers`` (CpuConv2d forwards, in order) as one: ``chain(x)`` is
-    ``layers[-1](...layers[0](x))``, or None when it cannot run ``x`` natively (the caller then
-    calls the layers itself).
+@dataclass(frozen=True)
+class Step:
+    """One convolution of a chain's program: reads buffer ``src``, writes ``dst``, adds ``res``
+    (NONE: nothing) in its store, then a ReLU when ``res_relu``."""
 
-    The first input of each shape goes through the layers one by one, which checks it and
-    prepares every layer's arguments; later inputs of that shape take one native call.
-    """
+    layer: CpuConv2d
+    src: int
+    dst: int
+    res: int = NONE
+    res_relu: bool = False
 
-    def __init__(self, layers: list[CpuConv2d]) -> None:
-        self.layers = list(layers)
-        # per input shape: (the call array, its length, the output shape, the tensors the array
-        # points into: held here, so a layer that rebuilds its own entry frees nothing we read)
-        self._shapes: dict[torch.Size, tuple[ctypes.Array, int, torch.Size, list[Tensor]]] = {}
+
+class _Program:
+    """The native call array of a list of steps for one input shape, and the tensors it points
+    into (held here, so a layer that rebuilds its own entry frees nothing the array reads)."""
+
+    def __init__(self, steps: list[Step], in_shapes: list[torch.Size],
+                 out_shape: torch.Size) -> None:  # fmt: skip
+        self.calls = (_Call * len(steps))()
+        self.held: list[Tensor] = []
+        for call, step, shape in zip(self.calls, steps, in_shapes, strict=True):
+            layer = step.layer
+            out, args, tables = layer._shapes[shape]
+            self.held += [args, tables, layer.row_ptr, layer.col_idx, layer.wt, layer.used]
+            self.held += [] if layer.bias is None else [layer.bias]
+            call.geom, call.tables = args.data_ptr(), tables.data_ptr()
+            call.row_ptr, call.col_idx = layer.row_ptr.data_ptr(), layer.col_idx.data_ptr()
+            call.wt, call.used = layer.wt.data_ptr(), layer.used.data_ptr()
+            call.bias = None if layer.bias is None else layer.bias.data_ptr()
+            call.out_floats, call.mode = math.prod(out), layer.mode
+            call.src, call.dst, call.res, call.res_relu = (step.src, step.dst, step.res,
+                                                           int(step.res_relu))  # fmt: skip
+        self.n, self.out_shape = len(steps), out_shape
+
+    def run(self, lib: ctypes.CDLL, x: Tensor) -> Tensor:
+        out = buffers.POOL.empty(self.out_shape)
+        ops.check_status(lib.gp_conv_chain(self.n, ctypes.addressof(self.calls), x.data_ptr(),
+                                           out.data_ptr(), torch.get_num_threads()))  # fmt: skip
+        return out
+
+
+class _Chain:
+    """What both chains share: the checks on the input, the per-shape programs, pickling."""
+
+    layers: list[CpuConv2d]
+
+    def __init__(self) -> None:
+        self._shapes: dict[torch.Size, _Program] = {}
 
     def __getstate__(self) -> dict:
         # the call arrays hold raw pointers: a copy prepares its own
-        return {"layers": self.layers, "_shapes": {}}
+        return {**self.__dict__, "_shapes": {}}
 
-    def _prepare(self, x: Tensor) -> Tensor:
-        """Run the layers one by one and keep the chain's arguments for ``x.shape``."""
-        shapes, y = [], x
-        for layer in self.layers:
-            shapes.append(y.shape)
-            y = layer(y)
-        known = [layer._shapes.get(s) for layer, s in zip(self.layers, shapes, strict=True)]
-        if all(k is not None for k in known):  # each layer took its one-call path
-            calls = (_Call * len(self.layers))()
-            held: list[Tensor] = []
-            for call, layer, (out_shape, args, tables) in zip(calls, self.layers, known,
-                                                              strict=True):  # fmt: skip
-                held += [args, tables, layer.row_ptr, layer.col_idx, layer.wt, layer.used]
-                held += [] if layer.bias is None else [layer.bias]
-                call.geom, call.tables = args.data_ptr(), tables.data_ptr()
-                call.row_ptr, call.col_idx = layer.row_ptr.data_ptr(), layer.col_idx.data_ptr()
-                call.wt, call.used = layer.wt.data_ptr(), layer.used.data_ptr()
-                call.bias = None if layer.bias is None else layer.bias.data_ptr()
-                call.out_floats, call.mode = math.prod(out_shape), layer.mode
-            self._shapes[x.shape] = (calls, len(self.layers), y.shape, held)
-        return y
+    def _prepare(self, x: Tensor) -> Tensor:  # pragma: no cover - each chain has its own
+        raise NotImplementedError
 
     def __call__(self, x: Tensor) -> Tensor | None:
         if (type(x) is not Tensor or x.dtype != torch.float32 or not x.is_cpu
@@ -75,11 +102,130 @@ class CpuConvChain:
                 or any(layer.count_visits for layer in self.layers)):  # fmt: skip
             return None
         x = x.contiguous()
-        known = self._shapes.get(x.shape)
-        if known is None:
+        program = self._shapes.get(x.shape)
+        if program is None:
             return self._prepare(x)
-        calls, n, out_shape, _ = known
-        out = buffers.POOL.empty(out_shape)
-        ops.check_status(self.layers[0].lib.gp_conv_chain(
-            n, ctypes.addressof(calls), x.data_ptr(), out.data_ptr(), torch.get_num_threads()))
-        return out
+        return program.run(self.layers[0].lib, x)
+
+
+class CpuConvChain(_Chain):
+    """Call ``layers`` (CpuConv2d forwards, in order) as one: ``chain(x)`` is
+    ``layers[-1](...layers[0](x))``, or None when it cannot run ``x`` natively (the caller then
+    calls the layers itself)."""
+
+    def __init__(self, layers: list[CpuConv2d]) -> None:
+        super().__init__()
+        self.layers = list(layers)
+
+    def _prepare(self, x: Tensor) -> Tensor:
+        """Run the layers one by one and keep the chain's program for ``x.shape``."""
+        shapes, y = [], x
+        for layer in self.layers:
+            shapes.append(y.shape)
+            y = layer(y)
+        if all(s in layer._shapes for layer, s in zip(self.layers, shapes, strict=True)):
+            last = len(self.layers) - 1  # each layer took its one-call path: chain them
+            steps = [Step(layer, IN if i == 0 else (i - 1) % 2, OUT if i == last else i % 2)
+                     for i, layer in enumerate(self.layers)]  # fmt: skip
+            self._shapes[x.shape] = _Program(steps, shapes, y.shape)
+        return y
+
+
+@dataclass(frozen=True)
+class Block:
+    """A residual block as the chain runs it: ``relu?(path(x) + shortcut(x))``, where the path's
+    convolutions apply their own ReLUs and ``shortcut`` is a convolution or None (x itself)."""
+
+    path: tuple[CpuConv2d, ...]
+    shortcut: CpuConv2d | None
+    relu: bool
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """The block one layer at a time (what a fused block's forward computes)."""
+        y = x
+        for layer in self.path[:-1]:
+            y = layer(y)
+        side = x if self.shortcut is None else self.shortcut(x)
+        return self.path[-1](y, residual=side, residual_relu=self.relu)
+
+
+class CpuBlockChain(_Chain):
+    """Call consecutive residual ``blocks`` as one: ``chain(x)`` is ``blocks[-1](...(x))``, or
+    None when it cannot run ``x`` natively.
+
+    Buffers: a block's input stays in its buffer until its last reader (the first path
+    convolution and the shortcut convolution) has run; the shortcut is computed right after the
+    first path convolution, so the input's buffer is free again as early as possible; the last
+    path convolution writes over its residual (the store reads each element just before it
+    writes it), or, where the residual is the chain's input or the conv's own input, into a free
+    buffer. At most three buffers are live at once (two path outputs and the input or the
+    shortcut's), for any path length (property-tested).
+    """
+
+    def __init__(self, blocks: list[Block]) -> None:
+        super().__init__()
+        self.blocks = list(blocks)
+        self.layers = [c for b in self.blocks for c in (*b.path, *([b.shortcut] if b.shortcut
+                                                                    else []))]  # fmt: skip
+
+    @staticmethod
+    def program(blocks: list[Block], shapes: list[list[torch.Size]]) -> tuple[list[Step], list]:
+        """The steps of ``blocks`` and each step's input shape; ``shapes[b]`` lists block b's
+        path inputs, then its shortcut's."""
+        steps: list[Step] = []
+        step_shapes: list = []
+        free = list(range(BUFFERS))
+
+        def run(layer: CpuConv2d, shape, src: int, dst: int, res: int = NONE,
+                relu: bool = False) -> int:  # fmt: skip
+            steps.append(Step(layer, src, dst, res, relu))
+            step_shapes.append(shape)
+            return dst
+
+        def release(*bufs: int) -> None:
+            free.extend(b for b in bufs if b >= 0 and b not in free)
+
+        a = IN  # the current block's input
+        for b, (block, ins) in enumerate(zip(blocks, shapes, strict=True)):
+            n = len(block.path)
+            y, side = a, a  # side: the residual (the input itself unless a shortcut conv)
+            input_read = False  # the input's readers have all run (its buffer may be reused)
+            for i, layer in enumerate(block.path[:-1]):
+                y_next = run(layer, ins[i], y, free.pop(0))
+                if y != a or input_read:
+                    release(y)  # an intermediate, read for the last time
+                y = y_next
+                if i == 0 and block.shortcut is not None:  # the input's other reader, early
+                    side = run(block.shortcut, ins[n], a, free.pop(0))
+                    release(a)
+                    input_read = True
+            if n == 1 and block.shortcut is not None:
+                side = run(block.shortcut, ins[n], a, free.pop(0))
+            # the output: over its residual where that is a scratch buffer the last conv does
+            # not read as its input (a one-conv block with the input as shortcut reads it)
+            if b == len(blocks) - 1:
+                dst = OUT
+            else:
+                dst = side if side >= 0 and side != y else free.pop(0)
+            run(block.path[-1], ins[n - 1], y, dst, side, block.relu)
+            release(*(buf for buf in (a, y, side) if buf != dst))
+            a = dst
+        return steps, step_shapes
+
+    def _prepare(self, x: Tensor) -> Tensor:
+        """Run the blocks one layer at a time and keep the chain's program for ``x.shape``."""
+        shapes, y = [], x
+        for block in self.blocks:
+            ins, h = [], y
+            for layer in block.path[:-1]:
+                ins.append(h.shape)
+                h = layer(h)
+            ins.append(h.shape)
+            if block.shortcut is not None:
+                ins.append(y.shape)
+            shapes.append(ins)
+            y = block(y)
+        steps, step_shapes = self.program(self.blocks, shapes)
+        if all(s in step.layer._shapes for step, s in zip(steps, step_shapes, strict=True)):
+            self._shapes[x.shape] = _Program(steps, step_shapes, y.shape)
+        return y

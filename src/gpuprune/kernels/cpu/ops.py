@@ -22,6 +22,8 @@ def _ptr(t: Tensor | None) -> int | None:
 
 
 def check_status(status: int) -> None:
+    if status == 2:  # gp_conv_chain refused the buffers a chain's calls name: our bug
+        raise RuntimeError("gpuprune's cpu chain named a buffer it cannot use (a bug)")
     if status != 0:
         raise MemoryError("the cpu kernel could not allocate its im2col buffer")
 
