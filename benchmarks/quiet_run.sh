@@ -50,15 +50,14 @@ for step in $steps; do
       $BIN/python benchmarks/profile_cpu.py --model resnet50 --batch 1 --threads 2 --repeats 5 \
         -o benchmarks/results/profile/resnet50-b1-tile75-$host-$isa.json \
         | tee benchmarks/results/profile/resnet50-b1-tile75-$host-$isa.md ;;
-    zoo)  # each model its own process (see zoo_merge.py), merged as results/zoo-<device>-<isa>
+    zoo)  # each model its own process (see zoo_merge.py), merged as results/zoo-<host>-<isa>
       rm -rf runs/zoo
       for model in resnet18 resnet50 mobilenet_v2 efficientnet_b0 convnext_tiny vit_tiny; do
         PYTHONPATH=src $BIN/python benchmarks/zoo.py --batches 1,8 --zoo-models $model \
           -o runs/zoo/$model
       done
-      name=$(basename runs/zoo/resnet18/zoo-*.json .json)
       PYTHONPATH=src $BIN/python benchmarks/zoo_merge.py runs/zoo/*/zoo-*.json \
-        -o "benchmarks/results/$name-$isa.json" ;;
+        -o "benchmarks/results/zoo-$host-$isa.json" ;;
     prune-speed)
       $BIN/python benchmarks/prune_speed.py --label quiet --repeats 1 ;;
   esac
