@@ -619,6 +619,16 @@ void gp_conv_tables(const int64_t *geom, int32_t *tables, int nthreads) {
     }
 }
 
+/* Rows k..end - 1 (a K block no row-block keeps) are skipped: the tap and channel that row k
+ * counts from move on past them; returns end. */
+static inline int64_t skip_rows(int64_t k, int64_t end, int taps, int64_t HW, int *tap,
+                                const float **src) {
+    const int64_t skip = *tap + (end - k);
+    *src += skip / taps * HW;
+    *tap = (int)(skip % taps);
+    return end;
+}
+
 /* The row addresses xp[k * NV + v] of rows k0..k1 of one panel (zero rows past K); vectors
  * that are no input run are gathered into `gather` (k_pad x NR, the panel's own slots). The
  * channel and tap of row k advance by counting, and `used` is read once per K block: a
@@ -633,10 +643,7 @@ static inline void map_rows(const float *img, const int32_t *table, const int32_
     for (int64_t k = k0; k < k1;) {
         const int64_t kb = k / bk, end = (kb + 1) * bk < k1 ? (kb + 1) * bk : k1;
         if (!used[kb]) { /* no row-block keeps this K block: never read */
-            const int64_t skip = tap + (end - k);
-            src += skip / taps * HW;
-            tap = (int)(skip % taps);
-            k = end;
+            k = skip_rows(k, end, taps, HW, &tap, &src);
             continue;
         }
         for (; k < end; k++) {
@@ -688,10 +695,7 @@ static inline void map_compact(const float *img, const int32_t *table, int64_t H
     for (int64_t k = k0; k < k1;) {
         const int64_t kb = k / bk, end = (kb + 1) * bk < k1 ? (kb + 1) * bk : k1;
         if (!used[kb]) { /* never read */
-            const int64_t skip = tap + (end - k);
-            src += skip / taps * HW;
-            tap = (int)(skip % taps);
-            k = end;
+            k = skip_rows(k, end, taps, HW, &tap, &src);
             continue;
         }
         for (; k < end; k++) {
