@@ -228,11 +228,11 @@ class CpuBackend(LayerClassBackend):
     def block_chain(self, blocks: list) -> Callable[[Tensor], Tensor | None] | None:
         from gpuprune.kernels.cpu.chain import Block, CpuBlockChain
 
-        layers = [c for b in blocks for c in (*b[0], *([b[1]] if b[1] is not None else []))]
-        if not all(type(la) is CpuConv2d and la.pool is None for la in layers):
+        chain = CpuBlockChain([Block(tuple(path), shortcut, relu)
+                               for path, shortcut, relu in blocks])  # fmt: skip
+        if not all(type(la) is CpuConv2d and la.pool is None for la in chain.layers):
             return None
-        return CpuBlockChain([Block(tuple(path), shortcut, relu)
-                              for path, shortcut, relu in blocks])  # fmt: skip
+        return chain
 
     def max_pool(self, pool: nn.Module) -> nn.Module | None:
         from gpuprune.kernels.cpu.pool import CpuMaxPool2d

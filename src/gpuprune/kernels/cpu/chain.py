@@ -140,14 +140,6 @@ class Block:
     shortcut: CpuConv2d | None
     relu: bool
 
-    def __call__(self, x: Tensor) -> Tensor:
-        """The block one layer at a time (what a fused block's forward computes)."""
-        y = x
-        for layer in self.path[:-1]:
-            y = layer(y)
-        side = x if self.shortcut is None else self.shortcut(x)
-        return self.path[-1](y, residual=side, residual_relu=self.relu)
-
 
 class CpuBlockChain(_Chain):
     """Call consecutive residual ``blocks`` as one: ``chain(x)`` is ``blocks[-1](...(x))``, or
@@ -213,7 +205,8 @@ class CpuBlockChain(_Chain):
         return steps, step_shapes
 
     def _prepare(self, x: Tensor) -> Tensor:
-        """Run the blocks one layer at a time and keep the chain's program for ``x.shape``."""
+        """Run the blocks one layer at a time (as a fused block's forward does) and keep the
+        chain's program for ``x.shape``."""
         shapes, y = [], x
         for block in self.blocks:
             ins, h = [], y
@@ -221,10 +214,12 @@ class CpuBlockChain(_Chain):
                 ins.append(h.shape)
                 h = layer(h)
             ins.append(h.shape)
+            side = y
             if block.shortcut is not None:
                 ins.append(y.shape)
+                side = block.shortcut(y)
             shapes.append(ins)
-            y = block(y)
+            y = block.path[-1](h, residual=side, residual_relu=block.relu)
         steps, step_shapes = self.program(self.blocks, shapes)
         if all(s in step.layer._shapes for step, s in zip(steps, step_shapes, strict=True)):
             self._shapes[x.shape] = _Program(steps, step_shapes, y.shape)
