@@ -16,43 +16,29 @@ import copy
 import json
 import statistics
 import time
-import warnings
 from pathlib import Path
 
 import torch
+from cpu_paths import add_model_arguments, compiled_pruned, setup
 
-from gpuprune.bench.config import BenchConfig
-from gpuprune.bench.e2e_bench import _build_model
 from gpuprune.bench.environment import environment
 from gpuprune.fileio import atomic_write_text
-from gpuprune.nn import compile as compile_model
 from gpuprune.nn.chain import ChainedSequential
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=["vgg16", "resnet50"], default="resnet50")
-    parser.add_argument("--width", type=float, default=0.5)
-    parser.add_argument("--method", default="tile")
-    parser.add_argument("--sparsity", type=float, default=0.75)
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=2)
+    add_model_arguments(parser, "resnet50")
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--calls", type=int, default=2)
     parser.add_argument("-o", "--out", type=Path)
     args = parser.parse_args()
-    warnings.simplefilter("ignore")
-    torch.set_num_threads(args.threads)
-    cfg = BenchConfig(e2e_width=args.width)
-    model = _build_model(args.model, cfg, args.method, args.sparsity)
-    runs = compile_model(model, target=cfg.target, backend="cpu", methods=args.method,
-                         verbose=False)  # fmt: skip
+    cfg, x = setup(args)
+    runs = compiled_pruned(args, cfg)
     plain = copy.deepcopy(runs)
     for module in plain.modules():
         if isinstance(module, ChainedSequential):
             module._gp_runs = {}
-    side = 224 if args.model == "resnet50" else 32
-    x = torch.randn(args.batch, 3, side, side)
     paths = {"one_by_one": plain, "runs": runs}
     times: dict[str, list[float]] = {name: [] for name in paths}
     with torch.no_grad():

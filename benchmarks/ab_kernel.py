@@ -20,18 +20,15 @@ import json
 import statistics
 import subprocess
 import time
-import warnings
 from pathlib import Path
 
 import torch
+from cpu_paths import add_model_arguments, compiled_pruned, setup
 
-from gpuprune.bench.config import BenchConfig
-from gpuprune.bench.e2e_bench import _build_model
 from gpuprune.bench.environment import environment
 from gpuprune.fileio import atomic_write_text
 from gpuprune.kernels.cpu import backend as cpu_backend
 from gpuprune.kernels.cpu import build, ops, pool
-from gpuprune.nn import compile as compile_model
 
 KERNEL = "src/gpuprune/kernels/cpu/" + build.SOURCE
 
@@ -51,32 +48,21 @@ def base_library(rev: str):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=["vgg16", "resnet50"], default="vgg16")
-    parser.add_argument("--width", type=float, default=0.5)
-    parser.add_argument("--method", default="tile")
-    parser.add_argument("--sparsity", type=float, default=0.75)
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=2)
+    add_model_arguments(parser, "vgg16")
     parser.add_argument("--rounds", type=int, default=50)
     parser.add_argument("--warm", type=int, default=3)
     parser.add_argument("--calls", type=int, default=5)
     parser.add_argument("--base", default="HEAD", help="git revision of the base kernel")
     parser.add_argument("-o", "--out", type=Path)
     args = parser.parse_args()
-    warnings.simplefilter("ignore")
-    torch.set_num_threads(args.threads)
+    cfg, x = setup(args)
 
     libs = {"base": base_library(args.base), "new": build.load_library()}
     current = {"lib": libs["new"]}
     for module in (cpu_backend, ops, pool):  # every caller looks the library up per call
         module.load_library = lambda: current["lib"]
 
-    cfg = BenchConfig(e2e_width=args.width)
-    model = _build_model(args.model, cfg, args.method, args.sparsity)
-    compiled = compile_model(model, target=cfg.target, backend="cpu", methods=args.method,
-                             verbose=False)  # fmt: skip
-    side = 224 if args.model == "resnet50" else 32
-    x = torch.randn(args.batch, 3, side, side)
+    compiled = compiled_pruned(args, cfg)
     times: dict[str, list[float]] = {name: [] for name in libs}
     outputs = {}
     with torch.no_grad():

@@ -18,39 +18,26 @@ import argparse
 import json
 import statistics
 import time
-import warnings
 from pathlib import Path
 
 import torch
+from cpu_paths import add_model_arguments, compiled_pruned, setup
 
-from gpuprune.bench.config import BenchConfig
 from gpuprune.bench.dense_runtimes import openvino_runtime
 from gpuprune.bench.e2e_bench import _build_model
 from gpuprune.bench.environment import environment
 from gpuprune.fileio import atomic_write_text
-from gpuprune.nn import compile as compile_model
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=["vgg16", "resnet50"], default="resnet50")
-    parser.add_argument("--width", type=float, default=0.5)
-    parser.add_argument("--method", default="tile")
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=2)
+    add_model_arguments(parser, "resnet50")
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("-o", "--out", type=Path)
     args = parser.parse_args()
-    warnings.simplefilter("ignore")
-    torch.set_num_threads(args.threads)
-    cfg = BenchConfig(e2e_width=args.width)
-    dense = _build_model(args.model, cfg, "dense", 0.0)
-    pruned = _build_model(args.model, cfg, args.method, 0.75)
-    ours = compile_model(pruned, target=cfg.target, backend="cpu", methods=args.method,
-                         verbose=False)  # fmt: skip
-    side = 224 if args.model == "resnet50" else 32
-    x = torch.randn(args.batch, 3, side, side)
-    ov = openvino_runtime(dense, x)
+    cfg, x = setup(args)
+    ours = compiled_pruned(args, cfg)
+    ov = openvino_runtime(_build_model(args.model, cfg, "dense", 0.0), x)
     times: dict[str, list[float]] = {"ours": [], "openvino": []}
     end = time.perf_counter() + args.seconds
     with torch.no_grad():
@@ -64,7 +51,8 @@ def main() -> None:
     slow = {i for i, t in enumerate(a) if t > 1.3 * min(a)}
     speedup = [o / t for t, o in zip(a, b, strict=True)]
     result = {
-        "model": args.model, "method": args.method, "batch": args.batch, "rounds": len(a),
+        "model": args.model, "method": args.method, "sparsity": args.sparsity, "batch": args.batch,
+        "rounds": len(a),
         "ours_median_ms": statistics.median(a), "ours_min_ms": min(a),
         "openvino_median_ms": statistics.median(b), "openvino_min_ms": min(b),
         "ours_slow_rounds": len(slow),
