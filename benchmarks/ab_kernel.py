@@ -38,12 +38,14 @@ def base_library(rev: str):
     root = Path(__file__).resolve().parents[1]
     source = subprocess.run(["git", "show", f"{rev}:{KERNEL}"], cwd=root, check=True,
                             capture_output=True, text=True).stdout  # fmt: skip
-    own = build._source
+    own, signatures = build._source, build._SIGNATURES
     build._source = lambda: source
+    # functions added since `rev` are not in its library
+    build._SIGNATURES = {n: sig for n, sig in signatures.items() if n in source}
     try:
         return build.load_library.__wrapped__()
     finally:
-        build._source = own
+        build._source, build._SIGNATURES = own, signatures
 
 
 def main() -> None:

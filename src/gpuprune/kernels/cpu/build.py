@@ -50,6 +50,8 @@ _SIGNATURES = {
     # in, N, K, M, gm, bm, bk, k_pad, row_ptr, col_idx, wt, bias, relu, out, nthreads, visits
     "gp_linear": ([_PTR, _I64, _I64, _I64, _I64, _INT, _INT, _I64] + [_PTR] * 4
                   + [_INT, _PTR, _INT, _PTR], ctypes.c_int),
+    # outputs of at least this many bytes are streamed past the caches; -1: the L2s' size
+    "gp_set_stream_min_bytes": ([_I64], None),
 }
 
 
