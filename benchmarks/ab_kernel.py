@@ -2,7 +2,8 @@
 
 The kernel file at a git revision (``--base``, default HEAD) and the working tree's are both built
 (each into the kernel cache under its own hash) and loaded; one compiled model then runs with
-either library in turn, round after round, so a host that gets busier or quieter slows both
+either library in turn, round after round (each with its own copy of the model, so neither reads
+the other's per-shape tables), so a host that gets busier or quieter slows both
 alike (this VM's speed drifts between processes and over minutes by more than most changes
 are worth). Each round runs each library's forwards back to back, ``--warm`` untimed, then the
 mean of ``--calls`` timed; the two take turns going first. Prints and writes (``-o``) the
@@ -16,6 +17,7 @@ difference between the two outputs.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import subprocess
@@ -64,23 +66,26 @@ def main() -> None:
     for module in (cpu_backend, ops, pool):  # every caller looks the library up per call
         module.load_library = lambda: current["lib"]
 
+    # a copy per library, made before any call: the per-shape tap tables and chain programs
+    # each library builds are its own (their layout may differ between versions)
     compiled = compiled_pruned(args, cfg)
+    models = {name: copy.deepcopy(compiled) for name in libs}
     times: dict[str, list[float]] = {name: [] for name in libs}
     outputs = {}
     with torch.no_grad():
         for name, lib in libs.items():
             current["lib"] = lib
-            compiled(x)  # prepares each layer's arguments for this shape
-            outputs[name] = compiled(x)
+            models[name](x)  # prepares each layer's arguments for this shape
+            outputs[name] = models[name](x)
         for r in range(args.rounds):
             order = list(libs.items())  # each goes first every other round: no order bias
             for name, lib in order if r % 2 == 0 else order[::-1]:
                 current["lib"] = lib
                 for _ in range(args.warm):
-                    compiled(x)
+                    models[name](x)
                 t0 = time.perf_counter()
                 for _ in range(args.calls):
-                    compiled(x)
+                    models[name](x)
                 times[name].append((time.perf_counter() - t0) / args.calls * 1e3)
     ratios = [n / b for n, b in zip(times["new"], times["base"], strict=True)]
     q = statistics.quantiles(ratios, n=4)

@@ -47,9 +47,11 @@ for step in $steps; do
           -o benchmarks/results/profile/vgg16-w0.5-b$b-tile75-$host-$isa.json \
           | tee benchmarks/results/profile/vgg16-w0.5-b$b-tile75-$host-$isa.md
       done
-      $BIN/python benchmarks/profile_cpu.py --model resnet50 --batch 1 --threads 2 --repeats 5 \
-        -o benchmarks/results/profile/resnet50-b1-tile75-$host-$isa.json \
-        | tee benchmarks/results/profile/resnet50-b1-tile75-$host-$isa.md ;;
+      for b in 1 16; do
+        $BIN/python benchmarks/profile_cpu.py --model resnet50 --batch $b --threads 2 --repeats 5 \
+          -o benchmarks/results/profile/resnet50-b$b-tile75-$host-$isa.json \
+          | tee benchmarks/results/profile/resnet50-b$b-tile75-$host-$isa.md
+      done ;;
     zoo)  # each model its own process (see zoo_merge.py), merged as results/zoo-<host>-<isa>
       rm -rf runs/zoo
       for model in resnet18 resnet50 mobilenet_v2 efficientnet_b0 convnext_tiny vit_tiny; do

@@ -76,9 +76,10 @@ typedef float vf __attribute__((vector_size(VB), aligned(4)));
 /* Outputs larger than the threads' L2 caches together are written with non-temporal
  * (streaming) stores: the next layer reads most of them from farther out anyway, and a normal
  * store first reads each line it writes (read for ownership), doubling the traffic. Smaller
- * outputs stay in L2 for the next layer. ResNet-50 at batch 16 on a 2-core Zen 4 (2 MiB L2
- * each): 0.91x the time with a 4 MiB threshold against 16 MiB, and 16 MiB 0.92-0.98x against
- * none; 1 MiB was no faster at batch 16 and 1.025x slower at batch 1.
+ * outputs stay in L2 for the next layer. ResNet-50 at batch 16 on a 2-core Zen 4 VM (1 MiB
+ * L2 each, so 2 MiB for two threads): 0.83-0.89x the time against no streaming; fixed
+ * thresholds of 16, 4 and 1 MiB tried first gave 0.92-0.98x, 0.91x of 16 MiB's, and no gain
+ * over 4 MiB at batch 16 but 1.025x its time at batch 1.
  * gp_set_stream_min_bytes overrides the threshold (tests stream every output; -1: back to
  * the caches' size). */
 #include <unistd.h>
