@@ -97,7 +97,7 @@ static int64_t stream_min_bytes(int nthreads) {
     }
     return (int64_t)l2 * (nthreads > 0 ? nthreads : 1);
 }
-#if defined(__SSE2__)
+#if defined(__SSE2__) && (NR * 4) % 64 == 0 /* a row is whole cache lines (not SSE's 8) */
 #include <immintrin.h>
 #define HAVE_NT 1
 /* a[0..NR) to dst (64-byte aligned), bypassing the caches */
