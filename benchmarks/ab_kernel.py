@@ -18,17 +18,21 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import subprocess
-import time
 from pathlib import Path
 
 import torch
-from cpu_paths import add_model_arguments, compiled_pruned, setup
+from cpu_paths import (
+    add_model_arguments,
+    alternating_times,
+    compiled_pruned,
+    model_fields,
+    save,
+    setup,
+)
 
 from gpuprune.bench.environment import environment
-from gpuprune.fileio import atomic_write_text
 from gpuprune.kernels.cpu import backend as cpu_backend
 from gpuprune.kernels.cpu import build, ops, pool
 
@@ -70,29 +74,19 @@ def main() -> None:
     # each library builds are its own (their layout may differ between versions)
     compiled = compiled_pruned(args, cfg)
     models = {name: copy.deepcopy(compiled) for name in libs}
-    times: dict[str, list[float]] = {name: [] for name in libs}
     outputs = {}
     with torch.no_grad():
         for name, lib in libs.items():
             current["lib"] = lib
             models[name](x)  # prepares each layer's arguments for this shape
             outputs[name] = models[name](x)
-        for r in range(args.rounds):
-            order = list(libs.items())  # each goes first every other round: no order bias
-            for name, lib in order if r % 2 == 0 else order[::-1]:
-                current["lib"] = lib
-                for _ in range(args.warm):
-                    models[name](x)
-                t0 = time.perf_counter()
-                for _ in range(args.calls):
-                    models[name](x)
-                times[name].append((time.perf_counter() - t0) / args.calls * 1e3)
+        times = alternating_times({name: lambda m=m: m(x) for name, m in models.items()},
+                                  args.rounds, args.warm, args.calls,
+                                  enter=lambda name: current.update(lib=libs[name]))
     ratios = [n / b for n, b in zip(times["new"], times["base"], strict=True)]
     q = statistics.quantiles(ratios, n=4)
     result = {
-        "model": args.model, "width": args.width if args.model == "vgg16" else None,
-        "method": args.method, "sparsity": args.sparsity, "batch": args.batch,
-        "threads": args.threads, "rounds": args.rounds, "base": args.base,
+        **model_fields(args), "rounds": args.rounds, "base": args.base,
         "base_ms": statistics.median(times["base"]), "new_ms": statistics.median(times["new"]),
         "ratio_new_over_base": statistics.median(times["new"]) / statistics.median(times["base"]),
         "round_ratio_quartiles": q,
@@ -102,9 +96,7 @@ def main() -> None:
     print(f"{args.model} {args.method}@{args.sparsity} b{args.batch}: base {result['base_ms']:.3f}"
           f" ms, new {result['new_ms']:.3f} ms, new/base {result['ratio_new_over_base']:.3f} "
           f"(rounds {q[0]:.3f}-{q[2]:.3f}), outputs differ by {result['max_abs_difference']:.2g}")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(args.out, json.dumps(result, indent=1) + "\n")
+    save(args.out, result)
 
 
 if __name__ == "__main__":

@@ -1,17 +1,23 @@
 """What the CPU A/B scripts (``ab_kernel.py``, ``ab_chain.py``, ``phases.py``) share: the model
-arguments, an input of the end-to-end benchmark's size, and the pruned model compiled for the
-``cpu`` backend as ``gpuprune bench`` builds it."""
+arguments, an input of the end-to-end benchmark's size, the pruned model compiled for the
+``cpu`` backend as ``gpuprune bench`` builds it, timing two paths in alternating rounds, and
+the JSON result."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import time
 import warnings
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from gpuprune.bench.config import BenchConfig
 from gpuprune.bench.e2e_bench import E2E_MODELS, _build_model
+from gpuprune.fileio import atomic_write_text
 from gpuprune.nn import compile as compile_model
 
 
@@ -37,3 +43,38 @@ def compiled_pruned(args: argparse.Namespace, cfg: BenchConfig) -> nn.Module:
     model = _build_model(args.model, cfg, args.method, args.sparsity)
     return compile_model(model, target=cfg.target, backend="cpu", methods=args.method,
                          verbose=False)  # fmt: skip
+
+
+def model_fields(args: argparse.Namespace) -> dict:
+    """The model arguments as a result records them."""
+    return {"model": args.model, "width": args.width if args.model == "vgg16" else None,
+            "method": args.method, "sparsity": args.sparsity, "batch": args.batch,
+            "threads": args.threads}  # fmt: skip
+
+
+def alternating_times(
+    paths: dict[str, Callable[[], object]], rounds: int, warm: int, calls: int,
+    enter: Callable[[str], None] | None = None,
+) -> dict[str, list[float]]:  # fmt: skip
+    """Per path, the mean ms of ``calls`` timed calls in each of ``rounds`` rounds, after ``warm``
+    untimed ones; the paths take turns going first (no order bias). ``enter(name)`` runs before
+    a path's calls (e.g. switching the kernel library)."""
+    times: dict[str, list[float]] = {name: [] for name in paths}
+    for r in range(rounds):
+        order = list(paths.items())
+        for name, fn in order if r % 2 == 0 else order[::-1]:
+            if enter is not None:
+                enter(name)
+            for _ in range(warm):
+                fn()
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            times[name].append((time.perf_counter() - t0) / calls * 1e3)
+    return times
+
+
+def save(out: Path | None, result: dict) -> None:
+    """Write ``result`` as JSON to ``out`` (atomically), if given."""
+    if out:
+        atomic_write_text(out, json.dumps(result, indent=1) + "\n")

@@ -15,18 +15,16 @@ per-round speedup.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
 
 import torch
-from cpu_paths import add_model_arguments, compiled_pruned, setup
+from cpu_paths import add_model_arguments, compiled_pruned, save, setup
 
 from gpuprune.bench.dense_runtimes import openvino_runtime
 from gpuprune.bench.e2e_bench import _build_model
 from gpuprune.bench.environment import environment
-from gpuprune.fileio import atomic_write_text
 
 
 def main() -> None:
@@ -67,9 +65,7 @@ def main() -> None:
     print(f"{len(a)} rounds: ours {result['ours_median_ms']:.2f} ms (min {min(a):.2f}), "
           f"OpenVINO {result['openvino_median_ms']:.2f} ms; {len(slow)} slow rounds of ours; "
           f"speedup quartiles {q[0]:.2f} / {q[1]:.2f} / {q[2]:.2f}")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(args.out, json.dumps(result, indent=1) + "\n")
+    save(args.out, result)
 
 
 if __name__ == "__main__":
