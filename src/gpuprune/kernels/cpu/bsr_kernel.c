@@ -347,11 +347,91 @@ GP_NARROW(narrow_4, v4, 4)
 #endif
 #undef GP_NARROW
 
+#if VL >= 8
+/* SIMD-group vectors of 4 rows (bm = 4, bk = 1) over a narrow panel, VL / 4 kept vectors per
+ * register: wt holds them side by side (4 rows each), so one load takes the weights of VL / 4
+ * vectors, and a register holding their x rows (4 columns each, one 128-bit lane per vector)
+ * gives column c by a broadcast inside each lane. One FMA then does VL / 4 vectors' worth of a
+ * column, where the row-vector kernel above does one 4-wide FMA per vector and column, and the
+ * lanes are summed once at the end. Reads 4 floats of each x row from column 4h: past its nc
+ * columns these are the next row's (or the slack of the panel buffer), never broadcast. */
+#define G4 (VL / 4)
+#if VL == 16
+#define GP_LANES(c) c, c, c, c, 4 + c, 4 + c, 4 + c, 4 + c, 8 + c, 8 + c, 8 + c, 8 + c, \
+                    12 + c, 12 + c, 12 + c, 12 + c
+#else
+#define GP_LANES(c) c, c, c, c, 4 + c, 4 + c, 4 + c, 4 + c
+#endif
+static inline vf lanes_of(const float *x, const int32_t *idx, int nc, int h) {
+    v4 q[G4];
+#pragma GCC unroll 4
+    for (int g = 0; g < G4; g++) q[g] = *(const v4 *)(x + (int64_t)idx[g] * nc + 4 * h);
+    typedef float v8 __attribute__((vector_size(32), aligned(4)));
+    const v8 lo = __builtin_shufflevector(q[0], q[1], 0, 1, 2, 3, 4, 5, 6, 7);
+#if VL == 16
+    const v8 hi = __builtin_shufflevector(q[2], q[3], 0, 1, 2, 3, 4, 5, 6, 7);
+    return __builtin_shufflevector(lo, hi, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+#else
+    return lo;
+#endif
+}
+
+static inline __attribute__((always_inline)) void narrow_simd4(
+    const int nc, const int64_t j0, const int64_t j1, const int32_t *col_idx, const float *wt,
+    const float *xc, float (*acc_out)[NR]) {
+    vf acc[NNMAX];
+    v4 tail[NNMAX];
+#pragma GCC unroll 8
+    for (int c = 0; c < NNMAX; c++)
+        if (c < nc) acc[c] = (vf){0}, tail[c] = (v4){0};
+    int64_t j = j0;
+    for (; j + G4 <= j1; j += G4) {
+        const vf w = vload(wt + j * 4);
+#pragma GCC unroll 2
+        for (int h = 0; h < NNMAX / 4; h++) {
+            if (4 * h >= nc) break;
+            const vf x = lanes_of(xc, col_idx + j, nc, h);
+            if (4 * h + 0 < nc) acc[4 * h + 0] += w * __builtin_shufflevector(x, x, GP_LANES(0));
+            if (4 * h + 1 < nc) acc[4 * h + 1] += w * __builtin_shufflevector(x, x, GP_LANES(1));
+            if (4 * h + 2 < nc) acc[4 * h + 2] += w * __builtin_shufflevector(x, x, GP_LANES(2));
+            if (4 * h + 3 < nc) acc[4 * h + 3] += w * __builtin_shufflevector(x, x, GP_LANES(3));
+        }
+    }
+    for (; j < j1; j++) { /* fewer than VL / 4 vectors left */
+        const v4 w = *(const v4 *)(wt + j * 4);
+        const float *x = xc + (int64_t)col_idx[j] * nc;
+#pragma GCC unroll 8
+        for (int c = 0; c < NNMAX; c++)
+            if (c < nc) tail[c] += w * x[c];
+    }
+    for (int c = 0; c < nc; c++)
+        for (int r = 0; r < 4; r++) {
+            float v = tail[c][r];
+            for (int g = 0; g < G4; g++) v += acc[c][4 * g + r];
+            acc_out[r][c] = v;
+        }
+}
+#undef GP_LANES
+#endif
+
 /* Every row of a row-block (rows_valid of bm) over a narrow panel of nc columns. */
 static void narrow_task(int rows_valid, int nc, int64_t j0, int64_t j1, int bm, int bk,
                         const int32_t *col_idx, const float *wt, const float *xc,
                         float (*acc)[NR]) {
     const int W = narrow_width(bm);
+#if VL >= 8
+    if (bm == 4 && bk == 1) {
+#define GP_NCASE(C) case C: narrow_simd4(C, j0, j1, col_idx, wt, xc, acc); return;
+        switch (nc) {
+            GP_NCASE(1) GP_NCASE(2) GP_NCASE(3) GP_NCASE(4)
+#if NNMAX >= 8
+            GP_NCASE(5) GP_NCASE(6) GP_NCASE(7) GP_NCASE(8)
+#endif
+            default: break;
+        }
+#undef GP_NCASE
+    }
+#endif
     for (int r0 = 0; r0 < rows_valid; r0 += 2 * W) {
         const int g = rows_valid - r0 > W ? 2 : 1;
         const float *w = wt + r0;
@@ -690,8 +770,10 @@ static inline void map_rows(const float *img, const int32_t *table, const int32_
     const int64_t stride = (int64_t)nv * VL; /* a row's slots: only the vectors read */
     int tap = (int)(k0 % taps);
     const float *src = img + k0 / taps * HW; /* channel k / taps (past K: never read) */
-    for (int64_t k = k0; k < k1;) {
-        const int64_t kb = k / bk, end = (kb + 1) * bk < k1 ? (kb + 1) * bk : k1;
+    /* K blocks counted, not divided out per block: SIMD-group vectors' blocks are single rows */
+    int64_t kb = k0 / bk, block_end = (kb + 1) * bk;
+    for (int64_t k = k0; k < k1; kb++, block_end += bk) {
+        const int64_t end = block_end < k1 ? block_end : k1;
         if (!used[kb]) { /* no row-block keeps this K block: never read */
             k = skip_rows(k, end, taps, HW, &tap, &src);
             continue;
@@ -742,8 +824,10 @@ static inline void map_compact(const float *img, const int32_t *table, int64_t H
                                int nc, float *xc) {
     int tap = (int)(k0 % taps);
     const float *src = img + k0 / taps * HW;
-    for (int64_t k = k0; k < k1;) {
-        const int64_t kb = k / bk, end = (kb + 1) * bk < k1 ? (kb + 1) * bk : k1;
+    /* K blocks counted, not divided out per block: SIMD-group vectors' blocks are single rows */
+    int64_t kb = k0 / bk, block_end = (kb + 1) * bk;
+    for (int64_t k = k0; k < k1; kb++, block_end += bk) {
+        const int64_t end = block_end < k1 ? block_end : k1;
         if (!used[kb]) { /* never read */
             k = skip_rows(k, end, taps, HW, &tap, &src);
             continue;
