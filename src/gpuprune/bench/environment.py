@@ -58,15 +58,18 @@ def openvino_default_precision() -> str | None:
 
 
 def commit() -> str | None:
+    """The checkout's commit, with ``+changes`` when the package's own files differ from it (a
+    result measured on uncommitted code says so)."""
+    package = Path(__file__).resolve().parents[1]  # the checkout gpuprune runs from
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            cwd=Path(__file__).parent,  # the checkout gpuprune runs from, not the caller's cwd
-        )
-        return out.stdout.strip() or None
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=5, cwd=package)  # fmt: skip
+        sha = out.stdout.strip()
+        if not sha:
+            return None
+        diff = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "."], capture_output=True,
+                              timeout=5, cwd=package)  # fmt: skip
+        return sha + "+changes" if diff.returncode == 1 else sha
     except (OSError, subprocess.SubprocessError):
         return None
 

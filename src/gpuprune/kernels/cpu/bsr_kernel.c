@@ -774,8 +774,9 @@ static inline void map_rows(const float *img, const int32_t *table, const int32_
     int64_t kb = k0 / bk, block_end = (kb + 1) * bk;
     for (int64_t k = k0; k < k1; kb++, block_end += bk) {
         const int64_t end = block_end < k1 ? block_end : k1;
-        if (!used[kb]) { /* no row-block keeps this K block: never read */
-            k = skip_rows(k, end, taps, HW, &tap, &src);
+        if (!used[kb]) { /* no row-block keeps this K block (or the next ones): never read */
+            while (block_end < k1 && !used[kb + 1]) kb++, block_end += bk;
+            k = skip_rows(k, block_end < k1 ? block_end : k1, taps, HW, &tap, &src);
             continue;
         }
         for (; k < end; k++) {
@@ -828,8 +829,9 @@ static inline void map_compact(const float *img, const int32_t *table, int64_t H
     int64_t kb = k0 / bk, block_end = (kb + 1) * bk;
     for (int64_t k = k0; k < k1; kb++, block_end += bk) {
         const int64_t end = block_end < k1 ? block_end : k1;
-        if (!used[kb]) { /* never read */
-            k = skip_rows(k, end, taps, HW, &tap, &src);
+        if (!used[kb]) { /* never read, nor the unused blocks right after */
+            while (block_end < k1 && !used[kb + 1]) kb++, block_end += bk;
+            k = skip_rows(k, block_end < k1 ? block_end : k1, taps, HW, &tap, &src);
             continue;
         }
         for (; k < end; k++) {
