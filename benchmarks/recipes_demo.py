@@ -6,7 +6,7 @@ fine-tuned from the demo's own dense model with the demo's budget, under other r
 
 Recipes (everything else as configs/demo.yaml): ``magnitude-agp`` (the demo's), ``obs-agp`` (OBS
 reconstruction at every AGP step), ``obs-oneshot`` (OBS once at the final sparsity, then
-fine-tuning); ``--recipes ft-1x24000,ft-2x12000`` cuts the fine-tuning by 20% instead;
+fine-tuning), ``taylor-agp`` (first-order Taylor scores at every AGP step); ``--recipes ft-1x24000,ft-2x12000`` cuts the fine-tuning by 20% instead;
 ``ramp-0.25``, ``ramp-0.75``, ``agp-every-2`` and ``lr-0.04`` schedule the same budget
 otherwise; ``permute`` and ``no-permute`` set ``prune.permute`` (channels reordered before
 pruning: the demo's default since it was measured). Two worker processes of one thread, as the
@@ -27,6 +27,8 @@ RECIPES = {  # config section -> keys changed
     "magnitude-agp": {},
     "obs-agp": {"prune": {"importance": "obs"}},
     "obs-oneshot": {"prune": {"importance": "obs", "schedule": "one-shot", "schedule_options": {}}},
+    # first-order Taylor scores (|w * dL/dw| on a few training batches) at every AGP step
+    "taylor-agp": {"prune": {"importance": "taylor"}},
     # the demo's fine-tuning cut by 20%: what fitting the 10 minutes that way would cost
     "ft-1x24000": {"finetune": {"epochs": 1, "train_subset": 24000}},
     "ft-2x12000": {"finetune": {"epochs": 2, "train_subset": 12000}},
