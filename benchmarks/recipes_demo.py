@@ -29,6 +29,8 @@ RECIPES = {  # config section -> keys changed
     "obs-oneshot": {"prune": {"importance": "obs", "schedule": "one-shot", "schedule_options": {}}},
     # first-order Taylor scores (|w * dL/dw| on a few training batches) at every AGP step
     "taylor-agp": {"prune": {"importance": "taylor"}},
+    # squared magnitudes: a block scored by its mean w^2, so a few large weights count more
+    "l2-agp": {"prune": {"importance": "l2"}},
     # the demo's fine-tuning cut by 20%: what fitting the 10 minutes that way would cost
     "ft-1x24000": {"finetune": {"epochs": 1, "train_subset": 24000}},
     "ft-2x12000": {"finetune": {"epochs": 2, "train_subset": 12000}},
@@ -38,6 +40,12 @@ RECIPES = {  # config section -> keys changed
     "ramp-0.75": {"prune": {"ramp": 0.75}},
     "agp-every-2": {"prune": {"schedule_options": {"frequency": 2}}},
     "lr-0.04": {"finetune": {"lr": 0.04}},
+    "ramp-0.25-lr-0.04": {"prune": {"ramp": 0.25}, "finetune": {"lr": 0.04}},
+    "ramp-0.25-lr-0.06": {"prune": {"ramp": 0.25}, "finetune": {"lr": 0.06}},
+    "ramp-0.25-lr-0.08": {"prune": {"ramp": 0.25}, "finetune": {"lr": 0.08}},
+    "ramp-0.1-lr-0.04": {"prune": {"ramp": 0.1}, "finetune": {"lr": 0.04}},
+    "ramp-0.35-lr-0.04": {"prune": {"ramp": 0.35}, "finetune": {"lr": 0.04}},
+    "ramp-0.25-lr-0.03": {"prune": {"ramp": 0.25}, "finetune": {"lr": 0.03}},
     # how the overall sparsity is shared among layers (the demo's is uniform)
     "alloc-global": {"prune": {"allocation": "global"}},
     "alloc-sensitivity": {"prune": {"allocation": "sensitivity"}},
