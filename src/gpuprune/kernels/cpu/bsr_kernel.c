@@ -380,10 +380,9 @@ static inline __attribute__((always_inline)) void narrow_simd4(
     const int nc, const int64_t j0, const int64_t j1, const int32_t *col_idx, const float *wt,
     const float *xc, float (*acc_out)[NR]) {
     vf acc[NNMAX];
-    v4 tail[NNMAX];
 #pragma GCC unroll 8
     for (int c = 0; c < NNMAX; c++)
-        if (c < nc) acc[c] = (vf){0}, tail[c] = (v4){0};
+        if (c < nc) acc[c] = (vf){0};
     int64_t j = j0;
     for (; j + G4 <= j1; j += G4) {
         const vf w = vload(wt + j * 4);
@@ -397,19 +396,11 @@ static inline __attribute__((always_inline)) void narrow_simd4(
             if (4 * h + 3 < nc) acc[4 * h + 3] += w * __builtin_shufflevector(x, x, GP_LANES(3));
         }
     }
-    for (; j < j1; j++) { /* fewer than VL / 4 vectors left */
-        const v4 w = *(const v4 *)(wt + j * 4);
-        const float *x = xc + (int64_t)col_idx[j] * nc;
-#pragma GCC unroll 8
-        for (int c = 0; c < NNMAX; c++)
-            if (c < nc) tail[c] += w * x[c];
-    }
+    /* fewer than VL / 4 vectors left: the row-vector kernel, which writes acc_out */
+    narrow_4(1, nc, j, j1, 4, 1, col_idx, wt, xc, acc_out);
     for (int c = 0; c < nc; c++)
-        for (int r = 0; r < 4; r++) {
-            float v = tail[c][r];
-            for (int g = 0; g < G4; g++) v += acc[c][4 * g + r];
-            acc_out[r][c] = v;
-        }
+        for (int r = 0; r < 4; r++)
+            for (int g = 0; g < G4; g++) acc_out[r][c] += acc[c][4 * g + r];
 }
 #undef GP_LANES
 #endif
