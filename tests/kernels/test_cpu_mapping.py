@@ -6,7 +6,9 @@ vector width (5 to 13, 56) put such vectors at every offset, with padding column
 side of the row boundary; dilation, larger kernels and vectors that also cross into the next
 image are covered too. A stride-2 convolution's vector inside one output row reads every other
 pixel of one run (ResNet's stem and downsampling convolutions): images 40 to 70 pixels wide
-give such vectors with padding at either end, and vectors across rows.
+give such vectors with padding at either end, and vectors across rows. The kernel reads those
+through the input's phases (rows and columns of one parity): odd sizes leave one phase a row
+or column short, and a 1x1 kernel with odd padding reads only the odd phase.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ def test_vectors_across_output_rows_match(cpu, block, kernel, pad, dil):  # noqa
 
 
 @pytest.mark.parametrize("block", BLOCKS[:2] + BLOCKS[-1:], ids=lambda b: f"{b[0].name}-{b[1]}")
-@pytest.mark.parametrize("kernel,pad", [(7, 3), (3, 1), (1, 0), (3, 0)])
+@pytest.mark.parametrize("kernel,pad", [(7, 3), (3, 1), (1, 0), (3, 0), (1, 1), (2, 0)])
 def test_stride_two_runs_match(cpu, block, kernel, pad):  # noqa: F811
     _check(cpu, block, kernel, 2, pad, 1, [(8, 40), (7, 56), (5, 70), (9, 9), (4, 33)])
 

@@ -14,6 +14,11 @@
  *       run with padding columns in it is copied by one masked load, other vectors (stride,
  *       a vector across images) gathered, both into the panel's slot of a [K_pad][NR] buffer;
  *       all-padding vectors and rows past K read zero_row.
+ *       A stride-2 convolution first splits its input into phases (rows and columns of one
+ *       parity each, once per call, split_phases): every tap then reads a stride-1 run of one
+ *       phase, so its vectors are runs read in place, as a stride-1 convolution's, instead of
+ *       gathers of every other pixel (which cost ResNet-50's stem and downsampling layers most
+ *       of their mapping time).
  *       Rows of K blocks no row-block keeps are never mapped (never read). A linear layer's
  *       panels are transposed copies.
  *   Out scattered to NCHW: element (m, n) goes to out[(n / L) * M * L + m * L + n % L],
@@ -249,7 +254,8 @@ static void store(int rows, int m0, int64_t n0, int64_t N, int64_t M, int64_t L,
  * rows, and the row address tables: see "X" at the top): a fresh multi-MB buffer per call costs
  * more in page faults than the gathers themselves (first touch of every page), so buffers only
  * grow. */
-enum { SCRATCH_GATHER = 0, SCRATCH_ROWS = 1, SCRATCH_CHAIN = 2, SCRATCH_SLOTS = 6 }; /* 4 chain */
+enum { SCRATCH_GATHER = 0, SCRATCH_ROWS = 1, SCRATCH_PHASES = 2, SCRATCH_CHAIN = 3,
+       SCRATCH_SLOTS = 7 }; /* 4 chain */
 
 static void *scratch(int slot, size_t bytes) {
     static __thread void *buf[SCRATCH_SLOTS];
@@ -556,6 +562,70 @@ typedef struct {
     int64_t table_ints; /* int32s per panel: column offsets, then the vector kinds */
 } gp_cols;
 
+/* Where the kernel reads a call's input: the NCHW tensor itself, or (a stride-2, dilation-1
+ * convolution) its phases, [B][C][phase][H2][W2], phase (py, px) holding input rows
+ * 2 r + qy + py and columns 2 c + qx + px. Only the parities some tap reads are kept: a 1x1
+ * convolution's one phase is the subsampled image. Decided here from the geometry alone, so
+ * tables and calls agree. */
+typedef struct {
+    int on;
+    int64_t qy, ny, qx, nx; /* first parity and how many parities, of rows and of columns */
+    int64_t H2, W2;         /* a phase */
+    int64_t plane;          /* floats per channel (H * W without phases) */
+    int64_t image;          /* floats per image */
+} gp_layout;
+
+static gp_layout layout(const gp_geom *g) {
+    gp_layout l = {0};
+    l.plane = g->H * g->W;
+    l.image = g->C * l.plane;
+    if (g->sh != 2 || g->sw != 2 || g->dh != 1 || g->dw != 1) return l;
+    l.ny = g->kh > 1 ? 2 : 1; /* taps i = 0 .. kh - 1 read rows of parity (i - ph) mod 2 */
+    l.qy = g->kh > 1 ? 0 : g->ph & 1;
+    l.nx = g->kw > 1 ? 2 : 1;
+    l.qx = g->kw > 1 ? 0 : g->pw & 1;
+    l.H2 = (g->H + 1) / 2;
+    l.W2 = (g->W + 1) / 2;
+    const int64_t plane = l.ny * l.nx * l.H2 * l.W2;
+    if (g->B * g->C * plane > INT32_MAX) return l; /* offsets are int32: gather instead */
+    l.on = 1;
+    l.plane = plane;
+    l.image = g->C * plane;
+    return l;
+}
+
+/* The offset of input pixel (ih, iw) of image b, channel 0, where the kernel reads it. */
+static inline int64_t input_offset(const gp_geom *g, const gp_layout *l, int64_t b, int64_t ih,
+                                   int64_t iw) {
+    if (!l->on) return b * l->image + ih * g->W + iw;
+    const int64_t phase = ((ih & 1) - l->qy) * l->nx + ((iw & 1) - l->qx);
+    return b * l->image + (phase * l->H2 + (ih >> 1)) * l->W2 + (iw >> 1);
+}
+
+/* Phases of the input planes t0..t1 - 1 (image b, channel ch: plane b * C + ch); rows and
+ * columns past the image are zeros (no table reads them). */
+static void split_phases(const gp_geom *g, const gp_layout *l, const float *img, float *dst,
+                         int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; t++) {
+        const float *src = img + t * g->H * g->W;
+        float *d = dst + t * l->plane;
+        for (int64_t py = 0; py < l->ny; py++) {
+            for (int64_t px = 0; px < l->nx; px++) {
+                const int64_t x0 = l->qx + px, cols = (g->W - x0 + 1) / 2;
+                for (int64_t r = 0; r < l->H2; r++, d += l->W2) {
+                    const int64_t ih = 2 * r + l->qy + py;
+                    int64_t c = 0;
+                    if (ih < g->H) {
+                        const float *row = src + ih * g->W + x0;
+                        for (; c < cols; c++) d[c] = row[2 * c];
+                    }
+                    for (; c < l->W2; c++) d[c] = 0.0f;
+                }
+            }
+        }
+    }
+}
+
 static int64_t gcd64(int64_t a, int64_t b) {
     while (b) {
         const int64_t t = a % b;
@@ -592,7 +662,7 @@ static inline int64_t table_of(const gp_geom *g, const gp_cols *c, int64_t p, in
     *base = 0;
     if (p < c->period) return p;
     if (c->tail && p == c->panels - 1) return c->tables - 1;
-    *base = p / c->period * c->period_images * g->C * g->H * g->W;
+    *base = p / c->period * c->period_images * layout(g).image;
     return p % c->period;
 }
 
@@ -608,9 +678,10 @@ int64_t gp_conv_table_ints(const int64_t *geom) {
 }
 
 /* Tap table: for tap (i, j) and panel column c, the offset of the input pixel in
- * the batch (channel 0), or -1 where the window reads padding or the column is past N. Row
- * k = (ch, i, j) of the panel is then one gather, img[ch * H * W + table[tap][c]]. */
+ * the batch (channel 0; input_offset), or -1 where the window reads padding or the column is
+ * past N. Row k = (ch, i, j) of the panel is then one gather, img[ch * plane + table[tap][c]]. */
 static void tap_table(const gp_geom *g, const gp_cols *cs, int64_t p, int32_t *table) {
+    const gp_layout l = layout(g);
     const int64_t left = cs->groups - p * cs->per_panel;
     const int half = pool_half(left < cs->per_panel ? left : cs->per_panel);
     for (int c = 0; c < NR; c++) {
@@ -643,7 +714,7 @@ static void tap_table(const gp_geom *g, const gp_cols *cs, int64_t p, int32_t *t
                 const int64_t ih = oh * g->sh - g->ph + i * g->dh;
                 const int64_t iw = ow * g->sw - g->pw + j * g->dw;
                 if (ih >= 0 && ih < g->H && iw >= 0 && iw < g->W)
-                    v = (int32_t)((b * g->C * g->H + ih) * g->W + iw);
+                    v = (int32_t)input_offset(g, &l, b, ih, iw);
             }
             table[tap * NR + c] = v;
         }
@@ -843,7 +914,7 @@ static inline void fill_panel(const gp_geom *g, const gp_cols *c, const int32_t 
                               const uint8_t *used, int bk, float *gather, const float **xp) {
     int64_t base;
     const int32_t *t = tables + table_of(g, c, p, &base) * c->table_ints;
-    const int64_t K = g->C * c->taps, HW = g->H * g->W;
+    const int64_t K = g->C * c->taps, HW = layout(g).plane; /* a channel's floats */
     const int64_t left = c->groups - p * c->per_panel;
     const int nc = narrow_cols(left, (int)g->pool, (int)g->bm);
     if (nc > 0) { /* a narrow panel: the compact array in the gather buffer, no row table */
@@ -904,17 +975,29 @@ int gp_conv2d(const int64_t *geom, const float *img, const int32_t *row_ptr,
         xall = scratch_rows((size_t)(panels * k_pad * NV));
         if (!x || !xall) return 1;
     }
+    const gp_layout lay = layout(g);
+    const float *input = img;
+    if (lay.on) { /* a stride-2 convolution reads its input's phases (split below) */
+        input = (const float *)scratch(SCRATCH_PHASES, sizeof(float) * g->B * lay.image);
+        if (!input) return 1;
+    }
     /* one parallel region per call: waking the thread pool costs more than a small layer's
      * whole GEMM at batch 1, so the phases below are separated by barriers, not new regions */
 #pragma omp parallel num_threads(nthreads) reduction(+ : walked)
     {
         if (build) {
-#pragma omp for schedule(static)
+#pragma omp for schedule(static) nowait
             for (int64_t t = 0; t < c.tables; t++) {
                 const int64_t p = c.tail && t == c.tables - 1 ? c.panels - 1 : t;
                 panel_tables(g, &c, p, own + t * c.table_ints);
             }
         }
+        if (lay.on) {
+#pragma omp for schedule(static) nowait
+            for (int64_t t = 0; t < g->B * g->C; t++)
+                split_phases(g, &lay, img, (float *)input, t, t + 1);
+        }
+#pragma omp barrier
         if (mode == 1) {
             /* fused: a thread maps one panel (gathers into its own buffer), runs every
              * row-block on it while its input rows are in cache */
@@ -927,7 +1010,7 @@ int gp_conv2d(const int64_t *geom, const float *img, const int32_t *row_ptr,
 #pragma omp for schedule(dynamic, 1)
             for (int64_t p = 0; p < panels; p++) {
                 if (!panel || !xp) continue;
-                fill_panel(g, &c, tables, p, img, 0, k_pad, used, bk, panel, xp);
+                fill_panel(g, &c, tables, p, input, 0, k_pad, used, bk, panel, xp);
                 const int nc = narrow_cols(c.groups - p * c.per_panel, (int)g->pool, bm);
                 for (int64_t i = 0; i < gm; i++) {
                     walked += row_ptr[i + 1] - row_ptr[i];
@@ -944,7 +1027,7 @@ int gp_conv2d(const int64_t *geom, const float *img, const int32_t *row_ptr,
             for (int64_t t = 0; t < panels * splits; t++) {
                 const int64_t p = t / splits, s = t % splits;
                 const int64_t k0 = s * rows, k1 = k0 + rows < k_pad ? k0 + rows : k_pad;
-                fill_panel(g, &c, tables, p, img, k0, k1, used, bk, x + p * k_pad * NR,
+                fill_panel(g, &c, tables, p, input, k0, k1, used, bk, x + p * k_pad * NR,
                            xall + p * k_pad * NV);
             }
             const int64_t tasks = panels * gm;
