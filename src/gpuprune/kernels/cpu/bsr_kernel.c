@@ -245,9 +245,6 @@ static void store(int rows, int m0, int64_t n0, int64_t N, int64_t M, int64_t L,
             }
         }
     }
-#if HAVE_NT
-    if (nt) _mm_sfence(); /* streamed rows visible before the task ends (weakly ordered) */
-#endif
 }
 
 /* Per-thread scratch that persists between calls, one buffer per slot (the gathered panel
@@ -1007,7 +1004,7 @@ int gp_conv2d(const int64_t *geom, const float *img, const int32_t *row_ptr,
 #pragma omp atomic write
                 status = 1;
             }
-#pragma omp for schedule(dynamic, 1)
+#pragma omp for schedule(dynamic, 1) nowait
             for (int64_t p = 0; p < panels; p++) {
                 if (!panel || !xp) continue;
                 fill_panel(g, &c, tables, p, input, 0, k_pad, used, bk, panel, xp);
@@ -1031,7 +1028,7 @@ int gp_conv2d(const int64_t *geom, const float *img, const int32_t *row_ptr,
                            xall + p * k_pad * NV);
             }
             const int64_t tasks = panels * gm;
-#pragma omp for schedule(dynamic, 1)
+#pragma omp for schedule(dynamic, 1) nowait
             for (int64_t t = 0; t < tasks; t++) {
                 const int64_t p = t / gm, i = t % gm;
                 walked += row_ptr[i + 1] - row_ptr[i];
@@ -1041,6 +1038,12 @@ int gp_conv2d(const int64_t *geom, const float *img, const int32_t *row_ptr,
                           narrow_cols(c.groups - p * c.per_panel, (int)g->pool, bm), nt);
             }
         }
+#if HAVE_NT
+        /* streamed rows are weakly ordered: each thread's visible before the region's closing
+         * barrier, after which the caller (or the next layer) reads them; one fence per thread,
+         * not per task (a SIMD-group task stores only 4 rows) */
+        if (nt) _mm_sfence();
+#endif
     }
     if (visits) *visits += walked;
     return status;
