@@ -994,7 +994,9 @@ int gp_conv2d(const int64_t *geom, const float *img, const int32_t *row_ptr,
             for (int64_t t = 0; t < g->B * g->C; t++)
                 split_phases(g, &lay, img, (float *)input, t, t + 1);
         }
+        if (build || lay.on) { /* the same for every thread: all or none reach the barrier */
 #pragma omp barrier
+        }
         if (mode == 1) {
             /* fused: a thread maps one panel (gathers into its own buffer), runs every
              * row-block on it while its input rows are in cache */
