@@ -1,0 +1,69 @@
+"""simd against tile on the CPU backend, the two compiled models alternating in one process: the
+ratio issue 14's "simd within 15% of tile" reads, with this VM's slow phases landing on both.
+
+Each round runs both models (the same architecture and sparsity, pruned with each method as
+``gpuprune bench`` prunes them), taking turns going first: ``--warm`` untimed forwards, then the
+mean of ``--calls`` timed. Prints and writes (``-o``) the medians, their ratio (``--method`` over
+``--against``) and the quartiles of the per-round ratios.
+
+    python benchmarks/ab_methods.py --model resnet50 --batch 16 --rounds 20 \\
+        -o benchmarks/results/kernel-ab/simd-vs-tile-resnet50-b16.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from pathlib import Path
+
+import torch
+from cpu_paths import (
+    add_model_arguments,
+    alternating_times,
+    compiled_pruned,
+    model_fields,
+    save,
+    setup,
+)
+
+from gpuprune.bench.environment import environment
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_model_arguments(parser, "vgg16")
+    parser.set_defaults(method="simd")
+    parser.add_argument("--against", default="tile", help="the method the ratio divides by")
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--warm", type=int, default=2)
+    parser.add_argument("--calls", type=int, default=5)
+    parser.add_argument("-o", "--out", type=Path)
+    args = parser.parse_args()
+    cfg, x = setup(args)
+    models = {m: compiled_pruned(_with(args, m), cfg) for m in (args.method, args.against)}
+    with torch.no_grad():
+        for m in models.values():
+            m(x)  # prepares each layer's arguments for this shape
+        times = alternating_times({name: lambda m=m: m(x) for name, m in models.items()},
+                                  args.rounds, args.warm, args.calls)  # fmt: skip
+    ratios = [a / b for a, b in zip(times[args.method], times[args.against], strict=True)]
+    q = statistics.quantiles(ratios, n=4)
+    med = {name: statistics.median(t) for name, t in times.items()}
+    result = {
+        **model_fields(args), "against": args.against, "rounds": args.rounds,
+        "median_ms": med, "ratio": med[args.method] / med[args.against],
+        "round_ratio_quartiles": q, "environment": environment(),
+    }  # fmt: skip
+    print(f"{args.model} b{args.batch} @{args.sparsity}: {args.method} {med[args.method]:.3f} ms, "
+          f"{args.against} {med[args.against]:.3f} ms, ratio {result['ratio']:.3f} "
+          f"(rounds {q[0]:.3f}-{q[2]:.3f})")  # fmt: skip
+    save(args.out, result)
+
+
+def _with(args: argparse.Namespace, method: str) -> argparse.Namespace:
+    """``args`` with another method (the model arguments compiled_pruned reads)."""
+    return argparse.Namespace(**{**vars(args), "method": method})
+
+
+if __name__ == "__main__":
+    main()
