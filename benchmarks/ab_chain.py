@@ -14,11 +14,11 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-from pathlib import Path
 
 import torch
 from cpu_paths import (
     add_model_arguments,
+    add_round_arguments,
     alternating_times,
     compiled_pruned,
     model_fields,
@@ -33,9 +33,7 @@ from gpuprune.nn.chain import ChainedSequential
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_model_arguments(parser, "resnet50")
-    parser.add_argument("--rounds", type=int, default=30)
-    parser.add_argument("--calls", type=int, default=2)
-    parser.add_argument("-o", "--out", type=Path)
+    add_round_arguments(parser, rounds=30, warm=1, calls=2)
     args = parser.parse_args()
     cfg, x = setup(args)
     runs = compiled_pruned(args, cfg)
@@ -49,7 +47,7 @@ def main() -> None:
             fn(x)  # prepares each layer's and each run's arguments for this shape
         equal = torch.equal(plain(x), runs(x))
         times = alternating_times({name: lambda fn=fn: fn(x) for name, fn in paths.items()},
-                                  args.rounds, 1, args.calls)
+                                  args.rounds, args.warm, args.calls)
     a, b = statistics.median(times["one_by_one"]), statistics.median(times["runs"])
     result = {
         **model_fields(args), "rounds": args.rounds, "one_by_one_ms": a, "runs_ms": b,

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from cpu_paths import (
     add_model_arguments,
+    add_round_arguments,
     alternating_times,
     compiled_pruned,
     model_fields,
@@ -57,11 +58,8 @@ def base_library(rev: str):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_model_arguments(parser, "vgg16")
-    parser.add_argument("--rounds", type=int, default=50)
-    parser.add_argument("--warm", type=int, default=3)
-    parser.add_argument("--calls", type=int, default=5)
+    add_round_arguments(parser, rounds=50, warm=3, calls=5)
     parser.add_argument("--base", default="HEAD", help="git revision of the base kernel")
-    parser.add_argument("-o", "--out", type=Path)
     args = parser.parse_args()
     cfg, x = setup(args)
 

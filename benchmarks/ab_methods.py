@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-from pathlib import Path
 
 import torch
 from cpu_paths import (
     add_model_arguments,
+    add_round_arguments,
     alternating_times,
     compiled_pruned,
     model_fields,
@@ -34,10 +34,7 @@ def main() -> None:
     add_model_arguments(parser, "vgg16")
     parser.set_defaults(method="simd")
     parser.add_argument("--against", default="tile", help="the method the ratio divides by")
-    parser.add_argument("--rounds", type=int, default=30)
-    parser.add_argument("--warm", type=int, default=2)
-    parser.add_argument("--calls", type=int, default=5)
-    parser.add_argument("-o", "--out", type=Path)
+    add_round_arguments(parser, rounds=30, warm=2, calls=5)
     args = parser.parse_args()
     cfg, x = setup(args)
     models = {m: compiled_pruned(_with(args, m), cfg) for m in (args.method, args.against)}

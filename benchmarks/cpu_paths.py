@@ -30,6 +30,15 @@ def add_model_arguments(parser: argparse.ArgumentParser, model: str) -> None:
     parser.add_argument("--threads", type=int, default=2)
 
 
+def add_round_arguments(parser: argparse.ArgumentParser, rounds: int, warm: int, calls: int
+                        ) -> None:  # fmt: skip
+    """``--rounds``, ``--warm`` and ``--calls`` of alternating_times, and ``-o/--out`` (JSON)."""
+    parser.add_argument("--rounds", type=int, default=rounds)
+    parser.add_argument("--warm", type=int, default=warm, help="untimed calls per round")
+    parser.add_argument("--calls", type=int, default=calls, help="timed calls per round")
+    parser.add_argument("-o", "--out", type=Path)
+
+
 def setup(args: argparse.Namespace) -> tuple[BenchConfig, torch.Tensor]:
     """The benchmark config and a random input of the model's size; sets the thread count."""
     warnings.simplefilter("ignore")
