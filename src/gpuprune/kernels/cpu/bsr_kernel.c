@@ -599,25 +599,23 @@ static inline int64_t input_offset(const gp_geom *g, const gp_layout *l, int64_t
     return b * l->image + (phase * l->H2 + (ih >> 1)) * l->W2 + (iw >> 1);
 }
 
-/* Phases of the input planes t0..t1 - 1 (image b, channel ch: plane b * C + ch); rows and
- * columns past the image are zeros (no table reads them). */
+/* The phases of input plane t (image b, channel ch: t = b * C + ch); rows and columns past the
+ * image are zeros (no table reads them). */
 static void split_phases(const gp_geom *g, const gp_layout *l, const float *img, float *dst,
-                         int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; t++) {
-        const float *src = img + t * g->H * g->W;
-        float *d = dst + t * l->plane;
-        for (int64_t py = 0; py < l->ny; py++) {
-            for (int64_t px = 0; px < l->nx; px++) {
-                const int64_t x0 = l->qx + px, cols = (g->W - x0 + 1) / 2;
-                for (int64_t r = 0; r < l->H2; r++, d += l->W2) {
-                    const int64_t ih = 2 * r + l->qy + py;
-                    int64_t c = 0;
-                    if (ih < g->H) {
-                        const float *row = src + ih * g->W + x0;
-                        for (; c < cols; c++) d[c] = row[2 * c];
-                    }
-                    for (; c < l->W2; c++) d[c] = 0.0f;
+                         int64_t t) {
+    const float *src = img + t * g->H * g->W;
+    float *d = dst + t * l->plane;
+    for (int64_t py = 0; py < l->ny; py++) {
+        for (int64_t px = 0; px < l->nx; px++) {
+            const int64_t x0 = l->qx + px, cols = (g->W - x0 + 1) / 2;
+            for (int64_t r = 0; r < l->H2; r++, d += l->W2) {
+                const int64_t ih = 2 * r + l->qy + py;
+                int64_t c = 0;
+                if (ih < g->H) {
+                    const float *row = src + ih * g->W + x0;
+                    for (; c < cols; c++) d[c] = row[2 * c];
                 }
+                for (; c < l->W2; c++) d[c] = 0.0f;
             }
         }
     }
@@ -655,11 +653,11 @@ static gp_cols columns(const gp_geom *g) {
 }
 
 /* The table a panel reads, and the offset of its images from the table's. */
-static inline int64_t table_of(const gp_geom *g, const gp_cols *c, int64_t p, int64_t *base) {
+static inline int64_t table_of(const gp_cols *c, const gp_layout *l, int64_t p, int64_t *base) {
     *base = 0;
     if (p < c->period) return p;
     if (c->tail && p == c->panels - 1) return c->tables - 1;
-    *base = p / c->period * c->period_images * layout(g).image;
+    *base = p / c->period * c->period_images * l->image;
     return p % c->period;
 }
 
@@ -905,13 +903,14 @@ static inline void map_compact(const float *img, const int32_t *table, int64_t H
     }
 }
 
-/* Rows k0..k1 of panel p of X, from its tables. */
-static inline void fill_panel(const gp_geom *g, const gp_cols *c, const int32_t *tables,
-                              int64_t p, const float *img, int64_t k0, int64_t k1,
-                              const uint8_t *used, int bk, float *gather, const float **xp) {
+/* Rows k0..k1 of panel p of X, from its tables, in the input layout `l` of the call. */
+static inline void fill_panel(const gp_geom *g, const gp_cols *c, const gp_layout *l,
+                              const int32_t *tables, int64_t p, const float *img, int64_t k0,
+                              int64_t k1, const uint8_t *used, int bk, float *gather,
+                              const float **xp) {
     int64_t base;
-    const int32_t *t = tables + table_of(g, c, p, &base) * c->table_ints;
-    const int64_t K = g->C * c->taps, HW = layout(g).plane; /* a channel's floats */
+    const int32_t *t = tables + table_of(c, l, p, &base) * c->table_ints;
+    const int64_t K = g->C * c->taps, HW = l->plane; /* a channel's floats */
     const int64_t left = c->groups - p * c->per_panel;
     const int nc = narrow_cols(left, (int)g->pool, (int)g->bm);
     if (nc > 0) { /* a narrow panel: the compact array in the gather buffer, no row table */
@@ -992,7 +991,7 @@ int gp_conv2d(const int64_t *geom, const float *img, const int32_t *row_ptr,
         if (lay.on) {
 #pragma omp for schedule(static) nowait
             for (int64_t t = 0; t < g->B * g->C; t++)
-                split_phases(g, &lay, img, (float *)input, t, t + 1);
+                split_phases(g, &lay, img, (float *)input, t);
         }
         if (build || lay.on) { /* the same for every thread: all or none reach the barrier */
 #pragma omp barrier
@@ -1009,7 +1008,7 @@ int gp_conv2d(const int64_t *geom, const float *img, const int32_t *row_ptr,
 #pragma omp for schedule(dynamic, 1) nowait
             for (int64_t p = 0; p < panels; p++) {
                 if (!panel || !xp) continue;
-                fill_panel(g, &c, tables, p, input, 0, k_pad, used, bk, panel, xp);
+                fill_panel(g, &c, &lay, tables, p, input, 0, k_pad, used, bk, panel, xp);
                 const int nc = narrow_cols(c.groups - p * c.per_panel, (int)g->pool, bm);
                 for (int64_t i = 0; i < gm; i++) {
                     walked += row_ptr[i + 1] - row_ptr[i];
@@ -1026,7 +1025,7 @@ int gp_conv2d(const int64_t *geom, const float *img, const int32_t *row_ptr,
             for (int64_t t = 0; t < panels * splits; t++) {
                 const int64_t p = t / splits, s = t % splits;
                 const int64_t k0 = s * rows, k1 = k0 + rows < k_pad ? k0 + rows : k_pad;
-                fill_panel(g, &c, tables, p, input, k0, k1, used, bk, x + p * k_pad * NR,
+                fill_panel(g, &c, &lay, tables, p, input, k0, k1, used, bk, x + p * k_pad * NR,
                            xall + p * k_pad * NV);
             }
             const int64_t tasks = panels * gm;
