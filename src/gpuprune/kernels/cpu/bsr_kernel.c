@@ -806,10 +806,14 @@ void gp_conv_tables(const int64_t *geom, int32_t *tables, int nthreads) {
     }
 }
 
-/* Rows k..end - 1 (a K block no row-block keeps) are skipped: the tap and channel that row k
- * counts from move on past them; returns end. */
-static inline int64_t skip_rows(int64_t k, int64_t end, int taps, int64_t HW, int *tap,
-                                const float **src) {
+/* Row k starts K block *kb, which no row-block keeps: it and the unused blocks right after it
+ * (up to k1) are skipped, *kb and *block_end left at the last of them, and the tap and channel
+ * that row k counts from move on past them; returns the first row after the run. */
+static inline int64_t skip_unused(int64_t k, int64_t k1, const uint8_t *used, int bk, int64_t *kb,
+                                  int64_t *block_end, int taps, int64_t HW, int *tap,
+                                  const float **src) {
+    while (*block_end < k1 && !used[*kb + 1]) ++*kb, *block_end += bk;
+    const int64_t end = *block_end < k1 ? *block_end : k1;
     const int64_t skip = *tap + (end - k);
     *src += skip / taps * HW;
     *tap = (int)(skip % taps);
@@ -832,8 +836,7 @@ static inline void map_rows(const float *img, const int32_t *table, const int32_
     for (int64_t k = k0; k < k1; kb++, block_end += bk) {
         const int64_t end = block_end < k1 ? block_end : k1;
         if (!used[kb]) { /* no row-block keeps this K block (or the next ones): never read */
-            while (block_end < k1 && !used[kb + 1]) kb++, block_end += bk;
-            k = skip_rows(k, block_end < k1 ? block_end : k1, taps, HW, &tap, &src);
+            k = skip_unused(k, k1, used, bk, &kb, &block_end, taps, HW, &tap, &src);
             continue;
         }
         for (; k < end; k++) {
@@ -887,8 +890,7 @@ static inline void map_compact(const float *img, const int32_t *table, int64_t H
     for (int64_t k = k0; k < k1; kb++, block_end += bk) {
         const int64_t end = block_end < k1 ? block_end : k1;
         if (!used[kb]) { /* never read, nor the unused blocks right after */
-            while (block_end < k1 && !used[kb + 1]) kb++, block_end += bk;
-            k = skip_rows(k, block_end < k1 ? block_end : k1, taps, HW, &tap, &src);
+            k = skip_unused(k, k1, used, bk, &kb, &block_end, taps, HW, &tap, &src);
             continue;
         }
         for (; k < end; k++) {
