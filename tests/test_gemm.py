@@ -38,8 +38,12 @@ def test_conv_gemm_view_is_the_im2col_product(cin, cout, kh, kw, stride, pad, di
     x = torch.randn(2, cin, 7, 8)
     w = gemm_view(conv)
     assert w.shape == (cout, cin * kh * kw) == gemm_shape(conv)
-    assert w.data_ptr() == conv.weight.data_ptr(), "a view, not a copy"
+    if kh * kw == 1:
+        assert w.data_ptr() == conv.weight.data_ptr(), "a 1x1 kernel's view is no copy"
     cols = F.unfold(x, (kh, kw), dilation=dil, padding=pad, stride=stride)  # [B, K, L]
+    # unfold's rows are (c, kh, kw); the view's K is (kh, kw, c): column t * cin + c
+    order = [t * cin + c for c in range(cin) for t in range(kh * kw)]
+    cols = cols[:, torch.argsort(torch.tensor(order))]
     out = conv(x)
     lowered = (w @ cols).reshape(out.shape)
     torch.testing.assert_close(lowered, out, rtol=1e-5, atol=1e-5)
@@ -58,7 +62,20 @@ def test_linear_view_and_inverse():
 def test_grouped_conv_view_stacks_its_group_gemms():
     conv = nn.Conv2d(8, 4, 3, groups=2)
     assert is_gemm_layer(conv) and gemm_shape(conv) == (4, 4 * 9)
-    assert torch.equal(gemm_view(conv)[2:], conv.weight[2:].reshape(2, -1))  # group 1's rows
+    rows = conv.weight[2:].permute(0, 2, 3, 1).reshape(2, -1)  # group 1's, K (kh, kw, c)
+    assert torch.equal(gemm_view(conv)[2:], rows)
+
+
+def test_conv_k_order_is_taps_then_channels():
+    """K = (kh, kw, c_in), c_in fastest: a K block is one tap of a run of input channels."""
+    conv = nn.Conv2d(3, 2, (2, 2))
+    with torch.no_grad():
+        conv.weight.copy_(torch.arange(24.0).view(2, 3, 2, 2))  # value = ((o*3 + c)*2 + i)*2 + j
+    w = gemm_view(conv)
+    for c in range(3):
+        for i in range(2):
+            for j in range(2):
+                assert w[1, (i * 2 + j) * 3 + c] == conv.weight[1, c, i, j]
 
 
 @pytest.mark.parametrize(

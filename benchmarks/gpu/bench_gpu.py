@@ -20,7 +20,7 @@ from gpuprune.arch import Target, get_target
 from gpuprune.bench import results
 from gpuprune.bench.environment import device_slug, environment
 from gpuprune.bench.timing import measure
-from gpuprune.gemm import expand_blocks
+from gpuprune.gemm import expand_blocks, from_gemm, gemm_view
 from gpuprune.geometry import ConvGeometry
 from gpuprune.kernels import get_backend, pack_for
 from gpuprune.models import create_model
@@ -324,7 +324,7 @@ class Bench:
             wd = w.to(dev, dtype)
             b = bias.to(dev, dtype)
             if layer.kind == "conv":
-                wd = wd.reshape(m, layer.cin, *layer.kernel)
+                wd = from_gemm(wd, (m, layer.cin, *layer.kernel))
                 if layout == "channels_last":
                     wd = wd.contiguous(memory_format=torch.channels_last)
                 return lambda: F.conv2d(x, wd, b, **conv).relu_()
@@ -392,7 +392,9 @@ class Bench:
             return x.t().contiguous()
         c = F.unfold(x, layer.kernel, dilation=layer.dilation, padding=layer.padding,
                      stride=layer.stride)  # fmt: skip
-        return c.permute(1, 0, 2).reshape(layer.k, -1)
+        b, _, n = c.shape  # unfold's rows (c, kh, kw) in gemm_view's order (kh, kw, c)
+        c = c.view(b, layer.cin, -1, n).transpose(1, 2)
+        return c.permute(1, 2, 0, 3).reshape(layer.k, -1)
 
     def bench_bsr(self, common, w, x, layer, s, base, dense_bytes, dtype) -> None:
         key = "torch-bsr"
@@ -509,8 +511,8 @@ class Bench:
         with torch.no_grad():
             for i, n in enumerate(names):
                 w = out.get_submodule(n).weight
-                flat = w.reshape(w.shape[0], -1)
-                flat.mul_(block_mask(*flat.shape, block, s, seed=i))
+                flat = gemm_view(w)
+                w.copy_(from_gemm(flat * block_mask(*flat.shape, block, s, seed=i), w))
         return out
 
     # ---- output ----

@@ -2,8 +2,12 @@
 
 Convolution is lowered to ``Out[M, N] = W[M, K] x X[K, N]`` with ``M = C_out``,
 ``K = C_in * kh * kw`` and ``N = H_out * W_out * batch``. The one K order used everywhere is
-``(c_in, kh, kw)`` with ``c_in`` slowest, i.e. ``weight.reshape(C_out, -1)``, which is also the row
-order of ``torch.nn.functional.unfold`` (im2col). Linear layers are ``W[out, in]`` as they are.
+``(kh, kw, c_in)`` with ``c_in`` fastest (:data:`K_ORDER`), i.e.
+``weight.permute(0, 2, 3, 1).reshape(C_out, -1)``: the order of an NHWC implicit GEMM, where one
+K block of a tile is one kernel tap of a run of input channels. A block then never disconnects
+an input channel from its outputs at every tap at once, which the ``(c_in, kh, kw)`` order of
+``weight.reshape`` and ``F.unfold`` did (a 32-wide block held 3.6 channels with all 9 taps:
+docs/design.md, "GEMM view and K order"). Linear layers are ``W[out, in]`` as they are.
 A Conv1d is a conv with kh = 1. A grouped conv's view ``[C_out, C_in/G * kh * kw]`` stacks its G
 group GEMMs ``[C_out/G, C_in/G * kh * kw]`` along M (group g owns rows ``g*C_out/G`` onward); its
 masks are chosen per group (see :mod:`gpuprune.prune.api`).
@@ -35,6 +39,7 @@ from torch.nn.utils import parametrize
 
 from gpuprune.errors import UnsupportedLayerError
 
+K_ORDER = "kh,kw,c_in"  # a conv's GEMM K order (module docstring); part of every stored mask's key
 GEMM_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Linear, nn.ConvTranspose2d)
 # nn.MultiheadAttention's bare projection weights, and how many GEMMs each stacks along M
 MHA_WEIGHTS = {"in_proj_weight": 3, "q_proj_weight": 1, "k_proj_weight": 1, "v_proj_weight": 1}
@@ -165,12 +170,15 @@ def gemm_shape(module: nn.Module) -> tuple[int, int]:
 
 
 def gemm_view(module: nn.Module | BareWeight | TransposedConv | torch.Tensor) -> torch.Tensor:
-    """The layer's weight as an [M, K] matrix (a view sharing storage with the weight; a copy in
-    the Conv2d layout for a ConvTranspose2d)."""
+    """The layer's weight as an [M, K] matrix in the K order ``(kh, kw, c_in)``: a copy for a
+    conv with a kernel bigger than 1 (write back with :func:`from_gemm`), else a view."""
     if isinstance(module, nn.ConvTranspose2d):
         module = TransposedConv(module)
     w = module if isinstance(module, torch.Tensor) else (_check(module), module.weight)[1]
+    if w.dim() > 2:  # [M, C, *kernel] -> [M, *kernel, C]
+        w = w.movedim(1, -1)
     return w.reshape(w.shape[0], -1)
+
 
 
 def from_gemm(matrix: torch.Tensor, like: nn.Module | BareWeight | torch.Tensor | torch.Size
@@ -188,7 +196,20 @@ def from_gemm(matrix: torch.Tensor, like: nn.Module | BareWeight | torch.Tensor 
     m, k = shape[0], int(torch.Size(shape[1:]).numel())
     if tuple(matrix.shape) != (m, k):
         raise ValueError(f"matrix of shape {tuple(matrix.shape)} is not the GEMM view {(m, k)}")
+    if len(shape) > 2:  # [M, *kernel, C] -> [M, C, *kernel]
+        return matrix.reshape(shape[0], *shape[2:], shape[1]).movedim(-1, 1).contiguous()
     return matrix.reshape(shape)
+
+
+def weight_shaped(t: torch.Tensor, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
+    """``t`` given weight-shaped or as the [M, K] GEMM view, in the weight's ``shape``."""
+    shape = torch.Size(shape)
+    if t.shape == shape:
+        return t
+    if t.dim() != 2:
+        raise ValueError(f"tensor of shape {tuple(t.shape)} is neither the weight's {tuple(shape)}"
+                         " nor its GEMM view")  # fmt: skip
+    return from_gemm(t, shape)
 
 
 # ---- block arithmetic ---------------------------------------------------------------------------

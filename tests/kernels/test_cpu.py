@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from gpuprune.arch import get_target
 from gpuprune.errors import UserError
-from gpuprune.gemm import expand_blocks
+from gpuprune.gemm import expand_blocks, from_gemm
 from gpuprune.geometry import ConvGeometry
 from gpuprune.kernels import get_backend, pack_for
 from gpuprune.kernels.cpu import build
@@ -86,7 +86,7 @@ def test_conv_matches_masked_dense(cpu, target, case, variant):
         geometry=ConvGeometry(cin, ks, stride, pad, dil), relu=True,
     )  # fmt: skip
     x = torch.randn(b, cin, h, w)
-    ref = F.conv2d(x, weight.reshape(cout, cin, *ks), bias, stride, pad, dil).relu()
+    ref = F.conv2d(x, from_gemm(weight, (cout, cin, *ks)), bias, stride, pad, dil).relu()
     layer.count_visits = True
     y = layer(x)
     assert y.shape == ref.shape and y.is_contiguous()
@@ -115,7 +115,7 @@ def test_conv_random_shapes(b, cin, cout, h, w, kh, kw, stride, pad, dil, densit
         geometry=ConvGeometry(cin, (kh, kw), (stride, stride), (pad, pad), (dil, dil)), relu=relu,
     )  # fmt: skip
     x = torch.randn(b, cin, h, w)
-    ref = F.conv2d(x, weight.reshape(cout, cin, kh, kw), None, stride, pad, dil)
+    ref = F.conv2d(x, from_gemm(weight, (cout, cin, kh, kw)), None, stride, pad, dil)
     assert_matches(layer(x), ref.relu() if relu else ref)
 
 
@@ -140,7 +140,7 @@ def test_pruned_for_one_target_runs_on_another(cpu):
     vectors: the same output, and the zero NVIDIA tiles are still skipped."""
     weight = block_masked(130, 16 * 9, NVIDIA.tile_block(), 0.4, seed=9)
     x = torch.randn(2, 16, 7, 7)
-    ref = F.conv2d(x, weight.reshape(130, 16, 3, 3), None, 1, 1)
+    ref = F.conv2d(x, from_gemm(weight, (130, 16, 3, 3)), None, 1, 1)
     for target, variant in ((NVIDIA, "tile"), (POCL, "tile"), (POCL, "simd")):
         packed = pack_for(weight, target, variant)
         assert packed.skippable_fraction() > 0.3
@@ -188,7 +188,7 @@ def test_im2col_skips_k_blocks_no_row_keeps(cpu, side):
         layer.mode = mode
         for seed in range(2):  # the second call finds the first call's rows in the buffers
             x = torch.randn(2, 12, side, side, generator=torch.Generator().manual_seed(seed))
-            assert_matches(layer(x), F.conv2d(x, weight.reshape(70, 12, 3, 3), None, 1, 1))
+            assert_matches(layer(x), F.conv2d(x, from_gemm(weight, (70, 12, 3, 3)), None, 1, 1))
 
 
 def test_empty_batch(cpu):
@@ -224,7 +224,7 @@ def test_fused_and_two_phase_schedules_agree(cpu, side):
         outs.append(layer(x))
         assert layer.visited_blocks == layer.nnzb * layer.panels(3 * side * side)
     assert torch.equal(outs[0], outs[1])
-    ref = F.conv2d(x, weight.reshape(40, 7, 3, 3), layer.bias, padding=1).relu()
+    ref = F.conv2d(x, from_gemm(weight, (40, 7, 3, 3)), layer.bias, padding=1).relu()
     assert_matches(outs[0], ref)
 
 
@@ -243,7 +243,7 @@ def test_portable_build_matches(monkeypatch, tmp_path):
                 geometry=ConvGeometry(5, (3, 3), (2, 1), (1, 1), (1, 1)),
             )  # fmt: skip
             x = torch.randn(2, 5, 11, 19)
-            ref = F.conv2d(x, weight.reshape(37, 5, 3, 3), None, (2, 1), 1)
+            ref = F.conv2d(x, from_gemm(weight, (37, 5, 3, 3)), None, (2, 1), 1)
             assert_matches(layer(x), ref)
     finally:
         build.load_library.cache_clear()
@@ -318,7 +318,7 @@ def test_repeated_calls_take_the_fast_path_and_stay_exact(cpu):
     )  # fmt: skip
 
     def want(x):
-        return F.relu(F.conv2d(x, weight.reshape(40, 5, 3, 3), bias, (2, 1), (1, 1)))
+        return F.relu(F.conv2d(x, from_gemm(weight, (40, 5, 3, 3)), bias, (2, 1), (1, 1)))
 
     x = torch.randn(2, 5, 9, 7)
     first = layer(x)
@@ -334,7 +334,7 @@ def test_repeated_calls_take_the_fast_path_and_stay_exact(cpu):
 
 
 def _pooled_ref(x, weight, bias, ks, stride, pad, dil, relu, pool="floor"):
-    y = F.conv2d(x, weight.reshape(weight.shape[0], x.shape[1], *ks), bias, stride, pad, dil)
+    y = F.conv2d(x, from_gemm(weight, (weight.shape[0], x.shape[1], *ks)), bias, stride, pad, dil)
     return F.max_pool2d(y.relu() if relu else y, 2, ceil_mode=pool == "ceil")
 
 
@@ -436,7 +436,7 @@ def test_cached_tap_tables_repeat_over_the_batch(cpu, pool, side):
     assert layer.lib.gp_conv_tables_kept(args.data_ptr()) < layer.panels(cols)
     second = layer(x)  # the cached tables
     assert torch.equal(first, second)
-    y = F.conv2d(x, weight.reshape(12, 3, 3, 3), bias, 1, 1)
+    y = F.conv2d(x, from_gemm(weight, (12, 3, 3, 3)), bias, 1, 1)
     assert_matches(second, F.max_pool2d(y, 2, ceil_mode=pool == "ceil") if pool else y)
 
 
@@ -463,7 +463,7 @@ def test_lone_panel_rows_split_between_threads(cpu, threads):
         geometry=ConvGeometry(11, (3, 3), (1, 1), (1, 1)), relu=True,
     )  # fmt: skip
     x = torch.randn(1, 11, 2, 3)  # 6 output columns: one panel for any SIMD width
-    ref = F.conv2d(x, weight.reshape(40, 11, 3, 3), layer.bias, padding=1).relu()
+    ref = F.conv2d(x, from_gemm(weight, (40, 11, 3, 3)), layer.bias, padding=1).relu()
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(threads)

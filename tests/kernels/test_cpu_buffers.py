@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from gpuprune.arch import get_target
+from gpuprune.gemm import from_gemm
 from gpuprune.geometry import ConvGeometry
 from gpuprune.kernels import get_backend, pack_for
 from gpuprune.kernels.cpu import buffers
@@ -66,7 +67,7 @@ def test_layer_outputs_from_the_pool_stay_correct_while_held():
     y2 = layer(x2)
     assert y1.data_ptr() != y2.data_ptr()
     for x, y in ((x1, y1), (x2, y2)):
-        torch.testing.assert_close(y, F.conv2d(x, weight.reshape(64, 4, 3, 3), padding=1),
+        torch.testing.assert_close(y, F.conv2d(x, from_gemm(weight, (64, 4, 3, 3)), padding=1),
                                    rtol=1e-4, atol=1e-4)  # fmt: skip
     ptr = y1.data_ptr()
     del y1

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from test_cpu import assert_matches, block_masked  # same folder
 from test_cpu_narrow import BLOCKS, _block, cpu  # noqa: F401  (cpu: the per-build fixture)
 
+from gpuprune.gemm import from_gemm
 from gpuprune.geometry import ConvGeometry
 from gpuprune.kernels import pack_for
 
@@ -44,7 +45,7 @@ def _check(cpu, block, kernel, stride, pad, dil, sizes):  # noqa: F811
         pack_for(weight, target, variant), bias, target, variant=variant,
         geometry=ConvGeometry(cin, (kernel, kernel), (stride, stride), (pad, pad), (dil, dil)),
     )  # fmt: skip
-    ref_weight = weight.reshape(cout, cin, kernel, kernel)
+    ref_weight = from_gemm(weight, (cout, cin, kernel, kernel))
     for height, width in sizes:
         x = torch.randn(2, cin, height, width)
         ref = F.conv2d(x, ref_weight, bias, stride=stride, padding=pad, dilation=dil)

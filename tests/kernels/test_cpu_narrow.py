@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from test_cpu import _has_compiler, _pooled_ref, assert_matches, block_masked  # same folder
 
 from gpuprune.arch import get_target
+from gpuprune.gemm import from_gemm
 from gpuprune.geometry import ConvGeometry
 from gpuprune.kernels import get_backend, pack_for
 from gpuprune.kernels.cpu import build
@@ -70,7 +71,7 @@ def test_narrow_convolutions_match(cpu, block):
     )  # fmt: skip
     for cols in range(1, 10):
         x = torch.randn(1, cin, 1, cols)
-        ref = F.conv2d(x, weight.reshape(cout, cin, 3, 3), bias, padding=1).relu()
+        ref = F.conv2d(x, from_gemm(weight, (cout, cin, 3, 3)), bias, padding=1).relu()
         layer.count_visits, layer.visited_blocks = True, 0
         assert_matches(layer(x), ref)
         assert layer.visited_blocks == layer.nnzb * layer.panels(cols)
@@ -121,4 +122,4 @@ def test_padding_rows_are_zeros_not_leftovers(cpu):
     x = torch.randn(1, 5, 1, 3)
     y = small(x)
     assert torch.isfinite(y).all()
-    assert_matches(y, F.conv2d(x, weight.reshape(32, 5, 3, 3), None, padding=1))
+    assert_matches(y, F.conv2d(x, from_gemm(weight, (32, 5, 3, 3)), None, padding=1))

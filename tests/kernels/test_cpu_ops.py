@@ -8,6 +8,7 @@ from torch import nn
 
 from gpuprune.arch import get_target
 from gpuprune.errors import UserError
+from gpuprune.gemm import from_gemm
 from gpuprune.geometry import ConvGeometry
 from gpuprune.kernels import get_backend, pack_for
 from gpuprune.kernels.cpu import build
@@ -41,7 +42,7 @@ def test_conv_op_passes_opcheck_on_an_awkward_shape():
             [3, 3, 2, 1, 1, 0, 1, 1], 37, 32, 32, True, 0)  # fmt: skip
     torch.library.opcheck(torch.ops.gpuprune.cpu_conv2d, args)
     want = torch.relu(
-        torch.nn.functional.conv2d(x, weight.reshape(37, 5, 3, 3), layer.bias, (2, 1), (1, 0))
+        torch.nn.functional.conv2d(x, from_gemm(weight, (37, 5, 3, 3)), layer.bias, (2, 1), (1, 0))
     )
     torch.testing.assert_close(torch.ops.gpuprune.cpu_conv2d(*args), want, rtol=1e-4, atol=1e-4)
 
@@ -56,7 +57,7 @@ def test_conv_op_with_fused_pool_passes_opcheck():
     args = (x, layer.wt, layer.row_ptr, layer.col_idx, layer.bias, layer.used,
             [3, 3, 1, 1, 1, 1, 1, 1], 20, 32, 32, True, 0, 2)  # fmt: skip  (2: ceil mode)
     torch.library.opcheck(torch.ops.gpuprune.cpu_conv2d, args)
-    conv = torch.nn.functional.conv2d(x, weight.reshape(20, 4, 3, 3), layer.bias, 1, 1)
+    conv = torch.nn.functional.conv2d(x, from_gemm(weight, (20, 4, 3, 3)), layer.bias, 1, 1)
     want = torch.nn.functional.max_pool2d(conv.relu(), 2, ceil_mode=True)
     torch.testing.assert_close(torch.ops.gpuprune.cpu_conv2d(*args), want, rtol=1e-4, atol=1e-4)
 

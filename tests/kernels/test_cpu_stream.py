@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from test_cpu import _pooled_ref, assert_matches, block_masked  # same folder
 from test_cpu_narrow import BLOCKS, _block, cpu  # noqa: F401  (cpu: the per-build fixture)
 
+from gpuprune.gemm import from_gemm
 from gpuprune.geometry import ConvGeometry
 from gpuprune.kernels import pack_for
 from gpuprune.kernels.cpu import build
@@ -51,7 +52,8 @@ def test_streamed_convolutions_equal_cached(cpu, block, batch, side):  # noqa: F
     x = torch.randn(batch, cin, side, side)
     streamed, cached = _both(layer, x)
     assert torch.equal(streamed, cached)
-    assert_matches(streamed, F.conv2d(x, weight.reshape(cout, cin, 3, 3), bias, padding=1).relu())
+    ref = F.conv2d(x, from_gemm(weight, (cout, cin, 3, 3)), bias, padding=1).relu()
+    assert_matches(streamed, ref)
 
 
 @pytest.mark.parametrize("block", BLOCKS[:2], ids=lambda b: f"{b[0].name}-{b[1]}")
@@ -64,7 +66,7 @@ def test_streamed_residual_and_pooled_stores(cpu, block):  # noqa: F811
     x, res = torch.randn(2, cin, 16, 16), torch.randn(2, cout, 16, 16)
     streamed, cached = _both(layer, x, residual=res, residual_relu=True)
     assert torch.equal(streamed, cached)
-    assert_matches(streamed, (F.conv2d(x, weight.reshape(cout, cin, 1, 1)) + res).relu())
+    assert_matches(streamed, (F.conv2d(x, from_gemm(weight, (cout, cin, 1, 1))) + res).relu())
 
     weight = block_masked(cout, cin * 9, _block(target, variant), 0.5, seed=17)
     pooled = cpu.conv2d(pack_for(weight, target, variant), None, target, variant=variant,

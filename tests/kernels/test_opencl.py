@@ -22,6 +22,7 @@ from gpuprune.kernels.testing import assert_close_rel, block_masked
 
 pytestmark = pytest.mark.opencl
 cl_context = pytest.importorskip("gpuprune.kernels.opencl.context")
+from gpuprune.gemm import from_gemm  # noqa: E402
 from gpuprune.kernels.opencl import OpenCLBackend, build_program, get_device  # noqa: E402
 from gpuprune.kernels.opencl.programs import cache_size  # noqa: E402
 
@@ -47,7 +48,7 @@ def _conv_case(case, target, variant, seed, backend=None, density=0.5):
         pack_for(w, target, variant), b, target, variant=variant,
         geometry=ConvGeometry(cin, ks, stride, pad, dil), relu=relu,
     )
-    ref = F.conv2d(x, w.reshape(cout, cin, *ks), b, stride, pad, dil)
+    ref = F.conv2d(x, from_gemm(w, (cout, cin, *ks)), b, stride, pad, dil)
     return layer, x, F.relu(ref) if relu else ref, w
 
 
@@ -138,7 +139,7 @@ def test_pruned_for_one_target_runs_on_another():
             packed, None, POCL, variant=variant, geometry=ConvGeometry(cin, ks, stride, pad, dil),
         )
         # no bias/relu here: compare against the bias-free reference
-        plain = F.conv2d(x, w.reshape(cout, cin, *ks), None, stride, pad, dil)
+        plain = F.conv2d(x, from_gemm(w, (cout, cin, *ks)), None, stride, pad, dil)
         assert_close_rel(layer_y(x), plain)
     assert_close_rel(out_x, ref)
 
@@ -194,7 +195,7 @@ def test_bad_layer_inputs():
 def _half_ref(layer_ref_args, x, w, b, relu):
     """float64 reference from the float16-rounded input and weight."""
     stride, pad, dil, shape = layer_ref_args
-    ref = F.conv2d(x.half().double(), w.half().double().reshape(shape), b.double(), stride, pad,
+    ref = F.conv2d(x.half().double(), from_gemm(w.half().double(), shape), b.double(), stride, pad,
                    dil)  # fmt: skip
     return F.relu(ref) if relu else ref
 

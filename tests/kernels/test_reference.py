@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from gpuprune.arch import get_target
 from gpuprune.errors import UserError
+from gpuprune.gemm import from_gemm
 from gpuprune.geometry import ConvGeometry
 from gpuprune.kernels import BACKENDS, backend_names, get_backend, pack_for
 from gpuprune.kernels.testing import assert_close_rel, block_masked
@@ -26,7 +27,7 @@ def test_conv_matches_masked_dense(variant):
         pack_for(w, TARGET, variant), b, TARGET, variant=variant,
         geometry=ConvGeometry(5, (3, 2), (2, 1), (1, 0), (1, 2)), relu=True,
     )
-    ref = F.relu(F.conv2d(x, w.reshape(37, 5, 3, 2), b, (2, 1), (1, 0), (1, 2)))
+    ref = F.relu(F.conv2d(x, from_gemm(w, (37, 5, 3, 2)), b, (2, 1), (1, 0), (1, 2)))
     assert_close_rel(conv(x), ref)
 
 

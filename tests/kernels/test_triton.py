@@ -15,7 +15,7 @@ from torch import nn
 
 from gpuprune.arch import get_target
 from gpuprune.errors import UserError
-from gpuprune.gemm import block_reduce, expand_blocks
+from gpuprune.gemm import block_reduce, expand_blocks, from_gemm
 from gpuprune.geometry import ConvGeometry
 from gpuprune.kernels import get_backend, pack_for
 
@@ -80,7 +80,7 @@ def run_conv(backend, target, case, variant, dtype, channels_last, seed=0):
     x = torch.randn(b, cin, h, w).to(dtype)
     if channels_last:
         x = x.to(memory_format=torch.channels_last)
-    ref = F.conv2d(rounded(x, dtype), rounded(weight, dtype).reshape(cout, cin, *ks),
+    ref = F.conv2d(rounded(x, dtype), from_gemm(rounded(weight, dtype), (cout, cin, *ks)),
                    bias.double(), stride, pad, dil).relu()  # fmt: skip
     layer.count_visits = True
     y = layer(x)
@@ -126,7 +126,7 @@ def test_strided_input_view(interpret):
                              geometry=ConvGeometry(4, (3, 3), (1, 1), (1, 1), (1, 1)))
     x = torch.randn(2, 8, 6, 9)[:, ::2, :, 1:8]
     assert not x.is_contiguous()
-    ref = F.conv2d(x, weight.reshape(16, 4, 3, 3), padding=1)
+    ref = F.conv2d(x, from_gemm(weight, (16, 4, 3, 3)), padding=1)
     assert_matches(layer(x), ref)
 
 
@@ -179,10 +179,10 @@ def test_autocast_computes_in_the_autocast_dtype(interpret):
     x = torch.randn(1, 3, 5, 5)
     with torch.autocast("cpu", dtype=torch.bfloat16):  # the interpreter's device is the CPU
         y = layer(x)
-        dense = F.conv2d(x, weight.reshape(24, 3, 3, 3), padding=1)
+        dense = F.conv2d(x, from_gemm(weight, (24, 3, 3, 3)), padding=1)
     assert y.dtype == dense.dtype == torch.bfloat16
-    ref = F.conv2d(rounded(x, torch.bfloat16), rounded(weight, torch.bfloat16).reshape(24, 3, 3, 3),
-                   padding=1)  # fmt: skip
+    ref = F.conv2d(rounded(x, torch.bfloat16),
+                   from_gemm(rounded(weight, torch.bfloat16), (24, 3, 3, 3)), padding=1)
     assert_matches(y, ref, torch.bfloat16)
 
 
@@ -269,7 +269,7 @@ def test_conv_on_gpu(monkeypatch, variant, dtype):
         geometry=ConvGeometry(64, (3, 3), (1, 1), (1, 1), (1, 1)),
     )  # fmt: skip
     x = torch.randn(4, 64, 16, 16).to(dtype)
-    ref = F.conv2d(rounded(x, dtype), rounded(weight, dtype).reshape(128, 64, 3, 3), padding=1)
+    ref = F.conv2d(rounded(x, dtype), from_gemm(rounded(weight, dtype), (128, 64, 3, 3)), padding=1)
     y = layer(x.cuda().to(memory_format=torch.channels_last))
     assert y.is_cuda
     assert_matches(y, ref, dtype)
@@ -287,7 +287,7 @@ def test_tf32_like_cudnn_on_gpu(monkeypatch):
         geometry=ConvGeometry(32, (3, 3), (2, 2), (1, 1), (1, 1)),
     )  # fmt: skip
     x = torch.randn(3, 32, 15, 13)
-    ref = F.conv2d(x.double(), weight.double().reshape(96, 32, 3, 3), stride=2, padding=1)
+    ref = F.conv2d(x.double(), from_gemm(weight.double(), (96, 32, 3, 3)), stride=2, padding=1)
     y = layer(x.cuda())
     scale = float(ref.abs().max())
     torch.testing.assert_close(y.cpu().double(), ref, rtol=1e-2, atol=1e-2 * scale)

@@ -9,6 +9,7 @@ from torch import nn
 
 from gpuprune.arch import get_target
 from gpuprune.errors import UserError
+from gpuprune.gemm import from_gemm
 from gpuprune.geometry import ConvGeometry
 from gpuprune.kernels import get_backend
 from gpuprune.latency import LatencyCache, LatencyCurve, LatencyModel, analytical_ms, geometry_of
@@ -127,5 +128,5 @@ def test_build_layer_runs_the_masked_layer():
     y = fn()
     assert y.shape == (2, 40, 6, 5)
     x = torch.randn(2, 8, 6, 5, generator=torch.Generator().manual_seed(1))  # build_layer's input
-    want = F.conv2d(x, w.reshape(40, 8, 3, 3), padding=1)
+    want = F.conv2d(x, from_gemm(w, (40, 8, 3, 3)), padding=1)
     assert (y - want).abs().max() < 1e-4

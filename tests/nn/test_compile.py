@@ -12,7 +12,7 @@ from torch import nn
 import gpuprune.prune as gp
 from gpuprune.arch import get_target
 from gpuprune.errors import UnsupportedLayerError, UserError
-from gpuprune.gemm import block_grid, expand_blocks, gemm_view
+from gpuprune.gemm import block_grid, expand_blocks, from_gemm, gemm_view
 from gpuprune.kernels.cpu.pool import CpuMaxPool2d
 from gpuprune.kernels.opencl import context as cl_context
 from gpuprune.nn import SkipConv2d, SkipLinear, compile
@@ -58,7 +58,8 @@ def _prune_blocks(layer: nn.Module, block: tuple[int, int], seed: int) -> None:
     gen = torch.Generator().manual_seed(seed)
     keep = torch.rand(block_grid(tuple(w.shape), block), generator=gen)
     with torch.no_grad():
-        w.mul_(expand_blocks(keep < 0.5, block, tuple(w.shape)))
+        layer.weight.copy_(from_gemm(w * expand_blocks(keep < 0.5, block, tuple(w.shape)),
+                                     layer.weight))  # fmt: skip
 
 
 @pytest.fixture

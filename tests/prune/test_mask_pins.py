@@ -7,6 +7,11 @@ SIMD width or thread count). The digest covers every layer's mask, the pruned or
 result's per-layer facts; the pinned digests were taken from the selection code as it stood
 before it was vectorised further. That code's two selection functions are kept below, verbatim,
 and compared with today's on adversarial scores (NaN, infinities, signed zeros, heavy ties).
+
+The conv K order's switch to (kh, kw, c_in) re-took the pins of the methods whose blocks or ties
+follow K (all but filter and channel-perf). Before that, the same selection code with the view
+swapped back to (c_in, kh, kw) (benchmarks/k_order.py's channel_major_view) reproduced every
+earlier pin: only the view moved, not the selection.
 """
 
 from __future__ import annotations
@@ -22,14 +27,14 @@ from gpuprune.prune import methods, prune
 from gpuprune.prune.masks import get_mask
 
 PINS = {
-    "tile": "6843b494c29f59f0",
-    "simd": "4d0e1474866d20a6",
-    "simd-balanced": "145ed609f66bd8cf",
-    "unstructured": "ff1f92c4f2891364",
+    "tile": "d60b0341b40fcab9",
+    "simd": "c0e37f4ff03e1e90",
+    "simd-balanced": "f767c3cefb447d32",
+    "unstructured": "def53933f7a50e4d",
     "filter": "c46b7a3e408e6df9",
-    "ssl": "3f1ba0667ac8f090",
-    "balanced": "a4f35e8b1be68a4e",
-    "nm": "808043dd199c1119",
+    "ssl": "a0a0cd2703319e0d",
+    "balanced": "87250d0dc40a2145",
+    "nm": "39b0df25714ee3a3",
     "channel-perf": "8bf1b84ecc1ade15",
 }
 

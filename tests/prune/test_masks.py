@@ -93,8 +93,10 @@ def test_reapply_reuses_the_parametrization_and_is_monotone():
 
 
 def test_set_mask_rejects_wrong_shape():
-    with pytest.raises(RuntimeError):
+    with pytest.raises(ValueError, match="neither the weight's"):
         set_mask(nn.Linear(4, 3), torch.ones(5, dtype=torch.bool))
+    with pytest.raises(ValueError, match="not the GEMM view"):
+        set_mask(nn.Conv2d(2, 3, 3), torch.ones(3, 9, dtype=torch.bool))
 
 
 def test_pruning_does_not_change_a_copy():

@@ -124,21 +124,29 @@ def test_untraceable_model_names_every_layer() -> None:
 @given(
     channels=st.integers(3, 21), rows=st.integers(2, 19), width=st.sampled_from([1, 4, 9]),
     block=st.tuples(st.integers(1, 6), st.integers(1, 7)), seed=st.integers(0, 2**16),
+    taps=st.booleans(),
 )  # fmt: skip
 def test_block_sums_follow_the_swaps(channels: int, rows: int, width: int,
-                                     block: tuple[int, int], seed: int) -> None:  # fmt: skip
+                                     block: tuple[int, int], seed: int, taps: bool
+                                     ) -> None:  # fmt: skip
     """The sums the search updates in place equal the block sums of the reordered matrices, and
-    its value is exactly the importance kept by the top blocks (awkward, ragged shapes)."""
+    its value is exactly the importance kept by the top blocks (awkward, ragged shapes). The
+    consumer's channels are adjacent column spans (a Linear after a flatten) or, with ``taps``,
+    one column per tap, ``channels`` apart (a conv's K order (kh, kw, c_in))."""
     gen = torch.Generator().manual_seed(seed)
     prod = torch.rand(channels, 11, generator=gen) ** 3  # rows are the channels
-    cons = torch.rand(rows, channels * width, generator=gen) ** 3  # column spans of width w
+    cons = torch.rand(rows, channels * width, generator=gen) ** 3
     sides = [_Side(prod, block, 1, True, channels, False),
-             _Side(cons, block, 2, False, channels, False)]  # fmt: skip
+             _Side(cons, block, 2, False, channels, False, width if taps else 1)]  # fmt: skip
     for s in sides:
         s.keep = max(1, min(s.keep, s.gm * s.gk))
     order, _ = search_order(sides, channels, passes=2)
     m = cons.shape[0]
-    moved = [prod[order], cons.view(m, channels, width)[:, order].reshape(m, -1)]
+    if taps:
+        moved_cons = cons.view(m, width, channels)[:, :, order].reshape(m, -1)
+    else:
+        moved_cons = cons.view(m, channels, width)[:, order].reshape(m, -1)
+    moved = [prod[order], moved_cons]
     for s, x in zip(sides, moved, strict=True):
         want = _block_sums(x.double(), block)
         torch.testing.assert_close(s.sums, want, rtol=1e-9, atol=1e-9)

@@ -74,9 +74,41 @@ def test_a_format_2_file_still_loads(tmp_path):
     header["header_sha256"] = header_digest(header)
     old = tmp_path / "v2.safetensors"
     old.write_bytes(save(tensors, metadata={"gpuprune": json.dumps(header)}))
-    again = gpuprune.load(old).model
+    with pytest.warns(UserWarning, match=r"K order \(c_in, kh, kw\).*prune the dense model again"):
+        again = gpuprune.load(old).model
     for name, mod in masked_layers(model).items():
         assert torch.equal(get_mask(mod), get_mask(again.get_submodule(name)))
+
+
+def test_a_format_3_file_unpacks_in_its_own_k_order(tmp_path):
+    """A /3 file packed its blocks over weight.reshape(out, -1): they unpack in that order."""
+    from safetensors.torch import save
+
+    from gpuprune.prune.files import checksum, header_digest, plain_state_dict
+    from gpuprune.prune.packing import pack_layer
+
+    model = create_model("tiny-cnn", width=4.0)
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.in_channels > 3)
+    w = conv.weight.detach()
+    keep = torch.zeros(w.shape[0], w[0].numel(), dtype=torch.bool)
+    keep[:, : 32 * (w[0].numel() // 64)] = True  # the first (c_in, kh, kw) columns: 1x32 blocks
+    name = next(n for n, m in model.named_modules() if m is conv)
+    tensors = {k: v.contiguous() for k, v in plain_state_dict(model).items()}
+    masked = (w * keep.reshape(w.shape)).contiguous()
+    del tensors[f"{name}.weight"]
+    # what /3 wrote: the packing over the reshape, i.e. of a matrix given as the weight itself
+    tensors |= pack_layer(name, masked.reshape(w.shape[0], -1), keep, (1, 32))
+    tensors[f"packed:{name}:shape"] = torch.tensor(list(w.shape), dtype=torch.int64)
+    assert f"packed:{name}:blocks" in tensors  # stored as blocks, not bits
+    header = {"format": "gpuprune-pruned/3",
+              "model": {"name": "tiny-cnn", "num_classes": 10, "in_channels": 3, "width": 4.0},
+              "plan": None, "extra": {}, "sha256": checksum(tensors)}  # fmt: skip
+    header["header_sha256"] = header_digest(header)
+    old = tmp_path / "v3.safetensors"
+    old.write_bytes(save(tensors, metadata={"gpuprune": json.dumps(header)}))
+    again = gpuprune.load(old).model.get_submodule(name)
+    assert torch.equal(get_mask(again), keep.reshape(w.shape))
+    assert torch.equal(again.weight.detach(), masked)
 
 
 def test_a_file_never_makes_gpuprune_fetch_weights():

@@ -34,6 +34,7 @@ from gpuprune.fileio import (
     set_aside,
     write_record,
 )
+from gpuprune.gemm import K_ORDER
 from gpuprune.latency.solver import BudgetError
 from gpuprune.models import ModelSpec
 from gpuprune.train import NonFiniteLossError, PrunerHook, fit
@@ -141,8 +142,9 @@ def cell_key(cfg: ExperimentConfig, matched: bool = False) -> str:
     if not prune["permute"]:  # runs made before the option keep their keys
         del prune["permute"]
     extra = {"equal_latency": cfg.equal_latency.model_dump(exclude={"methods", "tolerance"})}
+    # masks depend on the conv K order their blocks are taken in (gemm.K_ORDER)
     return cfg.digest("data", "model", "dense", "finetune", "latency", "seed", prune=prune,
-                      **weights_digest(cfg), **_allocation_digest(cfg),
+                      k_order=K_ORDER, **weights_digest(cfg), **_allocation_digest(cfg),
                       **(extra if matched else {}))  # fmt: skip
 
 

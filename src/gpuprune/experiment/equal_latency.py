@@ -28,6 +28,7 @@ from torch import nn
 from gpuprune.data import ImageData, train_loader
 from gpuprune.errors import UserError
 from gpuprune.experiment.config import ExperimentConfig
+from gpuprune.gemm import weight_shaped
 from gpuprune.train.layout import inference_layout
 
 MATCHED = "latency"  # the allocation of a matched cell, and the suffix of its name
@@ -94,7 +95,7 @@ def batch_stat_evaluator(model: nn.Module, modules: dict[str, nn.Module],
         weight = modules[name].weight if name is not None else None
         saved = weight.detach().clone() if weight is not None else None
         if weight is not None:
-            weight.mul_(mask.reshape(weight.shape).to(weight))
+            weight.mul_(weight_shaped(mask, weight.shape).to(weight))
         was_training = model.training
         state = [(bn, bn.momentum, bn.num_batches_tracked.clone()) for bn in norms]
         model.eval()

@@ -19,6 +19,7 @@ from gpuprune.errors import UserError
 from gpuprune.experiment.cell import DENSE_DIR, build_model, calibration_batches, input_shape
 from gpuprune.experiment.config import ExperimentConfig
 from gpuprune.fileio import read_record, write_record
+from gpuprune.gemm import K_ORDER
 from gpuprune.progress import progress_bar
 
 ONESHOT_FILE = "oneshot.json"
@@ -28,7 +29,7 @@ def oneshot_key(cfg: ExperimentConfig) -> str:
     """What the one-shot rows depend on."""
     keep = {"target", "exclude", "exclude_first_last", "skip_small", "method_options",
             "calibration"}  # fmt: skip
-    return cfg.digest("data", "model", "dense", "seed", "oneshot",
+    return cfg.digest("data", "model", "dense", "seed", "oneshot", k_order=K_ORDER,
                       prune=cfg.prune.model_dump(include=keep))  # fmt: skip
 
 

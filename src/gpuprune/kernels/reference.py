@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from gpuprune.arch import Target
+from gpuprune.gemm import from_gemm
 from gpuprune.geometry import ConvGeometry
 from gpuprune.kernels.backends import (
     BACKENDS,
@@ -68,7 +69,7 @@ class ReferenceBackend(Backend):
         check_variant(variant, packed, target)
         check_conv_shape(packed, geometry)
         g = geometry
-        weight = packed.to_dense().reshape(packed.shape[0], g.in_channels, *g.kernel_size)
+        weight = from_gemm(packed.to_dense(), (packed.shape[0], g.in_channels, *g.kernel_size))
         b = _bias(bias, packed.shape[0])
 
         def forward(x: Tensor) -> Tensor:

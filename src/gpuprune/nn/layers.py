@@ -17,7 +17,7 @@ from torch.nn.modules import module as torch_module
 
 from gpuprune.arch import Target
 from gpuprune.errors import UserError
-from gpuprune.gemm import gemm_view
+from gpuprune.gemm import from_gemm, gemm_view
 from gpuprune.geometry import ConvGeometry
 from gpuprune.kernels.backends import Backend
 from gpuprune.kernels.format import BlockSparseWeight, pack_for
@@ -85,7 +85,7 @@ class _SkipLayer(nn.Module):
         if dense is None or dense.device != self.values.device:
             packed = dataclasses.replace(self.packed, values=self.values.cpu(),
                                          row_ptr=self.row_ptr.cpu(), col_idx=self.col_idx.cpu())
-            dense = packed.to_dense().reshape(self._weight_shape).to(self.values.device)
+            dense = from_gemm(packed.to_dense(), self._weight_shape).to(self.values.device)
             self._dense = dense  # fmt: skip
         return dense
 

@@ -361,7 +361,7 @@ class Pruner:
                 layer = self.specs[name].module
                 buf = mask_buffer(layer)
                 saved = buf.clone()
-                trial = stored_layout(layer, mask.reshape(get_mask(layer).shape))
+                trial = stored_layout(layer, mask)
                 buf &= trial.reshape(buf.shape).to(buf.device)  # on top of the current mask
             was_training = self.model.training
             self.model.eval()

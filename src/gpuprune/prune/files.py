@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -49,8 +50,12 @@ from gpuprune.prune.packing import PREFIX as PACKED_PREFIX
 from gpuprune.prune.packing import pack_layer, packed_layers, unpack_layer
 from gpuprune.prune.result import PruneResult
 
-FORMAT = "gpuprune-pruned/3"
-FORMATS = ("gpuprune-pruned/2", FORMAT)  # what read_pruned accepts
+# /4: packed parts over the conv K order (kh, kw, c_in). /2 and /3 were written with the order
+# (c_in, kh, kw): their packed parts unpack in it, and their block masks load as they are (their
+# blocks are not this gpuprune's, which load_pruned says)
+FORMAT = "gpuprune-pruned/4"
+OLD_K_ORDER = ("gpuprune-pruned/2", "gpuprune-pruned/3")
+FORMATS = (*OLD_K_ORDER, FORMAT)  # what read_pruned accepts
 MASK_PREFIX = "mask:"
 HEADER_KEYS = ("format", "model", "plan", "extra", "sha256", "header_sha256")
 RESAVE = "prune the checkpoint again with this gpuprune (`gpuprune prune` or save_pruned())"
@@ -232,13 +237,24 @@ def read_pruned(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str,
     return header, tensors
 
 
-def unpack(tensors: Mapping[str, torch.Tensor], origin: str = "pruned file"
-           ) -> dict[str, torch.Tensor]:  # fmt: skip
+def _warn_old_blocks(path: str | os.PathLike[str], plan: PrunePlan | None) -> None:
+    """Name the spatial convs whose blocks a /2 or /3 file took in the K order (c_in, kh, kw)."""
+    old = [lay.name for lay in plan or () if lay.block[1] > 1 and lay.geometry is not None
+           and lay.geometry.kernel_size[0] * lay.geometry.kernel_size[1] > 1]  # fmt: skip
+    if old:
+        warnings.warn(f"{path} was written with the conv K order (c_in, kh, kw): the masks of "
+                      f"{', '.join(old[:3])}{' ...' if len(old) > 3 else ''} load as they are, but "
+                      "the kernels skip only blocks whole in (kh, kw, c_in); prune the dense "
+                      "model again for their speed", UserWarning, stacklevel=3)  # fmt: skip
+
+
+def unpack(tensors: Mapping[str, torch.Tensor], origin: str = "pruned file",
+           old_order: bool = False) -> dict[str, torch.Tensor]:  # fmt: skip
     """The stored tensors of a pruned file as a plain state dict (masked weights under their
     names) plus each mask as ``mask:<layer>``; packed layers are unpacked exactly."""
     out = {k: v for k, v in tensors.items() if not k.startswith(PACKED_PREFIX)}
     for layer in packed_layers(tensors):
-        weight, mask, bare = unpack_layer(layer, tensors, origin)
+        weight, mask, bare = unpack_layer(layer, tensors, origin, old_order)
         key = layer if bare else f"{layer}.weight"
         if key in out or MASK_PREFIX + layer in out:
             raise UserError(f"{origin} stores layer {layer} both packed and dense", RESAVE)
@@ -282,7 +298,10 @@ def _load_into(path: str | os.PathLike[str], header: dict[str, Any],
                tensors: dict[str, torch.Tensor], model: nn.Module, model_name: str | None = None
                ) -> PrunedInfo:  # fmt: skip
     info = info_from_header(header, str(path))
-    tensors = unpack(tensors, str(path))
+    old_order = header.get("format") in OLD_K_ORDER
+    tensors = unpack(tensors, str(path), old_order)
+    if old_order:
+        _warn_old_blocks(path, info.plan)
     masks = {k[len(MASK_PREFIX) :]: v for k, v in tensors.items() if k.startswith(MASK_PREFIX)}
     weights = {k: v for k, v in tensors.items() if not k.startswith(MASK_PREFIX)}
     saved_name = info.model.name if info.model else None
@@ -426,7 +445,11 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         if p.suffix == ".safetensors":
             with safe_open(str(p), framework="pt") as fh:
                 pruned = "gpuprune" in (fh.metadata() or {})
-            data = unpack(read_pruned(p)[1], str(p)) if pruned else load_file(str(p))
+            if pruned:
+                header, tensors = read_pruned(p)
+                data = unpack(tensors, str(p), header.get("format") in OLD_K_ORDER)
+            else:
+                data = load_file(str(p))
             data = {k: v for k, v in data.items() if not k.startswith(MASK_PREFIX)}
         else:
             data = torch_load(p)

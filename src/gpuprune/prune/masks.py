@@ -16,7 +16,14 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from gpuprune.gemm import BareWeight, TransposedConv, bare_weights, conv_layout, transposed_layout
+from gpuprune.gemm import (
+    BareWeight,
+    TransposedConv,
+    bare_weights,
+    conv_layout,
+    transposed_layout,
+    weight_shaped,
+)
 
 Layer = nn.Module | BareWeight | TransposedConv
 
@@ -67,11 +74,12 @@ def stored_weight(module: Layer) -> torch.Tensor:
 
 def stored_layout(module: Layer, mask: torch.Tensor) -> torch.Tensor:
     """A mask given in the pruner's layout (weight-shaped or [M, K]) in the stored weight's."""
+    stored = stored_weight(module).shape
     if isinstance(module, TransposedConv):
-        cin, cout_g, *kernel = stored_weight(module).shape
+        cin, cout_g, *kernel = stored
         shape = (cout_g * module.groups, cin // module.groups, *kernel)
-        return transposed_layout(mask.reshape(shape), module.groups)
-    return mask
+        return transposed_layout(weight_shaped(mask, shape), module.groups)
+    return weight_shaped(mask, stored)
 
 
 def mask_buffer(module: Layer) -> torch.Tensor | None:

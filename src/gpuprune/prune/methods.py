@@ -314,10 +314,14 @@ class SSLPruning(PruneMethod):
     """Wen et al. 2016 (SSL): after group-lasso training (:func:`ssl_penalty`), prune small groups.
 
     ``group``: ``shape`` (one K column across all filters: the im2col GEMM loses a row of X),
-    ``filter`` (a GEMM row) or ``channel`` (the ``kh*kw`` columns of one input channel).
+    ``filter`` (a GEMM row) or ``channel`` (the ``kh*kw`` columns of one input channel). In the
+    K order ``(kh, kw, c_in)`` a channel's columns are one per tap, ``C`` apart: no block, so a
+    channel is chosen whole and its columns are skipped as ``shape`` columns (unit ``M x 1``).
+    Channel order changes none of these masks (``selection`` None: no permutation search).
     """
 
     name = "ssl"
+    selection = None
     GROUPS: ClassVar[tuple[str, ...]] = ("shape", "filter", "channel")
 
     def __init__(self, group: str = "shape") -> None:
@@ -329,7 +333,17 @@ class SSLPruning(PruneMethod):
 
     def unit(self, layer: LayerSpec) -> tuple[int, int]:
         m, k = layer.shape
-        return {"shape": (m, 1), "filter": (1, k), "channel": (m, layer.kernel_area)}[self.group]
+        return (1, k) if self.group == "filter" else (m, 1)
+
+    def mask(self, importance: torch.Tensor, sparsity: float, layer: LayerSpec) -> torch.Tensor:
+        area = layer.kernel_area
+        if self.group != "channel" or area == 1:
+            return super().mask(importance, sparsity, layer)
+        m, k = layer.shape
+        scores = importance.double().view(m, area, k // area).mean((0, 1))  # [C]
+        keep = torch.ones(scores.shape, dtype=torch.bool) if sparsity == 0.0 else _prune_lowest(
+            scores, _closest_count(scores.numel(), m * area, sparsity))  # fmt: skip
+        return keep.view(1, 1, -1).expand(m, area, -1).reshape(m, k)
 
 
 @METHODS.register("balanced")

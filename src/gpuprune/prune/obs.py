@@ -357,7 +357,9 @@ def _columns(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
         x = F.pad(x, module._reversed_padding_repeated_twice, mode=mode)
         cols = F.unfold(x, module.kernel_size, module.dilation, 0, module.stride)  # [B, K, L]
-        return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+        b, k, n = cols.shape  # unfold's rows are (c, kh, kw): to gemm_view's (kh, kw, c)
+        cols = cols.view(b, x.shape[1], k // x.shape[1], n).transpose(1, 2)
+        return cols.permute(0, 3, 1, 2).reshape(-1, k)
     return x.reshape(-1, x.shape[-1])
 
 

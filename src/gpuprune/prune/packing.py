@@ -1,7 +1,8 @@
 """Pack a masked layer's weights into only what it keeps, and unpack them exactly.
 
 A pruned file stores each masked layer as a few tensors named ``packed:<layer>:<part>``, over the
-layer's GEMM view ``[M, K]`` (the weight reshaped to ``[out, -1]``):
+layer's GEMM view ``[M, K]`` (the weight as ``[out, *kernel, in]`` reshaped to ``[out, -1]``: a
+conv's K order ``(kh, kw, c_in)``, :data:`gpuprune.gemm.K_ORDER`, so a tile is a stored block):
 
 * ``shape``: int64, the weight's shape (``M`` is its first size, ``K`` the product of the rest);
 * block encoding (the mask is whole blocks of the plan's ``bm x bk``, as tile/simd/filter give):
@@ -9,7 +10,7 @@ layer's GEMM view ``[M, K]`` (the weight reshaped to ``[out, -1]``):
   ``[kept blocks, bm, bk]``, row-major over the grid; edge blocks zero-padded);
 * bit encoding (any other mask, e.g. unstructured or N:M): ``bits`` (uint8, the mask's bits,
   ``ceil(M*K/8)`` bytes, little-endian within a byte) and ``values`` (float ``[kept weights]``, in
-  row-major order).
+  row-major order of the GEMM view).
 * ``bare`` (bool ``[1]``, only for a bare weight such as ``attn.in_proj_weight``): the layer name
   is the weight's own state-dict key, not ``<layer>.weight``.
 
@@ -27,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from gpuprune.errors import UserError
+from gpuprune.gemm import from_gemm, gemm_view
 
 PREFIX = "packed:"
 FIX = "save the model again with save_pruned() or `gpuprune prune`"
@@ -57,8 +59,8 @@ def pack_layer(layer: str, weight: torch.Tensor, mask: torch.Tensor,
                ) -> dict[str, torch.Tensor]:  # fmt: skip
     """The ``packed:`` tensors of one masked layer (``weight`` is its masked weight; ``bare``: a
     bare weight, stored under the layer name itself)."""
-    w = weight.detach().cpu().reshape(weight.shape[0], -1)
-    m2 = mask.detach().cpu().bool().reshape(w.shape)
+    w = gemm_view(weight.detach().cpu())
+    m2 = gemm_view(mask.detach().cpu().bool())
     out = {_key(layer, "shape"): torch.tensor(list(weight.shape), dtype=torch.int64)}
     if bare:
         out[_key(layer, "bare")] = torch.ones(1, dtype=torch.bool)
@@ -84,10 +86,14 @@ def packed_layers(tensors: Mapping[str, torch.Tensor]) -> list[str]:
             if k.startswith(PREFIX) and k.endswith(":shape")]  # fmt: skip
 
 
-def unpack_layer(layer: str, tensors: Mapping[str, torch.Tensor], origin: str
-                 ) -> tuple[torch.Tensor, torch.Tensor, bool]:  # fmt: skip
+def unpack_layer(layer: str, tensors: Mapping[str, torch.Tensor], origin: str,
+                 old_order: bool = False) -> tuple[torch.Tensor, torch.Tensor, bool]:  # fmt: skip
     """(masked weight, mask, bare) of one packed layer, both of the weight's shape; ``bare``:
-    the layer name is the weight's own key (a bare weight)."""
+    the layer name is the weight's own key (a bare weight). ``old_order``: a file of format /2
+    or /3, packed over ``weight.reshape(out, -1)`` (K order (c_in, kh, kw))."""
+    def back(matrix: torch.Tensor, full: tuple[int, ...]) -> torch.Tensor:
+        return matrix.reshape(full) if old_order else from_gemm(matrix, full)
+
     where = f"{origin} has bad packed data for layer {layer}"
 
     def part(name: str) -> torch.Tensor | None:
@@ -127,9 +133,9 @@ def unpack_layer(layer: str, tensors: Mapping[str, torch.Tensor], origin: str
                             f"{bm}x{bk} do not fit a {m}x{k} layer", FIX)  # fmt: skip
         tiles = torch.zeros(gm, gk, bm, bk, dtype=values.dtype)
         tiles[grid] = values
-        weight = tiles.permute(0, 2, 1, 3).reshape(gm * bm, gk * bk)[:m, :k].contiguous()
-        mask = grid.repeat_interleave(bm, 0).repeat_interleave(bk, 1)[:m, :k].contiguous()
-        return weight.reshape(full), mask.reshape(full), bare_flag
+        weight = tiles.permute(0, 2, 1, 3).reshape(gm * bm, gk * bk)[:m, :k]
+        mask = grid.repeat_interleave(bm, 0).repeat_interleave(bk, 1)[:m, :k]
+        return back(weight, full), back(mask, full), bare_flag
     if bits.dtype != torch.uint8 or bits.dim() != 1 or bits.numel() != math.ceil(m * k / 8):
         raise UserError(f"{where}: the mask bitmap is {bits.dtype} {tuple(bits.shape)}, expected "
                         f"uint8 ({math.ceil(m * k / 8)},)", FIX)  # fmt: skip
@@ -139,4 +145,4 @@ def unpack_layer(layer: str, tensors: Mapping[str, torch.Tensor], origin: str
                         FIX)  # fmt: skip
     weight = torch.zeros(m * k, dtype=values.dtype)
     weight[flat] = values
-    return weight.reshape(full), flat.reshape(full), bare_flag
+    return back(weight.view(m, k), full), back(flat.view(m, k), full), bare_flag

@@ -2,7 +2,9 @@
 
 A block pattern keeps or drops whole ``bm x bk`` blocks of a layer's ``[M, K]`` GEMM view, so
 which weights share a block decides what survives. Output channel ``c`` of one layer is a row of
-its GEMM and, in the next layer, the ``kh*kw`` columns of input channel ``c``; reordering the
+its GEMM and, in the next layer, the ``kh*kw`` columns of input channel ``c`` (one per tap, ``C``
+apart in the K order ``(kh, kw, c_in)``; a Linear after a flatten: ``H*W`` adjacent columns);
+reordering the
 channels of that link (the first layer's rows, its batch norm, the next layer's columns) leaves
 the model's function unchanged and changes only which weights fall into which block (Tetris,
 Ji et al., NeurIPS 2018; channel permutations for N:M sparsity, Pool & Yu, NeurIPS 2021).
@@ -61,6 +63,7 @@ class ChannelLink:
     channels: int
     carriers: tuple[str, ...] = ()  # batch norms in between: their per-channel state moves too
     spread: int = 1  # consumer input features per channel (a Linear after a flatten: H*W)
+    taps: int = 1  # a conv consumer's kh*kw: its channel c is K columns c, c + C, ... (K_ORDER)
 
 
 @dataclass
@@ -206,7 +209,8 @@ def _reader(producer: str, consumer: str, sub: nn.Module, channels: int,
     if isinstance(sub, nn.Conv2d):
         if flat or sub.in_channels != channels:
             return f"{consumer} does not read its channels one to one"
-        return ChannelLink(producer, consumer, channels, carriers)
+        taps = sub.kernel_size[0] * sub.kernel_size[1]
+        return ChannelLink(producer, consumer, channels, carriers, taps=taps)
     features = sub.in_features
     if flat and not from_linear and features % channels == 0:
         return ChannelLink(producer, consumer, channels, carriers, features // channels)
@@ -246,10 +250,12 @@ class _Side:
 
     ``units[c]`` is what channel ``c``'s weights add to each block, given its position: for the
     producer one row of per-K-block sums; for the consumer its ``w`` columns summed per row block.
+    A consumer's channel at position ``p`` has the columns ``p * step + cols``: adjacent
+    (``step = w``) after a flatten, one per tap ``C`` apart (``step = 1``) in a conv (``taps``).
     """
 
     def __init__(self, imp: torch.Tensor, block: tuple[int, int], keep: int, rows_side: bool,
-                 channels: int, per_row: bool) -> None:  # fmt: skip
+                 channels: int, per_row: bool, taps: int = 1) -> None:  # fmt: skip
         self.rows_side, self.per_row, self.keep = rows_side, per_row, keep
         m, k = imp.shape
         bm, bk = block
@@ -261,12 +267,16 @@ class _Side:
         if rows_side:  # channels are rows: per-channel sums over each K block
             padded = F.pad(x, (0, self.gk * bk - k))
             self.units = padded.view(m, self.gk, bk).sum(-1)  # [C, gk]
-        else:  # channels are column spans of width w
+        else:  # channels are sets of w columns
             self.w = k // channels
             padded = F.pad(x, (0, 0, 0, self.gm * bm - m))
-            self.units = padded.view(self.gm, bm, channels, self.w).sum(1).permute(1, 0, 2)
+            if taps > 1:  # [gm, bm, taps, C]: a channel's columns are C apart
+                self.units = padded.view(self.gm, bm, taps, channels).sum(1).permute(2, 0, 1)
+                self.step, self.cols = 1, torch.arange(self.w) * channels
+            else:  # [gm, bm, C, w]: a channel's columns are adjacent
+                self.units = padded.view(self.gm, bm, channels, self.w).sum(1).permute(1, 0, 2)
+                self.step, self.cols = self.w, torch.arange(self.w)
             self.units = self.units.contiguous()  # [C, gm, w]
-            self.cols = torch.arange(self.w)
         self.sums = _block_sums(x, block)
         self.threshold: torch.Tensor | None = None  # the keep threshold of ``sums`` (lazy)
         self.over = self.sums
@@ -285,8 +295,8 @@ class _Side:
             self.sums[i // self.bm] += d
             self.sums[j // self.bm] -= d
         else:
-            self.sums.index_add_(1, (i * self.w + self.cols) // self.bk, d)
-            self.sums.index_add_(1, (j * self.w + self.cols) // self.bk, -d)
+            self.sums.index_add_(1, (i * self.step + self.cols) // self.bk, d)
+            self.sums.index_add_(1, (j * self.step + self.cols) // self.bk, -d)
         self.threshold, self.ranked = None, None
 
     def exact(self, i: int, js: torch.Tensor, ci: int, cj: torch.Tensor) -> torch.Tensor:
@@ -353,8 +363,8 @@ class _Side:
             out[ar, js // self.bm] -= d
         else:
             d = self.units[cj] - self.units[ci]  # [B, gm, w]
-            at_i = ((i * self.w + self.cols) // self.bk).expand(b, self.gm, -1)
-            at_j = ((js[:, None] * self.w + self.cols) // self.bk)[:, None, :]
+            at_i = ((i * self.step + self.cols) // self.bk).expand(b, self.gm, -1)
+            at_j = ((js[:, None] * self.step + self.cols) // self.bk)[:, None, :]
             out.scatter_add_(2, at_i, d)
             out.scatter_add_(2, at_j.expand(-1, self.gm, -1), -d)
         return out
@@ -502,7 +512,7 @@ def reorder(model: nn.Module, specs: dict[str, LayerSpec], method: PruneMethod,
             if spec is None or spec.groups != 1:
                 continue
             side = _side(importances[name], sparsity, spec, method, mask, rows_side,
-                         link.channels, kind)  # fmt: skip
+                         link, kind)  # fmt: skip
             if side is not None:
                 sides.append(side)
                 names.append(name)
@@ -538,6 +548,8 @@ def _reorder_importance(imp: torch.Tensor, link: ChannelLink, order: torch.Tenso
     if rows:
         return imp[order]
     m = imp.shape[0]
+    if link.taps > 1:  # gemm_view's (kh, kw, c_in): channels are the fastest index
+        return imp.view(m, link.taps, link.channels)[:, :, order].reshape(m, -1)
     return imp.view(m, link.channels, -1)[:, order].reshape(m, -1)
 
 
@@ -547,17 +559,21 @@ def _kept(imp: torch.Tensor, sparsity: float, spec: LayerSpec, mask: MaskFn) -> 
 
 
 def _side(imp: torch.Tensor, sparsity: float, spec: LayerSpec, method: PruneMethod,
-          mask: MaskFn, rows_side: bool, channels: int, kind: str) -> _Side | None:  # fmt: skip
+          mask: MaskFn, rows_side: bool, link: ChannelLink, kind: str
+          ) -> _Side | None:  # fmt: skip
     """The layer's side of a link, or None where channel order cannot change its blocks."""
     m, k = spec.shape
     bm, bk = method.unit(spec)
     gm, gk = block_grid((m, k), (bm, bk))
     if rows_side and (bm == 1 or gm == 1):
         return None  # each channel its own row block, or one row block for all
-    if not rows_side and (gk == 1 or (k // channels) % bk == 0):
-        return None  # every block lies inside one channel's columns: order only moves blocks
+    channels = link.channels
+    if not rows_side and (gk == 1 or bk == 1 or (k // channels) % bk == 0 if link.taps == 1
+                          else gk == 1 or bk == 1 or bk % channels == 0):  # fmt: skip
+        return None  # every block is within one channel, or holds whole taps: order moves none
     kept = block_reduce(mask(imp, sparsity, spec), (bm, bk), "any")
     keep = int(kept.sum(-1).max()) if kind == "per-row" else int(kept.sum())
     if keep == 0 or keep == (gk if kind == "per-row" else gm * gk):
         return None  # nothing or everything kept: order changes nothing
-    return _Side(imp, (bm, bk), keep, rows_side, channels, kind == "per-row")
+    return _Side(imp, (bm, bk), keep, rows_side, channels, kind == "per-row",
+                 link.taps if not rows_side else 1)

@@ -2,8 +2,8 @@
 
 Train with ``loss + strength * ssl_penalty(model)`` so whole groups shrink towards zero, then
 ``prune(model, method="ssl", ...)`` removes the smallest groups. Groups on the [M, K] GEMM view:
-``filter`` = a row (output channel), ``shape`` = a column (one (c_in, kh, kw) position across all
-filters), ``channel`` = the ``kh*kw`` columns of one input channel.
+``filter`` = a row (output channel), ``shape`` = a column (one (kh, kw, c_in) position across all
+filters), ``channel`` = the ``kh*kw`` columns of one input channel (one per tap).
 """
 
 from __future__ import annotations
@@ -49,5 +49,6 @@ def ssl_penalty(
         if "channel" in kinds:
             area = mod.weight[0, 0].numel() if mod.weight.dim() == 4 or isinstance(
                 mod, nn.Conv1d) else 1  # fmt: skip
-            total = total + w.reshape(w.shape[0], -1, area).norm(dim=(0, 2)).sum()
+            # gemm_view's K is (kh, kw, c_in): a channel's columns are one per tap, C apart
+            total = total + w.reshape(w.shape[0], area, -1).norm(dim=(0, 1)).sum()
     return total

@@ -1,6 +1,8 @@
 /* gpuprune CPU kernel: block-sparse GEMM that walks only the kept K blocks of each row-block.
  *
  *   Out[M, N] = W[M, K] x X[K, N]     (conv: M = C_out, K = C_in*kh*kw, N = batch*H_out*W_out)
+ *   K is ordered (kh, kw, c_in), c_in fastest (gemm.K_ORDER): a K block is one tap of a run of
+ *   input channels.
  *
  * Memory layout
  *   W   BSR by row-blocks of BM rows: row-block i keeps blocks row_ptr[i]..row_ptr[i+1]-1,
@@ -810,15 +812,29 @@ void gp_conv_tables(const int64_t *geom, int32_t *tables, int nthreads) {
  * (up to k1) are skipped, *kb and *block_end left at the last of them, and the tap and channel
  * that row k counts from move on past them; returns the first row after the run. */
 static inline int64_t skip_unused(int64_t k, int64_t k1, const uint8_t *used, int bk, int64_t *kb,
-                                  int64_t *block_end, int taps, int64_t HW, int *tap,
-                                  const float **src) {
+                                  int64_t *block_end, int64_t C, int64_t HW, int *tap,
+                                  int64_t *ch, const float **src) {
     while (*block_end < k1 && !used[*kb + 1]) ++*kb, *block_end += bk;
     const int64_t end = *block_end < k1 ? *block_end : k1;
-    const int64_t skip = *tap + (end - k);
-    *src += skip / taps * HW;
-    *tap = (int)(skip % taps);
+    const int64_t at = *ch + (end - k), next = at % C;
+    *tap += (int)(at / C);
+    *src += (next - *ch) * HW;
+    *ch = next;
     return end;
 }
+
+/* Row k of K = (kh, kw, c) (c fastest, gemm.K_ORDER): tap k / C of channel k % C. Rows past K
+ * have tap `taps` (their table is never read). */
+#define NEXT_ROW(tap, ch, src, C, HW, img)                                                        \
+    do {                                                                                          \
+        if (++(ch) == (C)) {                                                                      \
+            (ch) = 0;                                                                             \
+            (src) = (img);                                                                        \
+            ++(tap);                                                                              \
+        } else {                                                                                  \
+            (src) += (HW);                                                                        \
+        }                                                                                         \
+    } while (0)
 
 /* The row addresses xp[k * NV + v] of rows k0..k1 of one panel (zero rows past K); vectors
  * that are no input run are gathered into `gather` (k_pad x NR, the panel's own slots). The
@@ -829,14 +845,16 @@ static inline void map_rows(const float *img, const int32_t *table, const int32_
                             const uint8_t *used, int bk, int nv, float *gather,
                             const float **xp) {
     const int64_t stride = (int64_t)nv * VL; /* a row's slots: only the vectors read */
-    int tap = (int)(k0 % taps);
-    const float *src = img + k0 / taps * HW; /* channel k / taps (past K: never read) */
+    const int64_t C = K / taps;
+    int tap = (int)(k0 / C);
+    int64_t ch = k0 % C;
+    const float *src = img + ch * HW; /* channel k % C (past K: never read) */
     /* K blocks counted, not divided out per block: SIMD-group vectors' blocks are single rows */
     int64_t kb = k0 / bk, block_end = (kb + 1) * bk;
     for (int64_t k = k0; k < k1; kb++, block_end += bk) {
         const int64_t end = block_end < k1 ? block_end : k1;
         if (!used[kb]) { /* no row-block keeps this K block (or the next ones): never read */
-            k = skip_unused(k, k1, used, bk, &kb, &block_end, taps, HW, &tap, &src);
+            k = skip_unused(k, k1, used, bk, &kb, &block_end, C, HW, &tap, &ch, &src);
             continue;
         }
         for (; k < end; k++) {
@@ -870,10 +888,7 @@ static inline void map_rows(const float *img, const int32_t *table, const int32_
                     row[v] = dst;
                 }
             }
-            if (++tap == taps) {
-                tap = 0;
-                src += HW;
-            }
+            NEXT_ROW(tap, ch, src, C, HW, img);
         }
     }
 }
@@ -883,24 +898,23 @@ static inline void map_rows(const float *img, const int32_t *table, const int32_
 static inline void map_compact(const float *img, const int32_t *table, int64_t HW, int64_t K,
                                int taps, int64_t k0, int64_t k1, const uint8_t *used, int bk,
                                int nc, float *xc) {
-    int tap = (int)(k0 % taps);
-    const float *src = img + k0 / taps * HW;
+    const int64_t C = K / taps;
+    int tap = (int)(k0 / C);
+    int64_t ch = k0 % C;
+    const float *src = img + ch * HW;
     /* K blocks counted, not divided out per block: SIMD-group vectors' blocks are single rows */
     int64_t kb = k0 / bk, block_end = (kb + 1) * bk;
     for (int64_t k = k0; k < k1; kb++, block_end += bk) {
         const int64_t end = block_end < k1 ? block_end : k1;
         if (!used[kb]) { /* never read, nor the unused blocks right after */
-            k = skip_unused(k, k1, used, bk, &kb, &block_end, taps, HW, &tap, &src);
+            k = skip_unused(k, k1, used, bk, &kb, &block_end, C, HW, &tap, &ch, &src);
             continue;
         }
         for (; k < end; k++) {
             float *dst = xc + k * nc;
             const int32_t *t = table + tap * NR;
             for (int c = 0; c < nc; c++) dst[c] = k < K && t[c] >= 0 ? src[t[c]] : 0.0f;
-            if (++tap == taps) {
-                tap = 0;
-                src += HW;
-            }
+            NEXT_ROW(tap, ch, src, C, HW, img);
         }
     }
 }

@@ -109,11 +109,11 @@ def kernel_arrays(packed: BlockSparseWeight, target: Target, variant: str) -> Ke
 def _k_table(
     in_channels: int, kernel: tuple[int, int], dilation: tuple[int, int], h: int, w: int
 ) -> np.ndarray:
-    """int4 per k = (c, kh, kw): input offset, row shift and column shift of that tap."""
+    """int4 per k = (kh, kw, c) (gemm.K_ORDER): input offset, row shift and column shift."""
     kh, kw = kernel
-    c = np.arange(in_channels).repeat(kh * kw)
-    r = np.tile(np.arange(kh).repeat(kw), in_channels) * dilation[0]
-    s = np.tile(np.arange(kw), in_channels * kh) * dilation[1]
+    c = np.tile(np.arange(in_channels), kh * kw)
+    r = np.arange(kh).repeat(kw * in_channels) * dilation[0]
+    s = np.tile(np.arange(kw).repeat(in_channels), kh) * dilation[1]
     table = np.zeros((c.size, 4), dtype=np.int32)
     table[:, 0], table[:, 1], table[:, 2] = c * h * w + r * w + s, r, s
     return table

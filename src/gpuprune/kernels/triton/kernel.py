@@ -5,11 +5,12 @@ for the GPU or runs in the interpreter (``TRITON_INTERPRET=1``, used by the CPU 
 autotuning configurations are chosen for that mode here too.
 
 GEMM view: ``Out[M, N] = W[M, K] x X[K, N]`` with ``M`` output channels, ``K = C * KH * KW``
-in ``(c, kh, kw)`` order (``weight.reshape(M, -1)``) and ``N = batch * OH * OW`` (batch
-folded into N, so batch 1 and batch 64 fill the GPU the same way). ``X`` is never stored: a
-program computes each column's ``(b, oh, ow)`` once and each K index's ``(c, kh, kw)`` per step
-and loads the input element through the input's own strides, so NCHW, channels_last and any
-other strided input need no copy. A Linear layer is the 1x1 convolution of a 1x1 image.
+in ``(kh, kw, c)`` order (``gemm.gemm_view``: a K block is one tap of a run of channels) and
+``N = batch * OH * OW`` (batch folded into N, so batch 1 and batch 64 fill the GPU the same
+way). ``X`` is never stored: a program computes each column's ``(b, oh, ow)`` once and each K
+index's ``(kh, kw, c)`` per step and loads the input element through the input's own strides,
+so NCHW, channels_last and any other strided input need no copy. A Linear layer is the 1x1
+convolution of a 1x1 image.
 
 Two walks over a row-block's kept weights (built by ``backend.TritonGemm``):
 
@@ -54,12 +55,12 @@ CONFIGS = [
 
 @triton.jit
 def _gather_columns(
-    x_ptr, k, k_ok, xcol, ih0, iw0, n_ok, H, W,
+    x_ptr, k, k_ok, xcol, ih0, iw0, n_ok, H, W, C,
     sxc, sxh, sxw, dil_h, dil_w, KH: tl.constexpr, KW: tl.constexpr,
 ):  # fmt: skip
     """The ``[BLOCK_K, BLOCK_N]`` slab of implicit im2col columns for K indices ``k``."""
-    c = k // (KH * KW)
-    r = k % (KH * KW)
+    c = k % C
+    r = k // C
     dh = (r // KW) * dil_h
     dw = (r % KW) * dil_w
     ih = ih0[None, :] + dh[:, None]
@@ -122,6 +123,7 @@ def skip_conv_gemm(
     start = tl.load(row_ptr_ptr + rb)
     end = tl.load(row_ptr_ptr + rb + 1)
     acc = tl.full((BLOCK_M, BLOCK_N), 0.0, dtype=tl.float32)
+    C = K // (KH * KW)  # input channels: K's fastest index
     if TILE:
         for j in range(start, end):
             kb = tl.load(col_ptr + j)
@@ -129,7 +131,7 @@ def skip_conv_gemm(
             k_ok = (offs_kk < BK) & (k < K)
             w = tl.load(w_ptr + j * (BLOCK_M * BLOCK_K) + offs_m[:, None] * BLOCK_K
                         + offs_kk[None, :])  # fmt: skip
-            x = _gather_columns(x_ptr, k, k_ok, xcol, ih0, iw0, n_ok, H, W,
+            x = _gather_columns(x_ptr, k, k_ok, xcol, ih0, iw0, n_ok, H, W, C,
                                 sxc, sxh, sxw, dil_h, dil_w, KH, KW)  # fmt: skip
             if UPCAST:
                 w = w.to(tl.float32)
@@ -144,7 +146,7 @@ def skip_conv_gemm(
             k = tl.load(col_ptr + offs, mask=k_ok, other=0)
             w = tl.load(w_ptr + offs[None, :] * BLOCK_M + offs_m[:, None], mask=k_ok[None, :],
                         other=0.0)  # fmt: skip
-            x = _gather_columns(x_ptr, k, k_ok, xcol, ih0, iw0, n_ok, H, W,
+            x = _gather_columns(x_ptr, k, k_ok, xcol, ih0, iw0, n_ok, H, W, C,
                                 sxc, sxh, sxw, dil_h, dil_w, KH, KW)  # fmt: skip
             if UPCAST:
                 w = w.to(tl.float32)
