@@ -5,7 +5,7 @@ masked layer's weight is stored packed: only its kept blocks (or, for masks that
 blocks, a bitmap and the kept values), as ``packed:<layer>:<part>`` tensors
 (:mod:`gpuprune.prune.packing`). Its metadata entry ``gpuprune`` is JSON::
 
-    {"format": "gpuprune-pruned/3",
+    {"format": "gpuprune-pruned/4",
      "model": {"name", "num_classes", "in_channels", "width", "kwargs"} or null,
      "plan": PrunePlan.to_dict() or null,       # per layer: pattern, kernel, tiling, geometry
      "extra": {...},                            # free JSON facts (accuracy...)
@@ -18,8 +18,10 @@ the model. The model name is resolved through the model registry only (a file ne
 to import; ``timm:NAME`` and ``torchvision:NAME`` are looked up in those libraries' own model
 registries); :func:`load` takes an explicit ``factory=`` or ``model=`` for other models.
 
-Format 2 (every weight dense plus a ``mask:<layer>`` bool tensor, no model ``kwargs``) is still
-read.
+Formats 2 (every weight dense plus a ``mask:<layer>`` bool tensor, no model ``kwargs``) and 3
+(packed over ``weight.reshape(out, -1)``, the conv K order ``(c_in, kh, kw)``) are still read: their
+masks load exactly, with a warning naming the spatial convs whose blocks were taken in that order
+(the kernels skip only blocks whole in ``(kh, kw, c_in)``).
 """
 
 from __future__ import annotations
