@@ -4,7 +4,8 @@
 // parameters come in as -D defines from the Target, as CLBlast's XGEMM does; the defaults below
 // only make the file compile on its own.
 //
-// GEMM view: M = output channels, K = C_in*KH*KW in (kh, kw, c) order (gemm.K_ORDER), N = batch*H_out*W_out.
+// GEMM view: M = output channels, K = C_in*KH*KW in (kh, kw, c) order (gemm.K_ORDER),
+// N = batch*H_out*W_out.
 // X is never materialised (implicit im2col): element (k, n) is read from the NCHW input through
 // a per-k table ktab[k] = (c*H*W + kh*DH*W + kw*DW, kh*DH, kw*DW) and per-column data kept in
 // local memory (input base offset and top-left input pixel of column n). A Linear layer is the
