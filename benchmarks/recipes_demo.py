@@ -11,7 +11,8 @@ fine-tuning); ``half-ramp-lr-0.02`` (the demo's schedule before 2026-12-03), ``t
 set both; ``--recipes ft-1x24000,ft-2x12000`` cuts the fine-tuning by 20% instead; ``ramp-0.25``,
 ``ramp-0.75``, ``agp-every-2`` and ``lr-0.04`` change one setting of the current config (measured
 on the earlier one); ``permute`` and ``no-permute`` set ``prune.permute`` (channels reordered
-before pruning: the demo's default since it was measured). Two worker processes of one thread, as
+before pruning: the demo's default since it was measured); ``distill`` fine-tunes distilled from
+the dense model (alpha 0.5, temperature 4, the distillation study's). Two worker processes of one thread, as
 the demo's ``workers: 2``; accuracies only, so a busy machine changes nothing but the wall time.
 """
 
@@ -64,6 +65,8 @@ RECIPES = {  # config section -> keys changed
     # channels reordered before pruning so blocks gather important weights (prune.permute)
     "permute": {"prune": {"permute": True}},
     "no-permute": {"prune": {"permute": False}},
+    # distilled from the dense model while fine-tuning (the distillation study's setting)
+    "distill": {"finetune": {"distill": {"alpha": 0.5, "temperature": 4.0}}},
 }
 METHODS = ["tile", "simd", "unstructured"]
 
