@@ -12,8 +12,9 @@ set both; ``--recipes ft-1x24000,ft-2x12000`` cuts the fine-tuning by 20% instea
 ``ramp-0.75``, ``agp-every-2`` and ``lr-0.04`` change one setting of the current config (measured
 on the earlier one); ``permute`` and ``no-permute`` set ``prune.permute`` (channels reordered
 before pruning: the demo's default since it was measured); ``distill`` fine-tunes distilled from
-the dense model (alpha 0.5, temperature 4, the distillation study's). Two worker processes of one thread, as
-the demo's ``workers: 2``; accuracies only, so a busy machine changes nothing but the wall time.
+the dense model (alpha 0.5, temperature 4: the demo's since it was measured). Two worker
+processes of one thread, as the demo's ``workers: 2``; accuracies only, so a busy machine changes
+nothing but the wall time.
 """
 
 from __future__ import annotations
