@@ -180,7 +180,6 @@ def gemm_view(module: nn.Module | BareWeight | TransposedConv | torch.Tensor) ->
     return w.reshape(w.shape[0], -1)
 
 
-
 def from_gemm(matrix: torch.Tensor, like: nn.Module | BareWeight | torch.Tensor | torch.Size
               ) -> torch.Tensor:  # fmt: skip
     """Inverse of :func:`gemm_view`: an [M, K] matrix back in the weight's shape."""

@@ -11,7 +11,7 @@ from torch import nn
 
 import gpuprune.prune as gp
 from gpuprune.errors import UserError
-from gpuprune.prune.methods import PruneMethod, TilePruning, get_method
+from gpuprune.prune.methods import PruneMethod, SSLPruning, TilePruning, get_method
 from gpuprune.prune.permute import (
     _block_sums,
     _Side,
@@ -203,7 +203,15 @@ def test_a_mask_of_its_own_is_not_searched_unless_it_says_how() -> None:
         def mask(self, importance, sparsity, layer):  # type: ignore[override]
             return super().mask(importance, sparsity, layer)
 
+    class MySsl(SSLPruning):  # inherits SSL's declared rule, but masks its own way
+        name = "my-ssl"
+
+        def mask(self, importance, sparsity, layer):  # type: ignore[override]
+            return super().mask(importance, sparsity, layer)
+
     assert selection_of(Mine()) is None
+    assert selection_of(MySsl()) is None
+    assert selection_of(get_method("ssl")) == "blocks"  # its own mask, its rule declared
     assert selection_of(get_method("simd-balanced")) == "per-row"
     assert selection_of(get_method("tile")) == "blocks"
     assert PruneMethod.selection == "blocks"

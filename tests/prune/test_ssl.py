@@ -60,3 +60,19 @@ def test_group_lasso_training_then_ssl_pruning_removes_shrunk_columns():
 def test_unknown_group_is_a_user_error():
     with pytest.raises(UserError, match="filter"):
         ssl_penalty(conv_net(), groups=("kernel",))
+
+
+def test_channel_group_prunes_whole_input_channels():
+    """In the K order (kh, kw, c_in) a channel's columns are one per tap, C apart: the channel
+    group keeps or prunes all of them, in every row, and the smallest channels go first."""
+    torch.manual_seed(0)
+    model = conv_net()
+    with torch.no_grad():
+        model[2].weight[:, [1, 6]] *= 1e-3  # input channels 1 and 6 are the smallest groups
+    result = prune(model, method="ssl", sparsity=0.25, method_options={"group": "channel"},
+                   input_size=(3, 8, 8), exclude_first_last=False)  # fmt: skip
+    kept = model[2].weight != 0  # [8, 8, 3, 3]
+    per_channel = kept.permute(1, 0, 2, 3).reshape(8, -1)
+    assert (per_channel.all(1) | ~per_channel.any(1)).all()  # each channel whole
+    assert per_channel.any(1).tolist() == [c not in (1, 6) for c in range(8)]
+    assert dict((lay.name, lay.block) for lay in result.layers)["2"] == (8, 1)

@@ -317,11 +317,12 @@ class SSLPruning(PruneMethod):
     ``filter`` (a GEMM row) or ``channel`` (the ``kh*kw`` columns of one input channel). In the
     K order ``(kh, kw, c_in)`` a channel's columns are one per tap, ``C`` apart: no block, so a
     channel is chosen whole and its columns are skipped as ``shape`` columns (unit ``M x 1``).
-    Channel order changes none of these masks (``selection`` None: no permutation search).
     """
 
     name = "ssl"
-    selection = None
+    # declared, with the mask overridden: its units are whole M x 1 columns or 1 x K rows, so
+    # the channel-order search finds no block that order changes and says so per link
+    selection = "blocks"
     GROUPS: ClassVar[tuple[str, ...]] = ("shape", "filter", "channel")
 
     def __init__(self, group: str = "shape") -> None:

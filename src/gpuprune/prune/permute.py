@@ -480,11 +480,15 @@ MaskFn = Callable[[torch.Tensor, float, "LayerSpec"], torch.Tensor]
 
 
 def selection_of(method: PruneMethod) -> str | None:
-    """The method's block rule for the search; "blocks" only where the mask is the base one."""
+    """The method's block rule for the search; "blocks" only where the mask is the base one or
+    the class that overrides it declares its ``selection`` itself."""
     from gpuprune.prune.methods import PruneMethod
 
     kind = method.selection
-    if kind == "blocks" and type(method).mask is not PruneMethod.mask:
+    mro = type(method).__mro__
+    owner = next(c for c in mro if "mask" in vars(c))  # the class whose mask runs
+    declared = any("selection" in vars(c) for c in mro[: mro.index(owner) + 1])
+    if kind == "blocks" and owner is not PruneMethod and not declared:
         return None  # a mask of its own that did not say how it picks blocks
     return kind
 
