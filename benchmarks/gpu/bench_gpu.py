@@ -393,8 +393,7 @@ class Bench:
         c = F.unfold(x, layer.kernel, dilation=layer.dilation, padding=layer.padding,
                      stride=layer.stride)  # fmt: skip
         b, _, n = c.shape  # unfold's rows (c, kh, kw) in gemm_view's order (kh, kw, c)
-        c = c.view(b, layer.cin, -1, n).transpose(1, 2)
-        return c.permute(1, 2, 0, 3).reshape(layer.k, -1)
+        return c.view(b, layer.cin, -1, n).permute(2, 1, 0, 3).reshape(layer.k, -1)
 
     def bench_bsr(self, common, w, x, layer, s, base, dense_bytes, dtype) -> None:
         key = "torch-bsr"

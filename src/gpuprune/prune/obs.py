@@ -358,8 +358,7 @@ def _columns(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         x = F.pad(x, module._reversed_padding_repeated_twice, mode=mode)
         cols = F.unfold(x, module.kernel_size, module.dilation, 0, module.stride)  # [B, K, L]
         b, k, n = cols.shape  # unfold's rows are (c, kh, kw): to gemm_view's (kh, kw, c)
-        cols = cols.view(b, x.shape[1], k // x.shape[1], n).transpose(1, 2)
-        return cols.permute(0, 3, 1, 2).reshape(-1, k)
+        return cols.view(b, x.shape[1], k // x.shape[1], n).permute(0, 3, 2, 1).reshape(-1, k)
     return x.reshape(-1, x.shape[-1])
 
 

@@ -4,10 +4,10 @@ A block pattern keeps or drops whole ``bm x bk`` blocks of a layer's ``[M, K]`` 
 which weights share a block decides what survives. Output channel ``c`` of one layer is a row of
 its GEMM and, in the next layer, the ``kh*kw`` columns of input channel ``c`` (one per tap, ``C``
 apart in the K order ``(kh, kw, c_in)``; a Linear after a flatten: ``H*W`` adjacent columns);
-reordering the
-channels of that link (the first layer's rows, its batch norm, the next layer's columns) leaves
-the model's function unchanged and changes only which weights fall into which block (Tetris,
-Ji et al., NeurIPS 2018; channel permutations for N:M sparsity, Pool & Yu, NeurIPS 2021).
+reordering the channels of that link (the first layer's rows, its batch norm, the next layer's
+columns) leaves the model's function unchanged and changes only which weights fall into which
+block (Tetris, Ji et al., NeurIPS 2018; channel permutations for N:M sparsity, Pool & Yu, NeurIPS
+2021).
 
 The order is chosen by local search on each link in model order: swap two channels when the
 importance the method would keep, summed over the link's two pruned layers as fractions of each
@@ -572,9 +572,10 @@ def _side(imp: torch.Tensor, sparsity: float, spec: LayerSpec, method: PruneMeth
     if rows_side and (bm == 1 or gm == 1):
         return None  # each channel its own row block, or one row block for all
     channels = link.channels
-    if not rows_side and (gk == 1 or bk == 1 or (k // channels) % bk == 0 if link.taps == 1
-                          else gk == 1 or bk == 1 or bk % channels == 0):  # fmt: skip
-        return None  # every block is within one channel, or holds whole taps: order moves none
+    # every block within one channel's adjacent columns, or holding whole taps of all channels
+    whole = (k // channels) % bk == 0 if link.taps == 1 else bk % channels == 0
+    if not rows_side and (gk == 1 or bk == 1 or whole):
+        return None  # order only moves whole blocks
     kept = block_reduce(mask(imp, sparsity, spec), (bm, bk), "any")
     keep = int(kept.sum(-1).max()) if kind == "per-row" else int(kept.sum())
     if keep == 0 or keep == (gk if kind == "per-row" else gm * gk):

@@ -823,8 +823,16 @@ static inline int64_t skip_unused(int64_t k, int64_t k1, const uint8_t *used, in
     return end;
 }
 
-/* Row k of K = (kh, kw, c) (c fastest, gemm.K_ORDER): tap k / C of channel k % C. Rows past K
- * have tap `taps` (their table is never read). */
+/* Row k of K = (kh, kw, c) (c fastest, gemm.K_ORDER): tap k / C of channel k % C, read from
+ * the returned plane of `img`. Rows past K have tap `taps` (their table is never read). */
+static inline const float *first_row(const float *img, int64_t k, int64_t C, int64_t HW,
+                                     int *tap, int64_t *ch) {
+    *tap = (int)(k / C);
+    *ch = k % C;
+    return img + *ch * HW;
+}
+
+/* The next row's tap, channel and plane. */
 #define NEXT_ROW(tap, ch, src, C, HW, img)                                                        \
     do {                                                                                          \
         if (++(ch) == (C)) {                                                                      \
@@ -841,14 +849,14 @@ static inline int64_t skip_unused(int64_t k, int64_t k1, const uint8_t *used, in
  * channel and tap of row k advance by counting, and `used` is read once per K block: a
  * division per row cost more than the row. */
 static inline void map_rows(const float *img, const int32_t *table, const int32_t *kinds,
-                            int64_t HW, int64_t K, int taps, int64_t k0, int64_t k1,
+                            int64_t HW, int64_t C, int taps, int64_t k0, int64_t k1,
                             const uint8_t *used, int bk, int nv, float *gather,
                             const float **xp) {
     const int64_t stride = (int64_t)nv * VL; /* a row's slots: only the vectors read */
-    const int64_t C = K / taps;
-    int tap = (int)(k0 / C);
-    int64_t ch = k0 % C;
-    const float *src = img + ch * HW; /* channel k % C (past K: never read) */
+    const int64_t K = C * taps;
+    int tap;
+    int64_t ch;
+    const float *src = first_row(img, k0, C, HW, &tap, &ch); /* past K: never read */
     /* K blocks counted, not divided out per block: SIMD-group vectors' blocks are single rows */
     int64_t kb = k0 / bk, block_end = (kb + 1) * bk;
     for (int64_t k = k0; k < k1; kb++, block_end += bk) {
@@ -895,13 +903,13 @@ static inline void map_rows(const float *img, const int32_t *table, const int32_
 
 /* Rows k0..k1 of a narrow panel (nc columns) as a compact array xc[k][c] (zeros for padding and
  * rows past K, which meet zero weights: never garbage, which could be NaN). */
-static inline void map_compact(const float *img, const int32_t *table, int64_t HW, int64_t K,
+static inline void map_compact(const float *img, const int32_t *table, int64_t HW, int64_t C,
                                int taps, int64_t k0, int64_t k1, const uint8_t *used, int bk,
                                int nc, float *xc) {
-    const int64_t C = K / taps;
-    int tap = (int)(k0 / C);
-    int64_t ch = k0 % C;
-    const float *src = img + ch * HW;
+    const int64_t K = C * taps;
+    int tap;
+    int64_t ch;
+    const float *src = first_row(img, k0, C, HW, &tap, &ch);
     /* K blocks counted, not divided out per block: SIMD-group vectors' blocks are single rows */
     int64_t kb = k0 / bk, block_end = (kb + 1) * bk;
     for (int64_t k = k0; k < k1; kb++, block_end += bk) {
@@ -926,17 +934,18 @@ static inline void fill_panel(const gp_geom *g, const gp_cols *c, const gp_layou
                               const float **xp) {
     int64_t base;
     const int32_t *t = tables + table_of(c, l, p, &base) * c->table_ints;
-    const int64_t K = g->C * c->taps, HW = l->plane; /* a channel's floats */
+    const int64_t HW = l->plane; /* a channel's floats */
     const int64_t left = c->groups - p * c->per_panel;
     const int nc = narrow_cols(left, (int)g->pool, (int)g->bm);
     if (nc > 0) { /* a narrow panel: the compact array in the gather buffer, no row table */
-        map_compact(img + base, t, HW, K, c->taps, k0, k1, used, bk, nc, gather);
+        map_compact(img + base, t, HW, g->C, c->taps, k0, k1, used, bk, nc, gather);
         return;
     }
     /* a last panel with fewer columns (batch 1: one vector of a 4x4 layer's 64) maps only the
      * vectors the micro-kernels read, packed: its rows' slots a quarter as far apart */
     const int nv = panel_vectors(left, (int)g->pool);
-    map_rows(img + base, t, t + c->taps * NR, HW, K, c->taps, k0, k1, used, bk, nv, gather, xp);
+    map_rows(img + base, t, t + c->taps * NR, HW, g->C, c->taps, k0, k1, used, bk, nv, gather,
+             xp);
 }
 
 /* A groups=1 convolution, NCHW in and out, with the integer arguments `geom` (gp_geom) and
