@@ -13,17 +13,17 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
 
 import torch
 from cpu_paths import (
     add_model_arguments,
     add_round_arguments,
-    alternating_times,
     compiled_pruned,
     model_fields,
+    round_ratios,
     save,
     setup,
+    time_models,
 )
 
 from gpuprune.bench.environment import environment
@@ -41,14 +41,11 @@ def main() -> None:
     for module in plain.modules():
         if isinstance(module, ChainedSequential):
             module._gp_runs = {}
-    paths = {"one_by_one": plain, "runs": runs}
+    times = time_models({"one_by_one": plain, "runs": runs}, x, args)
     with torch.no_grad():
-        for fn in paths.values():
-            fn(x)  # prepares each layer's and each run's arguments for this shape
         equal = torch.equal(plain(x), runs(x))
-        times = alternating_times({name: lambda fn=fn: fn(x) for name, fn in paths.items()},
-                                  args.rounds, args.warm, args.calls)
-    a, b = statistics.median(times["one_by_one"]), statistics.median(times["runs"])
+    med, _, _ = round_ratios(times, "runs", "one_by_one")
+    a, b = med["one_by_one"], med["runs"]
     result = {
         **model_fields(args), "rounds": args.rounds, "one_by_one_ms": a, "runs_ms": b,
         "ratio_runs_over_one_by_one": b / a, "bitwise_equal": equal,

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
 import subprocess
 from pathlib import Path
 
@@ -26,11 +25,12 @@ import torch
 from cpu_paths import (
     add_model_arguments,
     add_round_arguments,
-    alternating_times,
     compiled_pruned,
     model_fields,
+    round_ratios,
     save,
     setup,
+    time_models,
 )
 
 from gpuprune.bench.environment import environment
@@ -72,21 +72,16 @@ def main() -> None:
     # each library builds are its own (their layout may differ between versions)
     compiled = compiled_pruned(args, cfg)
     models = {name: copy.deepcopy(compiled) for name in libs}
+    times = time_models(models, x, args, enter=lambda name: current.update(lib=libs[name]))
     outputs = {}
     with torch.no_grad():
         for name, lib in libs.items():
             current["lib"] = lib
-            models[name](x)  # prepares each layer's arguments for this shape
             outputs[name] = models[name](x)
-        times = alternating_times({name: lambda m=m: m(x) for name, m in models.items()},
-                                  args.rounds, args.warm, args.calls,
-                                  enter=lambda name: current.update(lib=libs[name]))
-    ratios = [n / b for n, b in zip(times["new"], times["base"], strict=True)]
-    q = statistics.quantiles(ratios, n=4)
+    med, ratio, q = round_ratios(times, "new", "base")
     result = {
         **model_fields(args), "rounds": args.rounds, "base": args.base,
-        "base_ms": statistics.median(times["base"]), "new_ms": statistics.median(times["new"]),
-        "ratio_new_over_base": statistics.median(times["new"]) / statistics.median(times["base"]),
+        "base_ms": med["base"], "new_ms": med["new"], "ratio_new_over_base": ratio,
         "round_ratio_quartiles": q,
         "max_abs_difference": float((outputs["new"] - outputs["base"]).abs().max()),
         "environment": environment(),

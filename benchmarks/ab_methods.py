@@ -13,17 +13,16 @@ mean of ``--calls`` timed. Prints and writes (``-o``) the medians, their ratio (
 from __future__ import annotations
 
 import argparse
-import statistics
 
-import torch
 from cpu_paths import (
     add_model_arguments,
     add_round_arguments,
-    alternating_times,
     compiled_pruned,
     model_fields,
+    round_ratios,
     save,
     setup,
+    time_models,
 )
 
 from gpuprune.bench.environment import environment
@@ -38,18 +37,11 @@ def main() -> None:
     args = parser.parse_args()
     cfg, x = setup(args)
     models = {m: compiled_pruned(_with(args, m), cfg) for m in (args.method, args.against)}
-    with torch.no_grad():
-        for m in models.values():
-            m(x)  # prepares each layer's arguments for this shape
-        times = alternating_times({name: lambda m=m: m(x) for name, m in models.items()},
-                                  args.rounds, args.warm, args.calls)  # fmt: skip
-    ratios = [a / b for a, b in zip(times[args.method], times[args.against], strict=True)]
-    q = statistics.quantiles(ratios, n=4)
-    med = {name: statistics.median(t) for name, t in times.items()}
+    med, ratio, q = round_ratios(time_models(models, x, args), args.method, args.against)
     result = {
         **model_fields(args), "against": args.against, "rounds": args.rounds,
-        "median_ms": med, "ratio": med[args.method] / med[args.against],
-        "round_ratio_quartiles": q, "environment": environment(),
+        "median_ms": med, "ratio": ratio, "round_ratio_quartiles": q,
+        "environment": environment(),
     }  # fmt: skip
     print(f"{args.model} b{args.batch} @{args.sparsity}: {args.method} {med[args.method]:.3f} ms, "
           f"{args.against} {med[args.against]:.3f} ms, ratio {result['ratio']:.3f} "

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 import warnings
 from collections.abc import Callable
@@ -81,6 +82,28 @@ def alternating_times(
                 fn()
             times[name].append((time.perf_counter() - t0) / calls * 1e3)
     return times
+
+
+def time_models(models: dict[str, nn.Module], x: torch.Tensor, args: argparse.Namespace,
+                enter: Callable[[str], None] | None = None) -> dict[str, list[float]]:  # fmt: skip
+    """:func:`alternating_times` of each model's forward on ``x`` (no grad), after one untimed
+    call each that prepares its layers' arguments for this shape; ``enter`` as there."""
+    with torch.no_grad():
+        for name, model in models.items():
+            if enter is not None:
+                enter(name)
+            model(x)
+        return alternating_times({name: lambda m=m: m(x) for name, m in models.items()},
+                                 args.rounds, args.warm, args.calls, enter)  # fmt: skip
+
+
+def round_ratios(times: dict[str, list[float]], num: str, den: str
+                 ) -> tuple[dict[str, float], float, list[float]]:  # fmt: skip
+    """(median ms per path, the ratio of ``num``'s median to ``den``'s, the quartiles of the
+    per-round ratios)."""
+    med = {name: statistics.median(t) for name, t in times.items()}
+    ratios = [a / b for a, b in zip(times[num], times[den], strict=True)]
+    return med, med[num] / med[den], statistics.quantiles(ratios, n=4)
 
 
 def save(out: Path | None, result: dict) -> None:
