@@ -52,6 +52,24 @@ def test_chained_equals_blocks_one_by_one(compiled, batch, size):
     assert model.blocks._gp_runs[0].chain.chain._shapes  # the program was built and used
 
 
+@pytest.mark.parametrize("threads,batch", [(2, 2), (2, 3)])
+def test_blocks_run_image_by_image(compiled, threads, batch):
+    """With an image per thread the blocks run whole images per thread, bitwise as one by
+    one (the residual adds and the shortcut convolution included)."""
+    net, model = compiled
+    model = copy.deepcopy(model)
+    x = torch.randn(batch, 3, 12, 12)
+    torch.set_num_threads(threads)
+    with torch.no_grad():
+        first, second = model(x), model(x)
+        torch.set_num_threads(1)
+        plain, want = _unchained(model)(x), net(x)
+    shapes = list(model.blocks._gp_runs[0].chain.chain._shapes)
+    assert [s[0] for s in shapes] == [1]  # the one-image program only
+    assert torch.equal(first, plain) and torch.equal(second, plain)
+    torch.testing.assert_close(second, want, rtol=1e-4, atol=1e-4)
+
+
 def test_hooks_and_replaced_children_run_the_blocks(compiled):
     net, model = compiled
     x = torch.randn(2, 3, 9, 9)

@@ -77,6 +77,36 @@ def test_chained_equals_layer_by_layer_and_masked_model(compiled, batch, size):
     torch.testing.assert_close(chained, want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("threads,batch", [(2, 3), (3, 3), (2, 5)])
+def test_a_batch_of_an_image_per_thread_runs_image_by_image(compiled, threads, batch):
+    """Whole images per thread (one-image programs, any number left for the last thread)
+    compute what the layers do one by one, bitwise; the batch's own program is never built."""
+    net, model = compiled
+    model = copy.deepcopy(model)
+    x = torch.randn(batch, 3, 13, 13)
+    torch.set_num_threads(threads)
+    with torch.no_grad():
+        first, second = model(x), model(x)
+        torch.set_num_threads(1)
+        plain, want = _unchained(model)(x), net(x)
+    one = torch.Size((1, 3, 13, 13))
+    runs = [r.chain for r in model._gp_runs.values()]
+    assert one in runs[0]._shapes and x.shape not in runs[0]._shapes
+    assert torch.equal(first, plain) and torch.equal(second, plain)
+    torch.testing.assert_close(second, want, rtol=1e-4, atol=1e-4)
+
+
+def test_fewer_images_than_threads_split_each_layer(compiled):
+    _, model = compiled
+    model = copy.deepcopy(model)
+    x = torch.randn(2, 3, 13, 13)
+    torch.set_num_threads(3)
+    with torch.no_grad():
+        model(x), model(x)
+    chain = model._gp_runs[0].chain
+    assert x.shape in chain._shapes and torch.Size((1, 3, 13, 13)) not in chain._shapes
+
+
 def test_a_hooked_layer_runs_by_itself(compiled):
     _, model = compiled
     model = copy.deepcopy(model)

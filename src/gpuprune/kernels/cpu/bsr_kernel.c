@@ -1126,6 +1126,23 @@ int gp_conv_chain(int n, const gp_chain_call *calls, const float *x, float *out,
     return 0;
 }
 
+/* A chain run image by image: each thread takes whole images from a shared counter and runs
+ * every convolution of the chain on one image alone (`calls` prepared for a batch of one), with
+ * no barrier between layers and an image's activations in its thread's caches. */
+int gp_conv_chain_images(int n, const gp_chain_call *calls, const float *x, float *out,
+                         int64_t images, int64_t in_floats, int64_t out_floats, int nthreads) {
+    int status = 0;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
+    for (int64_t b = 0; b < images; b++) {
+        const int s = gp_conv_chain(n, calls, x + b * in_floats, out + b * out_floats, 1);
+        if (s != 0) {
+#pragma omp atomic write
+            status = s;
+        }
+    }
+    return status;
+}
+
 /* A linear layer: in [N, K] (rows = batch) -> out [N, M]. */
 int gp_linear(const float *in, int64_t N, int64_t K, int64_t M, int64_t gm, int bm, int bk,
               int64_t k_pad, const int32_t *row_ptr, const int32_t *col_idx, const float *wt,

@@ -41,6 +41,8 @@ _SIGNATURES = {
     # nthreads, mode, visits, residual (added before the store, or NULL), ReLU after it
     "gp_conv2d": ([_PTR] * 9 + [_INT, _INT, _PTR, _PTR, _INT], ctypes.c_int),
     "gp_conv_chain": ([_INT, _PTR, _PTR, _PTR, _INT], ctypes.c_int),
+    # the same per image: + images, floats per input image, per output image
+    "gp_conv_chain_images": ([_INT, _PTR, _PTR, _PTR, _I64, _I64, _I64, _INT], ctypes.c_int),
     # int32s of the tap tables for args, and the call that fills them (args, tables, nthreads)
     "gp_conv_table_ints": ([_PTR], ctypes.c_int64),
     "gp_conv_tables_kept": ([_PTR], ctypes.c_int64),

@@ -13,6 +13,10 @@ The per-layer arguments are the ones each :class:`CpuConv2d` prepared for its in
 chain computes exactly what its layers would one by one (tested). The first input of each shape
 goes through the layers one by one, which checks it and prepares every layer's arguments; later
 inputs of that shape take one native call.
+
+A batch with at least an image per thread runs image by image (:func:`by_image`): the chain's
+program for one image, each thread taking whole images, so no layer waits on the other threads
+and an image's activations stay in its thread's caches instead of a batch's going to memory.
 """
 
 from __future__ import annotations
@@ -52,6 +56,15 @@ class Step:
     res_relu: bool = False
 
 
+def by_image(images: int, threads: int) -> bool:
+    """Whether a batch runs whole images per thread (``gp_conv_chain_images``) rather than each
+    layer split over the threads: with at least an image per thread. Each thread then runs the
+    chain on one image at a time with no barrier between layers and that image's activations
+    in its own caches (ResNet-50 at 75% tile, 2 threads: batch 16 0.93x the time, batch 4
+    0.79x; docs/design/cpu-backend.md). One thread has no barriers to save."""
+    return threads >= 2 and images >= threads
+
+
 class _Program:
     """The native call array of a list of steps for one input shape, and the tensors it points
     into (held here, so a layer that rebuilds its own entry frees nothing the array reads)."""
@@ -80,6 +93,14 @@ class _Program:
                                            out.data_ptr(), torch.get_num_threads()))  # fmt: skip
         return out
 
+    def run_images(self, lib: ctypes.CDLL, x: Tensor) -> Tensor:
+        """Run every image of ``x`` through this one-image program, whole images per thread."""
+        out = buffers.POOL.empty((x.shape[0], *self.out_shape[1:]))
+        ops.check_status(lib.gp_conv_chain_images(
+            self.n, ctypes.addressof(self.calls), x.data_ptr(), out.data_ptr(), x.shape[0],
+            x[0].numel(), math.prod(self.out_shape), torch.get_num_threads()))  # fmt: skip
+        return out
+
 
 class _Chain:
     """What both chains share: the checks on the input, the per-shape programs, pickling."""
@@ -102,6 +123,12 @@ class _Chain:
                 or any(layer.count_visits for layer in self.layers)):  # fmt: skip
             return None
         x = x.contiguous()
+        if by_image(x.shape[0], torch.get_num_threads()):
+            one = torch.Size((1, *x.shape[1:]))
+            if one not in self._shapes:
+                self._prepare(x[:1])
+            if one in self._shapes:
+                return self._shapes[one].run_images(self.layers[0].lib, x)
         program = self._shapes.get(x.shape)
         if program is None:
             return self._prepare(x)
