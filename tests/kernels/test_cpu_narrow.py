@@ -123,3 +123,25 @@ def test_padding_rows_are_zeros_not_leftovers(cpu):
     y = small(x)
     assert torch.isfinite(y).all()
     assert_matches(y, F.conv2d(x, from_gemm(weight, (32, 5, 3, 3)), None, padding=1))
+
+
+@pytest.mark.parametrize("block", BLOCKS, ids=lambda b: f"{b[0].name}-{b[1]}")
+def test_panel_tails_match(cpu, block):
+    """A last panel whose last vector holds a few columns (ResNet's 7x7 at batch 1: 49 is three
+    AVX-512 vectors and one column) takes those by row vectors on tiles. Every remainder up to
+    a vector on every build: one output row of 9..40 pixels, then 7x7 images, batch 1 and 3.
+    M = 37 leaves a partial last row-block."""
+    target, variant = block
+    cin, cout = 5, 37
+    weight = block_masked(cout, cin * 9, _block(target, variant), 0.5, seed=11)
+    bias = torch.randn(cout)
+    layer = cpu.conv2d(
+        pack_for(weight, target, variant), bias, target, variant=variant,
+        geometry=ConvGeometry(cin, (3, 3), (1, 1), (1, 1)), relu=True,
+    )  # fmt: skip
+    shapes = [(1, 1, cols) for cols in range(9, 41)] + [(1, 7, 7), (3, 7, 7), (2, 9, 11)]
+    for b, h, w in shapes:
+        x = torch.randn(b, cin, h, w)
+        ref = F.conv2d(x, from_gemm(weight, (cout, cin, 3, 3)), bias, padding=1).relu()
+        for _ in range(2):  # preparing call, then the cached tables
+            assert_matches(layer(x), ref)

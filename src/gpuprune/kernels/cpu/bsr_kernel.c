@@ -316,35 +316,39 @@ static inline int narrow_cols(int64_t left, int pool, int bm) {
 }
 
 /* rows r0 .. r0 + g*W of a row-block (g <= 2 row vectors of W rows) x nc columns, over its kept
- * blocks j0..j1: acc_out[row][c] (the layout store() reads) */
+ * blocks j0..j1: acc_out[row][c] (the layout store() reads). The columns' x comes from the
+ * compact array xc (v < 0), or (a panel's tail, below) from vector v of each row of the table
+ * xp, whose first nc lanes they are; then they land in acc_out's columns from v * VL on. */
 #define GP_NARROW(NAME, VT, W)                                                                \
     static inline __attribute__((always_inline)) void NAME(                                   \
         const int g, const int nc, const int64_t j0, const int64_t j1, const int bm,          \
         const int bk, const int32_t *col_idx, const float *wt, const float *xc,               \
-        float (*acc_out)[NR]) {                                                               \
+        const float *const *xp, const int v, float (*acc_out)[NR]) {                          \
         VT acc[2][NNMAX];                                                                     \
         _Pragma("GCC unroll 2") for (int a = 0; a < 2; a++)                                   \
             _Pragma("GCC unroll 8") for (int c = 0; c < NNMAX; c++)                           \
                 if (a < g && c < nc) acc[a][c] = (VT){0};                                     \
         for (int64_t j = j0; j < j1; j++) {                                                   \
-            const float *xb = xc + (int64_t)col_idx[j] * bk * nc;                             \
+            const int64_t k0 = (int64_t)col_idx[j] * bk;                                      \
             const float *wb = wt + j * (int64_t)bk * bm;                                      \
             for (int k = 0; k < bk; k++) {                                                    \
+                const float *xr = v < 0 ? xc + (k0 + k) * nc : xp[(k0 + k) * NV + v];         \
                 VT w[2];                                                                      \
                 _Pragma("GCC unroll 2") for (int a = 0; a < 2; a++)                           \
                     if (a < g) w[a] = *(const VT *)(wb + (int64_t)k * bm + a * W);            \
                 _Pragma("GCC unroll 8") for (int c = 0; c < NNMAX; c++) {                     \
                     if (c < nc) {                                                             \
-                        const float x_ = xb[k * nc + c];                                      \
+                        const float x_ = xr[c];                                               \
                         _Pragma("GCC unroll 2") for (int a = 0; a < 2; a++)                   \
                             if (a < g) acc[a][c] += w[a] * x_;                                \
                     }                                                                         \
                 }                                                                             \
             }                                                                                 \
         }                                                                                     \
+        const int c0 = v < 0 ? 0 : v * VL;                                                    \
         for (int a = 0; a < g; a++)                                                           \
             for (int c = 0; c < nc; c++)                                                      \
-                for (int r = 0; r < W; r++) acc_out[a * W + r][c] = acc[a][c][r];             \
+                for (int r = 0; r < W; r++) acc_out[a * W + r][c0 + c] = acc[a][c][r];        \
     }
 GP_NARROW(narrow_vl, vf, VL)
 #if VL > 4
@@ -402,7 +406,7 @@ static inline __attribute__((always_inline)) void narrow_simd4(
         }
     }
     /* fewer than VL / 4 vectors left: the row-vector kernel, which writes acc_out */
-    narrow_4(1, nc, j, j1, 4, 1, col_idx, wt, xc, acc_out);
+    narrow_4(1, nc, j, j1, 4, 1, col_idx, wt, xc, NULL, -1, acc_out);
     for (int c = 0; c < nc; c++)
         for (int r = 0; r < 4; r++)
             for (int g = 0; g < G4; g++) acc_out[r][c] += acc[c][4 * g + r];
@@ -410,13 +414,14 @@ static inline __attribute__((always_inline)) void narrow_simd4(
 #undef GP_LANES
 #endif
 
-/* Every row of a row-block (rows_valid of bm) over a narrow panel of nc columns. */
+/* Every row of a row-block (rows_valid of bm) over a narrow panel of nc columns (xc), or over
+ * the nc columns of vector v of a panel's rows (xp, v >= 0: a tail). */
 static void narrow_task(int rows_valid, int nc, int64_t j0, int64_t j1, int bm, int bk,
                         const int32_t *col_idx, const float *wt, const float *xc,
-                        float (*acc)[NR]) {
+                        const float *const *xp, int v, float (*acc)[NR]) {
     const int W = narrow_width(bm);
 #if VL >= 8
-    if (bm == 4 && bk == 1) {
+    if (bm == 4 && bk == 1 && v < 0) {
 #define GP_NCASE(C) case C: narrow_simd4(C, j0, j1, col_idx, wt, xc, acc); return;
         switch (nc) {
             GP_NCASE(1) GP_NCASE(2) GP_NCASE(3) GP_NCASE(4)
@@ -432,7 +437,7 @@ static void narrow_task(int rows_valid, int nc, int64_t j0, int64_t j1, int bm, 
         const int g = rows_valid - r0 > W ? 2 : 1;
         const float *w = wt + r0;
         /* constant sizes per call keep the accumulators in registers */
-#define GP_NCASE(F, G, C) case C: F(G, C, j0, j1, bm, bk, col_idx, w, xc, acc + r0); break;
+#define GP_NCASE(F, G, C) case C: F(G, C, j0, j1, bm, bk, col_idx, w, xc, xp, v, acc + r0); break;
 #if NNMAX >= 8
 #define GP_NCOLS(F, G)                                                                    \
     switch (nc) {                                                                         \
@@ -472,6 +477,22 @@ static void narrow_task(int rows_valid, int nc, int64_t j0, int64_t j1, int bm, 
     }
 }
 
+/* A panel's tail: a last vector holding at most TAIL_MAX columns (ResNet's 7x7 images at batch
+ * 1 are 49 columns: three vectors and one column on AVX-512) costs the micro-kernel a whole
+ * vector per row and k; row vectors of a tile's rows (the narrow kernel) do it in nc FMAs per
+ * VL rows instead. Only where the row-block is whole row vectors (tiles): a 4-row SIMD-group
+ * vector's 4-wide FMAs would cost about what the vector does. The columns of the panel, the
+ * vectors holding them, and the row-block's height decide. */
+#define TAIL_MAX (NNMAX / 2) /* 4 on AVX-512, 2 on AVX2, 1 on SSE2/NEON */
+static inline int tail_cols(int64_t cols, int nv, int bm) {
+    const int64_t rem = cols - (int64_t)(nv - 1) * VL;
+    return nv > 1 && cols < NR && rem <= TAIL_MAX && narrow_width(bm) == VL ? (int)rem : 0;
+}
+
+static inline int rows_valid_of(int64_t M, int64_t i, int bm) {
+    return (int)((M - i * bm) < bm ? (M - i * bm) : bm);
+}
+
 /* One (N-panel p, row-block i) task: every micro-tile of the row-block over the panel. */
 static inline void gemm_task(int64_t p, int64_t i, const float *const *xp, int64_t M, int64_t N,
                              int bm, int bk, const int32_t *row_ptr, const int32_t *col_idx,
@@ -489,14 +510,20 @@ static inline void gemm_task(int64_t p, int64_t i, const float *const *xp, int64
     const int64_t j0 = row_ptr[i], j1 = row_ptr[i + 1];
     const int64_t group = KC_STEPS / bk > 1 ? KC_STEPS / bk : 1; /* kept blocks per pass */
     /* vectors holding columns (N counts windows when pooled: NR / 4 per panel) */
-    const int nv = panel_vectors(N - p * (pool ? NR / 4 : NR), pool);
+    int nv = panel_vectors(N - p * (pool ? NR / 4 : NR), pool);
+    const int tail = pool ? 0 : tail_cols(N - p * NR, nv, bm);
+    if (tail) { /* the last vector's few columns by row vectors; the vectors before as usual */
+        narrow_task(rows_valid_of(M, i, bm), tail, j0, j1, bm, bk, col_idx, wt, NULL, xp,
+                    nv - 1, acc);
+        nv -= 1;
+    }
     if (nv < NV) { /* fewer accumulators per row: taller micro-tiles fit the registers */
         const int fit = (NREG - nv - 2) / nv;
         mrmax = fit < MRCAP ? fit : MRCAP;
     }
-    const int rows_valid = (int)((M - i * bm) < bm ? (M - i * bm) : bm);
+    const int rows_valid = rows_valid_of(M, i, bm);
     if (nc > 0) { /* a narrow panel, mapped compact (xc) */
-        narrow_task(rows_valid, nc, j0, j1, bm, bk, col_idx, wt, xc, acc);
+        narrow_task(rows_valid, nc, j0, j1, bm, bk, col_idx, wt, xc, NULL, -1, acc);
         store(rows_valid, (int)(i * bm), p * (pool ? NR / 4 : NR), N, M, L, acc, bias, relu,
               pool, out, res, res_relu, nt);
         return;
