@@ -107,6 +107,23 @@ def test_fewer_images_than_threads_split_each_layer(compiled):
     assert x.shape in chain._shapes and torch.Size((1, 3, 13, 13)) not in chain._shapes
 
 
+def test_images_too_small_for_their_panels_split_each_layer(compiled):
+    """2x2 images: the run's deeper layers are one pixel per image, a narrow panel on every
+    build, so the batch runs whole (its own program) however many threads."""
+    net, model = compiled
+    model = copy.deepcopy(model)
+    x = torch.randn(4, 3, 2, 2)
+    torch.set_num_threads(2)
+    with torch.no_grad():
+        first, second = model(x), model(x)
+        torch.set_num_threads(1)
+        want = net(x)
+    chain = model._gp_runs[0].chain
+    assert not chain._shapes[torch.Size((1, 3, 2, 2))].wide and x.shape in chain._shapes
+    assert torch.equal(first, second)
+    torch.testing.assert_close(second, want, rtol=1e-4, atol=1e-4)
+
+
 def test_a_hooked_layer_runs_by_itself(compiled):
     _, model = compiled
     model = copy.deepcopy(model)

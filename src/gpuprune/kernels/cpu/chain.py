@@ -14,9 +14,10 @@ chain computes exactly what its layers would one by one (tested). The first inpu
 goes through the layers one by one, which checks it and prepares every layer's arguments; later
 inputs of that shape take one native call.
 
-A batch with at least an image per thread runs image by image (:func:`by_image`): the chain's
-program for one image, each thread taking whole images, so no layer waits on the other threads
-and an image's activations stay in its thread's caches instead of a batch's going to memory.
+A batch with at least an image per thread runs image by image (:func:`by_image`) where one image
+fills its layers' panels: the chain's program for one image, each thread taking whole images,
+so no layer waits on the other threads and an image's activations stay in its thread's caches
+instead of a batch's going to memory.
 """
 
 from __future__ import annotations
@@ -57,11 +58,12 @@ class Step:
 
 
 def by_image(images: int, threads: int) -> bool:
-    """Whether a batch runs whole images per thread (``gp_conv_chain_images``) rather than each
-    layer split over the threads: with at least an image per thread. Each thread then runs the
-    chain on one image at a time with no barrier between layers and that image's activations
-    in its own caches (ResNet-50 at 75% tile, 2 threads: batch 16 0.93x the time, batch 4
-    0.79x; docs/design/cpu-backend.md). One thread has no barriers to save."""
+    """Whether a batch may run whole images per thread (``gp_conv_chain_images``) rather than
+    each layer split over the threads: with at least an image per thread. It then does where
+    the run's one-image program is ``wide`` (:meth:`_Chain._image_program`). Each thread runs
+    the chain on one image at a time with no barrier between layers and that image's
+    activations in its own caches (ResNet-50 at 75% tile, 2 threads: batch 16 0.87x the time,
+    batch 4 0.95x). One thread has no barriers to save (docs/design/cpu-backend.md)."""
     return threads >= 2 and images >= threads
 
 
@@ -73,9 +75,11 @@ class _Program:
                  out_shape: torch.Size) -> None:  # fmt: skip
         self.calls = (_Call * len(steps))()
         self.held: list[Tensor] = []
+        pixels = []
         for call, step, shape in zip(self.calls, steps, in_shapes, strict=True):
             layer = step.layer
             out, args, tables = layer._shapes[shape]
+            pixels.append(ops.out_pixels(args))
             self.held += [args, tables, layer.row_ptr, layer.col_idx, layer.wt, layer.used]
             self.held += [] if layer.bias is None else [layer.bias]
             call.geom, call.tables = args.data_ptr(), tables.data_ptr()
@@ -86,6 +90,10 @@ class _Program:
             call.src, call.dst, call.res, call.res_relu = (step.src, step.dst, step.res,
                                                            int(step.res_relu))  # fmt: skip
         self.n, self.out_shape = len(steps), out_shape
+        # every convolution's output pixels exceed a narrow panel's columns (of one image: what
+        # running image by image asks; an image whose deepest layers are a few pixels would
+        # run them on the narrow kernels, where the batch fills whole panels)
+        self.wide = min(pixels) > steps[0].layer.lib.gp_narrow_cols()
 
     def run(self, lib: ctypes.CDLL, x: Tensor) -> Tensor:
         out = buffers.POOL.empty(self.out_shape)
@@ -117,18 +125,28 @@ class _Chain:
     def _prepare(self, x: Tensor) -> Tensor:  # pragma: no cover - each chain has its own
         raise NotImplementedError
 
+    def _image_program(self, x: Tensor) -> _Program | None:
+        """The one-image program to run ``x`` image by image, or None where the batch runs
+        whole: too few images (:func:`by_image`) or an image too small to fill its layers'
+        panels (VGG16 at 32x32, whose 2x2 layers are narrow per image: simd 1.13x the time by
+        image, tile 0.99x)."""
+        if not by_image(x.shape[0], torch.get_num_threads()):
+            return None
+        one = torch.Size((1, *x.shape[1:]))
+        if one not in self._shapes:
+            self._prepare(x[:1])
+        image = self._shapes.get(one)
+        return image if image is not None and image.wide else None
+
     def __call__(self, x: Tensor) -> Tensor | None:
         if (type(x) is not Tensor or x.dtype != torch.float32 or not x.is_cpu
                 or torch.compiler.is_compiling()
                 or any(layer.count_visits for layer in self.layers)):  # fmt: skip
             return None
         x = x.contiguous()
-        if by_image(x.shape[0], torch.get_num_threads()):
-            one = torch.Size((1, *x.shape[1:]))
-            if one not in self._shapes:
-                self._prepare(x[:1])
-            if one in self._shapes:
-                return self._shapes[one].run_images(self.layers[0].lib, x)
+        image = self._image_program(x)
+        if image is not None:
+            return image.run_images(self.layers[0].lib, x)
         program = self._shapes.get(x.shape)
         if program is None:
             return self._prepare(x)

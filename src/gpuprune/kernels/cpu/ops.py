@@ -61,6 +61,11 @@ def conv_args(shape: tuple[int, ...], geometry: list[int], pool: int, m: int, gm
                          int(relu)], dtype=torch.int64)  # fmt: skip
 
 
+def out_pixels(args: Tensor) -> int:
+    """Output pixels per image of the call ``args`` describes (before a fused pool)."""
+    return int(args[12] * args[13])  # oh, ow in conv_args' order
+
+
 def conv_tables(args: Tensor) -> Tensor:
     """The im2col tap tables for the call ``args`` describes (depend on the input shape only)."""
     lib = load_library()
