@@ -104,7 +104,8 @@ def test_narrow_linear_matches(cpu, block):
     weight = block_masked(m, k, _block(target, variant), 0.5, seed=7)
     bias = torch.randn(m)
     layer = cpu.linear(pack_for(weight, target, variant), bias, target, variant=variant)
-    for batch in range(1, 10):
+    # 1-9 rows: narrow panels; 17-21, 33, 49: a vector or three and a tail of 1-5 rows
+    for batch in [*range(1, 10), 17, 18, 19, 20, 21, 33, 49]:
         x = torch.randn(batch, k)
         assert_matches(layer(x), F.linear(x, weight, bias))
 

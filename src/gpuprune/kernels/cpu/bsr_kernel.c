@@ -490,10 +490,6 @@ static inline int tail_cols(int64_t cols, int nv, int bm) {
     return nv > 1 && cols < NR && rem <= TAIL_MAX && narrow_width(bm) == VL ? (int)rem : 0;
 }
 
-static inline int rows_valid_of(int64_t M, int64_t i, int bm) {
-    return (int)((M - i * bm) < bm ? (M - i * bm) : bm);
-}
-
 /* One (N-panel p, row-block i) task: every micro-tile of the row-block over the panel. */
 static inline void gemm_task(int64_t p, int64_t i, const float *const *xp, int64_t M, int64_t N,
                              int bm, int bk, const int32_t *row_ptr, const int32_t *col_idx,
@@ -511,18 +507,17 @@ static inline void gemm_task(int64_t p, int64_t i, const float *const *xp, int64
     const int64_t j0 = row_ptr[i], j1 = row_ptr[i + 1];
     const int64_t group = KC_STEPS / bk > 1 ? KC_STEPS / bk : 1; /* kept blocks per pass */
     /* vectors holding columns (N counts windows when pooled: NR / 4 per panel) */
+    const int rows_valid = (int)((M - i * bm) < bm ? (M - i * bm) : bm);
     int nv = panel_vectors(N - p * (pool ? NR / 4 : NR), pool);
     const int tail = pool ? 0 : tail_cols(N - p * NR, nv, bm);
     if (tail) { /* the last vector's few columns by row vectors; the vectors before as usual */
-        narrow_task(rows_valid_of(M, i, bm), tail, j0, j1, bm, bk, col_idx, wt, NULL, xp,
-                    nv - 1, acc);
+        narrow_task(rows_valid, tail, j0, j1, bm, bk, col_idx, wt, NULL, xp, nv - 1, acc);
         nv -= 1;
     }
     if (nv < NV) { /* fewer accumulators per row: taller micro-tiles fit the registers */
         const int fit = (NREG - nv - 2) / nv;
         mrmax = fit < MRCAP ? fit : MRCAP;
     }
-    const int rows_valid = rows_valid_of(M, i, bm);
     if (nc > 0) { /* a narrow panel, mapped compact (xc) */
         narrow_task(rows_valid, nc, j0, j1, bm, bk, col_idx, wt, xc, NULL, -1, acc);
         store(rows_valid, (int)(i * bm), p * (pool ? NR / 4 : NR), N, M, L, acc, bias, relu,

@@ -117,10 +117,11 @@ class _Chain:
 
     def __init__(self) -> None:
         self._shapes: dict[torch.Size, _Program] = {}
+        self._no_program: set[torch.Size] = set()  # one-image shapes that prepared none
 
     def __getstate__(self) -> dict:
         # the call arrays hold raw pointers: a copy prepares its own
-        return {**self.__dict__, "_shapes": {}}
+        return {**self.__dict__, "_shapes": {}, "_no_program": set()}
 
     def _prepare(self, x: Tensor) -> Tensor:  # pragma: no cover - each chain has its own
         raise NotImplementedError
@@ -133,8 +134,10 @@ class _Chain:
         if not by_image(x.shape[0], torch.get_num_threads()):
             return None
         one = torch.Size((1, *x.shape[1:]))
-        if one not in self._shapes:
+        if one not in self._shapes and one not in self._no_program:
             self._prepare(x[:1])
+            if one not in self._shapes:  # not every layer took it natively: never again
+                self._no_program.add(one)
         image = self._shapes.get(one)
         return image if image is not None and image.wide else None
 
