@@ -57,18 +57,26 @@ def _block(target, variant):
     return target.simd_block() if variant == "simd" else target.tile_block()
 
 
+def _ragged_conv(cpu, block, seed, keep_k=None):
+    """A 3x3 convolution of 5 -> 37 channels (M = 37, K = 45: ragged against every block), half
+    its blocks pruned (and every K column from ``keep_k`` on), with a bias and a ReLU."""
+    target, variant = block
+    weight = block_masked(37, 5 * 9, _block(target, variant), 0.5, seed=seed)
+    if keep_k is not None:
+        weight[:, keep_k:] = 0
+    bias = torch.randn(37)
+    layer = cpu.conv2d(
+        pack_for(weight, target, variant), bias, target, variant=variant,
+        geometry=ConvGeometry(5, (3, 3), (1, 1), (1, 1)), relu=True,
+    )  # fmt: skip
+    return weight, bias, layer
+
+
 @pytest.mark.parametrize("block", BLOCKS, ids=lambda b: f"{b[0].name}-{b[1]}")
 def test_narrow_convolutions_match(cpu, block):
     """Batch 1, one output row of 1..9 pixels: M = 37 and K = 45 ragged against every block."""
-    target, variant = block
     cin, cout = 5, 37
-    weight = block_masked(cout, cin * 9, _block(target, variant), 0.5, seed=3)
-    weight[:, 32:] = 0  # the last K block pruned in every row-block: never mapped
-    bias = torch.randn(cout)
-    layer = cpu.conv2d(
-        pack_for(weight, target, variant), bias, target, variant=variant,
-        geometry=ConvGeometry(cin, (3, 3), (1, 1), (1, 1)), relu=True,
-    )  # fmt: skip
+    weight, bias, layer = _ragged_conv(cpu, block, seed=3, keep_k=32)
     for cols in range(1, 10):
         x = torch.randn(1, cin, 1, cols)
         ref = F.conv2d(x, from_gemm(weight, (cout, cin, 3, 3)), bias, padding=1).relu()
@@ -132,14 +140,8 @@ def test_panel_tails_match(cpu, block):
     AVX-512 vectors and one column) takes those by row vectors on tiles. Every remainder up to
     a vector on every build: one output row of 9..40 pixels, then 7x7 images, batch 1 and 3.
     M = 37 leaves a partial last row-block."""
-    target, variant = block
     cin, cout = 5, 37
-    weight = block_masked(cout, cin * 9, _block(target, variant), 0.5, seed=11)
-    bias = torch.randn(cout)
-    layer = cpu.conv2d(
-        pack_for(weight, target, variant), bias, target, variant=variant,
-        geometry=ConvGeometry(cin, (3, 3), (1, 1), (1, 1)), relu=True,
-    )  # fmt: skip
+    weight, bias, layer = _ragged_conv(cpu, block, seed=11)
     shapes = [(1, 1, cols) for cols in range(9, 41)] + [(1, 7, 7), (3, 7, 7), (2, 9, 11)]
     for b, h, w in shapes:
         x = torch.randn(b, cin, h, w)

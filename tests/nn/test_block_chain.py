@@ -10,6 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from small_target import SMALL, backends
+from test_chain import run_at
 from test_residual import Net
 
 from gpuprune.kernels.cpu.chain import IN, NONE, OUT, Block, CpuBlockChain
@@ -59,11 +60,7 @@ def test_blocks_run_image_by_image(compiled, threads, batch):
     net, model = compiled
     model = copy.deepcopy(model)
     x = torch.randn(batch, 3, 12, 12)
-    torch.set_num_threads(threads)
-    with torch.no_grad():
-        first, second = model(x), model(x)
-        torch.set_num_threads(1)
-        plain, want = _unchained(model)(x), net(x)
+    first, second, plain, want = run_at(threads, net, model, _unchained, x)
     shapes = list(model.blocks._gp_runs[0].chain.chain._shapes)
     assert [s[0] for s in shapes] == [1]  # the one-image program only
     assert torch.equal(first, plain) and torch.equal(second, plain)

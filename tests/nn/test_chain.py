@@ -77,6 +77,16 @@ def test_chained_equals_layer_by_layer_and_masked_model(compiled, batch, size):
     torch.testing.assert_close(chained, want, rtol=1e-4, atol=1e-4)
 
 
+def run_at(threads, net, model, unchained, x):
+    """``model(x)`` twice at ``threads`` threads (preparing, then native), then at one thread
+    its ``unchained`` copy's and ``net``'s outputs."""
+    torch.set_num_threads(threads)
+    with torch.no_grad():
+        first, second = model(x), model(x)
+        torch.set_num_threads(1)
+        return first, second, unchained(model)(x), net(x)
+
+
 @pytest.mark.parametrize("threads,batch", [(2, 3), (3, 3), (2, 5)])
 def test_a_batch_of_an_image_per_thread_runs_image_by_image(compiled, threads, batch):
     """Whole images per thread (one-image programs, any number left for the last thread)
@@ -84,11 +94,7 @@ def test_a_batch_of_an_image_per_thread_runs_image_by_image(compiled, threads, b
     net, model = compiled
     model = copy.deepcopy(model)
     x = torch.randn(batch, 3, 13, 13)
-    torch.set_num_threads(threads)
-    with torch.no_grad():
-        first, second = model(x), model(x)
-        torch.set_num_threads(1)
-        plain, want = _unchained(model)(x), net(x)
+    first, second, plain, want = run_at(threads, net, model, _unchained, x)
     one = torch.Size((1, 3, 13, 13))
     runs = [r.chain for r in model._gp_runs.values()]
     assert one in runs[0]._shapes and x.shape not in runs[0]._shapes
@@ -113,11 +119,7 @@ def test_images_too_small_for_their_panels_split_each_layer(compiled):
     net, model = compiled
     model = copy.deepcopy(model)
     x = torch.randn(4, 3, 2, 2)
-    torch.set_num_threads(2)
-    with torch.no_grad():
-        first, second = model(x), model(x)
-        torch.set_num_threads(1)
-        want = net(x)
+    first, second, _, want = run_at(2, net, model, _unchained, x)
     chain = model._gp_runs[0].chain
     assert not chain._shapes[torch.Size((1, 3, 2, 2))].wide and x.shape in chain._shapes
     assert torch.equal(first, second)
