@@ -38,7 +38,8 @@ def main() -> None:
     args = parser.parse_args()
     if not RULE(args.batch, args.threads):
         parser.error(f"batch {args.batch} at {args.threads} threads runs by layer either way")
-    # both schedules whatever the image size: the width rule is what this measures too
+    # both schedules whatever the image size (what by image costs a narrow image is measured
+    # here too: the reason for _Program.wide)
     chain._Program.wide = property(lambda self: True, lambda self, value: None)
     cfg, x = setup(args)
     model = compiled_pruned(args, cfg)
