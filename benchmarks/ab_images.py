@@ -1,5 +1,8 @@
 """A compiled model's native runs taking whole images per thread (``by_image``) against the
-same runs with every layer split over the threads, alternating in one process.
+same runs with every layer split over the threads, alternating in one process. By image is as
+the library decides (whole runs where every layer of an image fills over half a panel, else a
+run's wide head), or, with ``--whole``, every run whole whatever its layers' sizes (what the
+half-panel rule was measured with).
 
 Each round runs both schedules, taking turns going first: ``--warm`` untimed forwards, then
 the mean of ``--calls`` timed. Prints and writes (``-o``) the medians, their ratio (by image /
@@ -35,12 +38,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_model_arguments(parser, "resnet50")
     add_round_arguments(parser, rounds=12, warm=1, calls=2)
+    parser.add_argument("--whole", action="store_true", help="every run whole, by image")
     args = parser.parse_args()
     if not RULE(args.batch, args.threads):
         parser.error(f"batch {args.batch} at {args.threads} threads runs by layer either way")
-    # both schedules whatever the image size (what by image costs a narrow image is measured
-    # here too: the reason for _Program.wide)
-    chain._Program.wide = property(lambda self: True, lambda self, value: None)
+    if args.whole:
+        chain._Program.wide = property(lambda self: True, lambda self, value: None)
     cfg, x = setup(args)
     model = compiled_pruned(args, cfg)
 
@@ -59,7 +62,7 @@ def main() -> None:
     diff = (outputs["by_image"] - outputs["by_layer"]).abs().max().item()
     scale = outputs["by_layer"].abs().max().item()
     result = {
-        **model_fields(args), "rounds": args.rounds, "median_ms": med,
+        **model_fields(args), "whole": args.whole, "rounds": args.rounds, "median_ms": med,
         "ratio_by_image_over_by_layer": ratio, "round_ratio_quartiles": q,
         "bitwise_equal": equal, "max_abs_difference": diff, "max_abs_output": scale,
         "environment": environment(),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import pickle
 
 import pytest
@@ -93,9 +94,9 @@ def test_a_batch_of_an_image_per_thread_runs_image_by_image(compiled, threads, b
     compute what the layers do one by one, bitwise; the batch's own program is never built."""
     net, model = compiled
     model = copy.deepcopy(model)
-    x = torch.randn(batch, 3, 13, 13)
+    x = torch.randn(batch, 3, 21, 21)  # every layer 6x6 or more: over half a panel per image
     first, second, plain, want = run_at(threads, net, model, _unchained, x)
-    one = torch.Size((1, 3, 13, 13))
+    one = torch.Size((1, 3, 21, 21))
     runs = [r.chain for r in model._gp_runs.values()]
     assert one in runs[0]._shapes and x.shape not in runs[0]._shapes
     assert torch.equal(first, plain) and torch.equal(second, plain)
@@ -113,9 +114,29 @@ def test_fewer_images_than_threads_split_each_layer(compiled):
     assert x.shape in chain._shapes and torch.Size((1, 3, 13, 13)) not in chain._shapes
 
 
+def test_a_run_of_shrinking_layers_takes_its_wide_head_image_by_image():
+    """Layers of 144, 36, 9 and 4 pixels per image: those over half a panel (a build's own
+    width) run image by image, the rest on the batch, bitwise as one by one."""
+    torch.manual_seed(1)
+    net = nn.Sequential(
+        *_block(3, 8), *_block(8, 8, stride=2), *_block(8, 8, stride=2), *_block(8, 8, stride=2),
+    ).eval()  # fmt: skip
+    model = compile_model(net, target=SMALL, backend="cpu", methods="tile")
+    chain = model._gp_runs[0].chain
+    x = torch.randn(4, 3, 12, 12)
+    first, second, plain, want = run_at(2, net, model, _unchained, x)
+    half = chain.layers[0].panel // 2
+    head = sum(1 for _ in itertools.takewhile(lambda p: p > half, [144, 36, 9, 4]))
+    assert 0 < head < 4  # 2 where a panel is 64 columns (AVX-512), 3 where it is 16
+    assert [p.n for p in chain._parts[x.shape]] == [head, 4 - head]
+    assert torch.equal(first, plain) and torch.equal(second, plain)
+    torch.testing.assert_close(second, want, rtol=1e-4, atol=1e-4)
+
+
 def test_images_too_small_for_their_panels_split_each_layer(compiled):
-    """2x2 images: the run's deeper layers are one pixel per image, a narrow panel on every
-    build, so the batch runs whole (its own program) however many threads."""
+    """2x2 images: every layer is under half a panel per image on every build (the first 4
+    pixels, the deeper ones 1), so the batch runs whole (its own program) however many
+    threads."""
     net, model = compiled
     model = copy.deepcopy(model)
     x = torch.randn(4, 3, 2, 2)

@@ -298,7 +298,6 @@ static inline int panel_vectors(int64_t left, int pool) {
  * where the row-block's height is a multiple of VL (tiles), else 4 (SIMD-group vectors of 4
  * rows); other heights keep the vector kernels. */
 #define NNMAX (VL / 2) /* 8 on AVX-512, 4 on AVX2, 2 on SSE2/NEON */
-int gp_narrow_cols(void) { return NNMAX; }
 #if VL > 4
 typedef float v4 __attribute__((vector_size(16), aligned(4)));
 #endif

@@ -36,7 +36,6 @@ _I64, _INT, _PTR = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
 _SIGNATURES = {
     "gp_panel_width": ([], ctypes.c_int),
     "gp_max_rows": ([], ctypes.c_int),
-    "gp_narrow_cols": ([], ctypes.c_int),  # panels of at most this many columns are narrow
     # args (int64: B, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, OH, OW, pool, M, gm, bm, bk,
     # k_pad, relu; see ops.conv_args), img, row_ptr, col_idx, wt, bias, out, used, tables,
     # nthreads, mode, visits, residual (added before the store, or NULL), ReLU after it

@@ -14,10 +14,12 @@ chain computes exactly what its layers would one by one (tested). The first inpu
 goes through the layers one by one, which checks it and prepares every layer's arguments; later
 inputs of that shape take one native call.
 
-A batch with at least an image per thread runs image by image (:func:`by_image`) where one image
-fills its layers' panels: the chain's program for one image, each thread taking whole images,
-so no layer waits on the other threads and an image's activations stay in its thread's caches
-instead of a batch's going to memory.
+A batch with at least an image per thread runs image by image (:func:`by_image`) where every
+layer of one image fills more than half a panel (:func:`half_panel`): the chain's program for
+one image, each thread taking whole images, so no layer waits on the other threads and an
+image's activations stay in its thread's caches instead of a batch's going to memory. A run of
+plain convolutions whose deeper layers are smaller runs its wide head so and the rest on the
+batch.
 """
 
 from __future__ import annotations
@@ -60,7 +62,8 @@ class Step:
 def by_image(images: int, threads: int) -> bool:
     """Whether a batch may run whole images per thread (``gp_conv_chain_images``) rather than
     each layer split over the threads: with at least an image per thread. It then does where
-    the run's one-image program is ``wide`` (:meth:`_Chain._image_program`). Each thread runs
+    the run's one-image program is ``wide`` (:meth:`_Chain._image_program`), or, for a run of
+    plain convolutions, its wide head does (:meth:`CpuConvChain._split`). Each thread runs
     the chain on one image at a time with no barrier between layers and that image's
     activations in its own caches (ResNet-50 at 75% tile, 2 threads: batch 16 0.87x the time,
     batch 4 0.95x). One thread has no barriers to save (docs/design/cpu-backend.md)."""
@@ -90,10 +93,8 @@ class _Program:
             call.src, call.dst, call.res, call.res_relu = (step.src, step.dst, step.res,
                                                            int(step.res_relu))  # fmt: skip
         self.n, self.out_shape = len(steps), out_shape
-        # every convolution's output pixels exceed a narrow panel's columns (of one image: what
-        # running image by image asks; an image whose deepest layers are a few pixels would
-        # run them on the narrow kernels, where the batch fills whole panels)
-        self.wide = min(pixels) > steps[0].layer.lib.gp_narrow_cols()
+        # every convolution fills more than half a panel: what running one image asks
+        self.wide = min(pixels) > half_panel(steps[0].layer)
 
     def run(self, lib: ctypes.CDLL, x: Tensor) -> Tensor:
         out = buffers.POOL.empty(self.out_shape)
@@ -121,16 +122,17 @@ class _Chain:
 
     def __getstate__(self) -> dict:
         # the call arrays hold raw pointers: a copy prepares its own
-        return {**self.__dict__, "_shapes": {}, "_no_program": set()}
+        state = {**self.__dict__, "_shapes": {}, "_no_program": set()}
+        return state | ({"_parts": {}} if "_parts" in state else {})
 
     def _prepare(self, x: Tensor) -> Tensor:  # pragma: no cover - each chain has its own
         raise NotImplementedError
 
     def _image_program(self, x: Tensor) -> _Program | None:
-        """The one-image program to run ``x`` image by image, or None where the batch runs
-        whole: too few images (:func:`by_image`) or an image too small to fill its layers'
-        panels (VGG16 at 32x32, whose 2x2 layers are narrow per image: simd 1.13x the time by
-        image, tile 0.99x)."""
+        """The one-image program for running ``x`` image by image, or None where the batch
+        runs whole: too few images (:func:`by_image`), or no program for one image. It runs
+        whole images only where it is ``wide``; else a chain may run part of it so
+        (:meth:`_split`)."""
         if not by_image(x.shape[0], torch.get_num_threads()):
             return None
         one = torch.Size((1, *x.shape[1:]))
@@ -138,8 +140,12 @@ class _Chain:
             self._prepare(x[:1])
             if one not in self._shapes:  # not every layer took it natively: never again
                 self._no_program.add(one)
-        image = self._shapes.get(one)
-        return image if image is not None and image.wide else None
+        return self._shapes.get(one)
+
+    def _split(self, x: Tensor) -> Tensor | None:
+        """``x`` through a run whose image is not wide, in parts, or None: by layer (a chain
+        that cannot split)."""
+        return None
 
     def __call__(self, x: Tensor) -> Tensor | None:
         if (type(x) is not Tensor or x.dtype != torch.float32 or not x.is_cpu
@@ -148,8 +154,12 @@ class _Chain:
             return None
         x = x.contiguous()
         image = self._image_program(x)
-        if image is not None:
+        if image is not None and image.wide:
             return image.run_images(self.layers[0].lib, x)
+        if image is not None:
+            y = self._split(x)
+            if y is not None:
+                return y
         program = self._shapes.get(x.shape)
         if program is None:
             return self._prepare(x)
@@ -164,6 +174,7 @@ class CpuConvChain(_Chain):
     def __init__(self, layers: list[CpuConv2d]) -> None:
         super().__init__()
         self.layers = list(layers)
+        self._parts: dict[torch.Size, tuple[_Program, _Program] | tuple[()]] = {}
 
     def _prepare(self, x: Tensor) -> Tensor:
         """Run the layers one by one and keep the chain's program for ``x.shape``."""
@@ -172,11 +183,56 @@ class CpuConvChain(_Chain):
             shapes.append(y.shape)
             y = layer(y)
         if all(s in layer._shapes for layer, s in zip(self.layers, shapes, strict=True)):
-            last = len(self.layers) - 1  # each layer took its one-call path: chain them
-            steps = [Step(layer, IN if i == 0 else (i - 1) % 2, OUT if i == last else i % 2)
-                     for i, layer in enumerate(self.layers)]  # fmt: skip
-            self._shapes[x.shape] = _Program(steps, shapes, y.shape)
+            # each layer took its one-call path: chain them
+            self._shapes[x.shape] = _Program(_in_turn(self.layers), shapes, y.shape)
         return y
+
+    def _split(self, x: Tensor) -> Tensor | None:
+        """The leading layers that are wide for one image run image by image, the rest on the
+        batch (VGG16 at 32x32 on AVX-512: the seven layers down to 8x8 per image, then the 4x4
+        and 2x2 ones, under half a panel per image, on the batch)."""
+        parts = self._parts.get(x.shape)
+        if parts is None:
+            if x.shape not in self._shapes:
+                return self._prepare(x)  # the batch shapes of every layer, this call's output
+            parts = self._parts[x.shape] = self._split_programs(x.shape)
+        if not parts:
+            return None
+        head, tail = parts
+        lib = self.layers[0].lib
+        return tail.run(lib, head.run_images(lib, x))
+
+    def _split_programs(self, batch: torch.Size) -> tuple[_Program, _Program] | tuple[()]:
+        """(the wide head for one image, the rest for the batch), or () where the first layer
+        is already under half a panel per image."""
+        one, half = torch.Size((1, *batch[1:])), half_panel(self.layers[0])
+        ones, batches = [one], [batch]
+        for layer in self.layers:
+            ones.append(torch.Size(layer._shapes[ones[-1]][0]))
+            batches.append(torch.Size(layer._shapes[batches[-1]][0]))
+        k = next(i for i, (layer, s) in enumerate(zip(self.layers, ones[:-1], strict=True))
+                 if ops.out_pixels(layer._shapes[s][1]) <= half)  # fmt: skip
+        if k == 0:
+            return ()
+        head = _Program(_in_turn(self.layers[:k]), ones[:k], ones[k])
+        tail = _Program(_in_turn(self.layers[k:]), batches[k:-1], batches[-1])
+        return head, tail
+
+
+def half_panel(layer: CpuConv2d) -> int:
+    """Output pixels per image a convolution must exceed to run image by image: half a panel.
+    Below it the kernel has a vector or two per k (or a narrow panel), and a 4-row SIMD-group
+    vector's per-k index, row-pointer and prefetch loads cost what its multiply-adds do, where
+    the batch fills whole panels (VGG16 w0.5 at 32x32, simd@75% batch 16: by image 1.13-1.16x
+    the time; its 4x4 and 2x2 layers on the batch, the rest by image, 0.965x)."""
+    return layer.panel // 2
+
+
+def _in_turn(layers: list[CpuConv2d]) -> list[Step]:
+    """Steps running ``layers`` one after another through two scratch buffers in turn."""
+    last = len(layers) - 1
+    return [Step(layer, IN if i == 0 else (i - 1) % 2, OUT if i == last else i % 2)
+            for i, layer in enumerate(layers)]  # fmt: skip
 
 
 @dataclass(frozen=True)
