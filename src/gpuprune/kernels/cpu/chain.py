@@ -122,8 +122,7 @@ class _Chain:
 
     def __getstate__(self) -> dict:
         # the call arrays hold raw pointers: a copy prepares its own
-        state = {**self.__dict__, "_shapes": {}, "_no_program": set()}
-        return state | ({"_parts": {}} if "_parts" in state else {})
+        return {**self.__dict__, "_shapes": {}, "_no_program": set()}
 
     def _prepare(self, x: Tensor) -> Tensor:  # pragma: no cover - each chain has its own
         raise NotImplementedError
@@ -175,6 +174,9 @@ class CpuConvChain(_Chain):
         super().__init__()
         self.layers = list(layers)
         self._parts: dict[torch.Size, tuple[_Program, _Program] | tuple[()]] = {}
+
+    def __getstate__(self) -> dict:
+        return {**super().__getstate__(), "_parts": {}}  # programs: raw pointers, as above
 
     def _prepare(self, x: Tensor) -> Tensor:
         """Run the layers one by one and keep the chain's program for ``x.shape``."""
