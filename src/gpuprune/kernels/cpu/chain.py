@@ -92,9 +92,12 @@ class _Program:
             call.out_floats, call.mode = math.prod(out), layer.mode
             call.src, call.dst, call.res, call.res_relu = (step.src, step.dst, step.res,
                                                            int(step.res_relu))  # fmt: skip
-        self.n, self.out_shape = len(steps), out_shape
-        # every convolution fills more than half a panel: what running one image asks
-        self.wide = min(pixels) > half_panel(steps[0].layer)
+        self.n, self.in_shapes, self.out_shape = len(steps), list(in_shapes), out_shape
+        # the leading convolutions that fill more than half a panel (of one image: what running
+        # image by image asks), and whether that is all of them
+        half = half_panel(steps[0].layer)
+        self.wide_head = next((i for i, p in enumerate(pixels) if p <= half), self.n)
+        self.wide = self.wide_head == self.n
 
     def run(self, lib: ctypes.CDLL, x: Tensor) -> Tensor:
         out = buffers.POOL.empty(self.out_shape)
@@ -205,19 +208,15 @@ class CpuConvChain(_Chain):
         return tail.run(lib, head.run_images(lib, x))
 
     def _split_programs(self, batch: torch.Size) -> tuple[_Program, _Program] | tuple[()]:
-        """(the wide head for one image, the rest for the batch), or () where the first layer
-        is already under half a panel per image."""
-        one, half = torch.Size((1, *batch[1:])), half_panel(self.layers[0])
-        ones, batches = [one], [batch]
-        for layer in self.layers:
-            ones.append(torch.Size(layer._shapes[ones[-1]][0]))
-            batches.append(torch.Size(layer._shapes[batches[-1]][0]))
-        k = next((i for i, (layer, s) in enumerate(zip(self.layers, ones[:-1], strict=True))
-                  if ops.out_pixels(layer._shapes[s][1]) <= half), 0)  # fmt: skip
-        if k == 0:  # the first layer under it (or none, where the whole run would be wide)
+        """(the wide head for one image, the rest for the batch), from the whole run's programs
+        for one image and for the batch; () where the first layer is already under half a panel
+        per image."""
+        image, whole = self._shapes[torch.Size((1, *batch[1:]))], self._shapes[batch]
+        k = image.wide_head
+        if k == 0:
             return ()
-        head = _Program(_in_turn(self.layers[:k]), ones[:k], ones[k])
-        tail = _Program(_in_turn(self.layers[k:]), batches[k:-1], batches[-1])
+        head = _Program(_in_turn(self.layers[:k]), image.in_shapes[:k], image.in_shapes[k])
+        tail = _Program(_in_turn(self.layers[k:]), whole.in_shapes[k:], whole.out_shape)
         return head, tail
 
 
