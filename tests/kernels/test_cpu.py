@@ -228,6 +228,39 @@ def test_fused_and_two_phase_schedules_agree(cpu, side):
     assert_matches(outs[0], ref)
 
 
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("variant", ["tile", "simd"])
+@pytest.mark.parametrize("side", [3, 7, 14, 23])  # a lone partial panel, up to several + a tail
+def test_one_image_schedules_agree(cpu, side, variant, threads):
+    """At batch 1 fused panels go to the threads as contiguous shares of the image (mode 1), and
+    with few panels each thread maps every panel and runs its share of the (row-block, panel)
+    tasks, weighed by kept blocks (mode 3). Row-blocks that keep nothing or much, more threads
+    than row-blocks: every task runs exactly once (the visit count), bitwise as the whole-buffer
+    schedule."""
+    block = POCL.simd_block() if variant == "simd" else POCL.tile_block()
+    weight = block_masked(70, 9 * 9, block, 0.5, seed=side)
+    weight[: block[0]] = 0  # a first row-block that keeps nothing: a share of no weight
+    weight[-6:] = torch.randn(6, 81)  # a last, ragged row-block that keeps everything
+    layer = cpu.conv2d(
+        pack_for(weight, POCL, variant), torch.randn(70), POCL, variant=variant,
+        geometry=ConvGeometry(9, (3, 3), (1, 1), (1, 1)), relu=True,
+    )  # fmt: skip
+    x = torch.randn(1, 9, side, side)
+    ref = F.conv2d(x, from_gemm(weight, (70, 9, 3, 3)), layer.bias, padding=1).relu()
+    outs, before = {}, torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        for mode in (1, 2, 3):
+            layer.mode = mode
+            layer.count_visits, layer.visited_blocks = True, 0
+            outs[mode] = layer(x)
+            assert layer.visited_blocks == layer.nnzb * layer.panels(side * side), mode
+    finally:
+        torch.set_num_threads(before)
+    assert_matches(outs[2], ref)
+    assert torch.equal(outs[1], outs[2]) and torch.equal(outs[3], outs[2])
+
+
 def test_portable_build_matches(monkeypatch, tmp_path):
     """The build without -march=native (SSE2/NEON vector width, other micro-tile) agrees too."""
     monkeypatch.setenv("GPUPRUNE_CACHE_DIR", str(tmp_path))
@@ -351,7 +384,7 @@ POOL_CASES = [
 
 
 @pytest.mark.parametrize("pool", ["floor", "ceil"])
-@pytest.mark.parametrize("mode", [1, 2])
+@pytest.mark.parametrize("mode", [1, 2, 3])
 @pytest.mark.parametrize("variant", ["tile", "simd"])
 @pytest.mark.parametrize("case", POOL_CASES, ids=lambda c: "x".join(map(str, c[:5])))
 def test_conv_with_fused_max_pool_matches(cpu, case, variant, mode, pool):

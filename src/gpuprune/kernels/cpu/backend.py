@@ -105,7 +105,8 @@ class CpuConv2d(CpuGemm):
     ``pool``: "floor" or "ceil" for a 2x2 stride-2 max pool in that mode after the activation,
     fused into the store (None: no pool).
     ``mode`` picks the kernel's schedule: 0 automatic, 1 im2col fused per N-panel, 2 whole
-    im2col buffer first (both give the same result; exposed for tests and benchmarks).
+    im2col buffer first, 3 (one image, few panels) every thread mapping each panel for its own
+    share of the row-blocks (all give the same result; exposed for tests and benchmarks).
     """
 
     def __init__(

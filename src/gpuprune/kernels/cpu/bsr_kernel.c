@@ -50,6 +50,12 @@
  * panels (Bp whole images), so only min(panels, P) tables (plus the last, partial panel's)
  * are kept, and later panels add an image offset.
  */
+#ifdef _OPENMP
+#include <omp.h>
+#else /* the single-threaded fallback build */
+static inline int omp_get_thread_num(void) { return 0; }
+static inline int omp_get_num_threads(void) { return 1; }
+#endif
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -970,12 +976,62 @@ static inline void fill_panel(const gp_geom *g, const gp_cols *c, const gp_layou
              xp);
 }
 
+/* Panel `p` of a call mapped into a thread's own buffers, then its row-blocks lo .. hi - 1;
+ * returns the kept blocks walked. Nothing when the range is empty. */
+static inline int64_t panel_rows(const gp_geom *g, const gp_cols *c, const gp_layout *lay,
+                                 const int32_t *tables, int64_t p, const float *input,
+                                 const uint8_t *used, const int32_t *row_ptr,
+                                 const int32_t *col_idx, const float *wt, const float *bias,
+                                 float *out, const float *res, int res_relu, int nt, float *panel,
+                                 const float **xp, int64_t lo, int64_t hi) {
+    if (lo >= hi) return 0;
+    const int bm = (int)g->bm, bk = (int)g->bk;
+    fill_panel(g, c, lay, tables, p, input, 0, g->k_pad, used, bk, panel, xp);
+    const int nc = narrow_cols(c->groups - p * c->per_panel, (int)g->pool, bm);
+    int64_t walked = 0;
+    for (int64_t i = lo; i < hi; i++) {
+        walked += row_ptr[i + 1] - row_ptr[i];
+        gemm_task(p, i, xp, g->M, c->groups, bm, bk, row_ptr, col_idx, wt, bias, (int)g->relu,
+                  (int)g->pool, out, c->per_image, gp_max_rows(), res, res_relu, panel, nc, nt);
+    }
+    return walked;
+}
+
+/* Where thread `t`'s share (of `nth`) of a call's (row-block, panel) tasks starts, in that
+ * order (row-block major): the first task at or past t / nth of the work, each task weighing its
+ * row-block's kept blocks (+ 1 for the store) times its panel's columns. */
+static void task_share(const int32_t *row_ptr, int64_t gm, const gp_cols *c, int t, int nth,
+                       int64_t *i_at, int64_t *p_at) {
+    *i_at = gm, *p_at = 0;
+    if (t >= nth) return;
+    const int64_t total = ((int64_t)row_ptr[gm] + gm) * c->groups;
+    const int64_t want = total * t / nth;
+    int64_t done = 0;
+    for (int64_t i = 0; i < gm; i++) {
+        const int64_t w = row_ptr[i + 1] - row_ptr[i] + 1, row = w * c->groups;
+        if (done + row > want) {
+            const int64_t step = w * c->per_panel;
+            const int64_t p = (want - done + step - 1) / step;
+            if (p < c->panels) {
+                *i_at = i, *p_at = p;
+                return;
+            }
+        }
+        done += row;
+        if (done >= want) {
+            *i_at = i + 1, *p_at = 0;
+            return;
+        }
+    }
+}
+
 /* A groups=1 convolution, NCHW in and out, with the integer arguments `geom` (gp_geom) and
  * `tables` from gp_conv_tables for them, or NULL to build them in this call. Input offsets must
  * fit int32 (the caller splits bigger batches). mode 0 picks: with enough N-panels for every
  * thread, each thread builds one panel at a time in its own buffer and runs all row-blocks on
- * it while it is in cache (fused); otherwise the whole X is built first and (panel, row-block)
- * tasks share it. `res` (NULL: none) is an NCHW tensor shaped like the output, added to it as
+ * it while it is in cache (fused, mode 1); otherwise, for one image, each thread maps every
+ * panel itself and runs its share of the (row-block, panel) tasks (mode 3), and for a batch the
+ * whole X is built first and (panel, row-block) tasks share it (mode 2). `res` (NULL: none) is an NCHW tensor shaped like the output, added to it as
  * it is stored, after the bias and ReLU, then a ReLU when `res_relu` (a residual block's tail);
  * not with a pool. */
 int gp_conv2d(const int64_t *geom, const float *img, const int32_t *row_ptr,
@@ -1004,7 +1060,8 @@ int gp_conv2d(const int64_t *geom, const float *img, const int32_t *row_ptr,
         tables = table_cache;
     }
     int32_t *const own = table_cache;
-    if (mode == 0) mode = panels >= 4 * (int64_t)nthreads ? 1 : 2;
+    if (mode == 0)
+        mode = panels >= 4 * (int64_t)nthreads ? 1 : g->B == 1 && nthreads > 1 ? 3 : 2;
     const int nt = c.groups * M * (int64_t)sizeof(float) >= stream_min_bytes(nthreads);
     int64_t walked = 0;
     int status = 0;
@@ -1043,27 +1100,42 @@ int gp_conv2d(const int64_t *geom, const float *img, const int32_t *row_ptr,
         if (build || lay.on) { /* the same for every thread: all or none reach the barrier */
 #pragma omp barrier
         }
-        if (mode == 1) {
-            /* fused: a thread maps one panel (gathers into its own buffer), runs every
-             * row-block on it while its input rows are in cache */
+        if (mode == 1 || mode == 3) {
+            /* fused: a thread maps one panel (gathers into its own buffer), runs row-blocks on
+             * it while its input rows are in cache */
             float *panel = scratch_gather((size_t)(k_pad * NR));
             const float **xp = scratch_rows((size_t)(k_pad * NV));
             if (!panel || !xp) {
 #pragma omp atomic write
                 status = 1;
             }
-#pragma omp for schedule(dynamic, 1) nowait
-            for (int64_t p = 0; p < panels; p++) {
-                if (!panel || !xp) continue;
-                fill_panel(g, &c, &lay, tables, p, input, 0, k_pad, used, bk, panel, xp);
-                const int nc = narrow_cols(c.groups - p * c.per_panel, (int)g->pool, bm);
-                for (int64_t i = 0; i < gm; i++) {
-                    walked += row_ptr[i + 1] - row_ptr[i];
-                    gemm_task(p, i, xp, M, c.groups, bm, bk, row_ptr, col_idx, wt, bias,
-                              relu, (int)g->pool, out, c.per_image, mrmax, res, res_relu,
-                              panel, nc, nt);
-                }
+            const int th = omp_get_thread_num(), nth = omp_get_num_threads();
+            /* one image: each thread its own share, the same part of the picture in every
+             * layer, so a layer reads what its own thread wrote (on this VM the two threads may
+             * sit on different L3s). Mode 1: a contiguous run of panels, every row-block;
+             * mode 3 (few panels): every panel mapped by each thread, which runs its share of
+             * the (row-block, panel) tasks */
+            const int own = g->B == 1 || mode == 3;
+            int64_t i0 = 0, q0 = 0, i1 = gm, q1 = 0;
+            if (mode == 1) {
+                q0 = (c.groups * th / nth) / c.per_panel;
+                q1 = th == nth - 1 ? panels : (c.groups * (th + 1) / nth) / c.per_panel;
+            } else {
+                task_share(row_ptr, gm, &c, th, nth, &i0, &q0);
+                task_share(row_ptr, gm, &c, th + 1, nth, &i1, &q1);
             }
+            for (int64_t p = 0; own && panel && xp && p < panels; p++) {
+                const int64_t lo = mode == 1 ? (p >= q0 && p < q1 ? 0 : gm) : i0 + (p < q0);
+                const int64_t hi = mode == 1 ? gm : i1 + (p < q1);
+                walked += panel_rows(g, &c, &lay, tables, p, input, used, row_ptr, col_idx, wt,
+                                     bias, out, res, res_relu, nt, panel, xp, lo,
+                                     hi < gm ? hi : gm);
+            }
+#pragma omp for schedule(dynamic, 1) nowait
+            for (int64_t p = 0; p < (own ? 0 : panels); p++)
+                if (panel && xp)
+                    walked += panel_rows(g, &c, &lay, tables, p, input, used, row_ptr, col_idx,
+                                         wt, bias, out, res, res_relu, nt, panel, xp, 0, gm);
         } else {
             /* two-phase: the whole X first (implicit barrier), then (panel, row-block) tasks;
              * with fewer panels than threads (batch 1, small images) the panels' rows are

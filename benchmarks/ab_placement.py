@@ -1,0 +1,105 @@
+"""A/B of two versions of the CPU kernel source (as ``ab_kernel.py``), each sample tagged with
+where the hypervisor had put the two vCPUs: near (sharing an L3) or far.
+
+On this project's 2-vCPU VM the two vCPUs move between sharing an L3 and not, within seconds
+(``placement_probe.c``: a cache line's round trip of 55-80 ns against 320-390 ns). Far, every
+byte one thread reads that the other wrote crosses between L3s: the "slow phases" where a
+batch-1 forward at two threads takes one thread's time. Each sample probes the placement, runs
+``--calls`` forwards with each library (taking turns going first, one untimed call each), and
+probes again; it counts as near when both probes read under ``--near`` ns and far when both
+read over ``--far``. Prints and writes (``-o``) the medians and ratio (new / base) for each.
+
+    python benchmarks/ab_placement.py --model resnet50 --batch 1 --seconds 300 \\
+        -o benchmarks/results/kernel-ab/placement-resnet50-tile-b1.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from ab_kernel import base_library
+from cpu_paths import add_model_arguments, compiled_pruned, model_fields, save, setup
+
+from gpuprune.bench.environment import environment
+from gpuprune.kernels.cpu import backend as cpu_backend
+from gpuprune.kernels.cpu import build, ops, pool
+
+
+def build_probe(folder: Path) -> Path:
+    out = folder / "placement_probe"
+    source = Path(__file__).with_name("placement_probe.c")
+    subprocess.run([build.find_compiler(), "-O2", "-pthread", str(source), "-o", str(out)],
+                   check=True)  # fmt: skip
+    return out
+
+
+def summary(samples: list[dict]) -> dict | None:
+    if not samples:
+        return None
+    base = statistics.median(s["base_ms"] for s in samples)
+    new = statistics.median(s["new_ms"] for s in samples)
+    q = statistics.quantiles([s["new_ms"] / s["base_ms"] for s in samples], n=4) \
+        if len(samples) > 1 else [new / base] * 3  # fmt: skip
+    return {"samples": len(samples), "base_ms": base, "new_ms": new, "ratio_new_over_base":
+            new / base, "sample_ratio_quartiles": q}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_model_arguments(parser, "resnet50")
+    parser.add_argument("--base", default="HEAD", help="git revision of the base kernel")
+    parser.add_argument("--seconds", type=float, default=300)
+    parser.add_argument("--calls", type=int, default=4, help="timed calls per library a sample")
+    parser.add_argument("--near", type=float, default=150, help="ns: a probe under it is near")
+    parser.add_argument("--far", type=float, default=250, help="ns: a probe over it is far")
+    parser.add_argument("-o", "--out", type=Path)
+    args = parser.parse_args()
+    cfg, x = setup(args)
+    libs = {"base": base_library(args.base), "new": build.load_library()}
+    current = {"lib": libs["new"]}
+    for module in (cpu_backend, ops, pool):  # every caller looks the library up per call
+        module.load_library = lambda: current["lib"]
+    compiled = compiled_pruned(args, cfg)
+    models = {name: copy.deepcopy(compiled) for name in libs}
+
+    with tempfile.TemporaryDirectory() as folder, torch.no_grad():
+        probe = build_probe(Path(folder))
+
+        def placement() -> float:
+            return float(subprocess.run([probe], capture_output=True, text=True,
+                                        check=True).stdout)  # fmt: skip
+
+        samples: list[dict] = []
+        end = time.monotonic() + args.seconds
+        while time.monotonic() < end:
+            before, row = placement(), {}
+            for name in ("base", "new") if len(samples) % 2 else ("new", "base"):
+                current["lib"] = libs[name]
+                models[name](x)
+                start = time.perf_counter()
+                for _ in range(args.calls):
+                    models[name](x)
+                row[f"{name}_ms"] = (time.perf_counter() - start) / args.calls * 1e3
+            samples.append({"probe_ns": [before, placement()], **row})
+    near = [s for s in samples if max(s["probe_ns"]) < args.near]
+    far = [s for s in samples if min(s["probe_ns"]) > args.far]
+    result = {**model_fields(args), "base": args.base, "seconds": args.seconds,
+              "near": summary(near), "far": summary(far), "all": summary(samples),
+              "environment": environment(), "samples": samples}  # fmt: skip
+    for name in ("near", "far", "all"):
+        s = result[name]
+        if s:
+            print(f"{name}: {s['samples']} samples, base {s['base_ms']:.2f} ms, new "
+                  f"{s['new_ms']:.2f} ms, new/base {s['ratio_new_over_base']:.3f}")
+    save(args.out, result)
+
+
+if __name__ == "__main__":
+    main()
