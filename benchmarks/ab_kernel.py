@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import copy
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -55,6 +56,21 @@ def base_library(rev: str):
         build._source, build._SIGNATURES = own, signatures
 
 
+def base_and_new(args: argparse.Namespace, cfg) -> tuple[dict, Callable[[str], None]]:
+    """The pruned model compiled once and copied for the ``base`` (``args.base``) and ``new``
+    (working tree) kernel libraries, and the function that makes one of them the one every
+    caller gets."""
+    libs = {"base": base_library(args.base), "new": build.load_library()}
+    current = {"lib": libs["new"]}
+    for module in (cpu_backend, ops, pool):  # every caller looks the library up per call
+        module.load_library = lambda: current["lib"]
+    # a copy per library, made before any call: the per-shape tap tables and chain programs
+    # each library builds are its own (their layout may differ between versions)
+    compiled = compiled_pruned(args, cfg)
+    models = {name: copy.deepcopy(compiled) for name in libs}
+    return models, lambda name: current.update(lib=libs[name])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_model_arguments(parser, "vgg16")
@@ -63,20 +79,12 @@ def main() -> None:
     args = parser.parse_args()
     cfg, x = setup(args)
 
-    libs = {"base": base_library(args.base), "new": build.load_library()}
-    current = {"lib": libs["new"]}
-    for module in (cpu_backend, ops, pool):  # every caller looks the library up per call
-        module.load_library = lambda: current["lib"]
-
-    # a copy per library, made before any call: the per-shape tap tables and chain programs
-    # each library builds are its own (their layout may differ between versions)
-    compiled = compiled_pruned(args, cfg)
-    models = {name: copy.deepcopy(compiled) for name in libs}
-    times = time_models(models, x, args, enter=lambda name: current.update(lib=libs[name]))
+    models, use = base_and_new(args, cfg)
+    times = time_models(models, x, args, enter=use)
     outputs = {}
     with torch.no_grad():
-        for name, lib in libs.items():
-            current["lib"] = lib
+        for name in models:
+            use(name)
             outputs[name] = models[name](x)
     med, ratio, q = round_ratios(times, "new", "base")
     result = {

@@ -16,7 +16,6 @@ read over ``--far``. Prints and writes (``-o``) the medians and ratio (new / bas
 from __future__ import annotations
 
 import argparse
-import copy
 import statistics
 import subprocess
 import tempfile
@@ -24,12 +23,11 @@ import time
 from pathlib import Path
 
 import torch
-from ab_kernel import base_library
-from cpu_paths import add_model_arguments, compiled_pruned, model_fields, save, setup
+from ab_kernel import base_and_new
+from cpu_paths import add_model_arguments, model_fields, save, setup
 
 from gpuprune.bench.environment import environment
-from gpuprune.kernels.cpu import backend as cpu_backend
-from gpuprune.kernels.cpu import build, ops, pool
+from gpuprune.kernels.cpu import build
 
 
 def build_probe(folder: Path) -> Path:
@@ -62,12 +60,7 @@ def main() -> None:
     parser.add_argument("-o", "--out", type=Path)
     args = parser.parse_args()
     cfg, x = setup(args)
-    libs = {"base": base_library(args.base), "new": build.load_library()}
-    current = {"lib": libs["new"]}
-    for module in (cpu_backend, ops, pool):  # every caller looks the library up per call
-        module.load_library = lambda: current["lib"]
-    compiled = compiled_pruned(args, cfg)
-    models = {name: copy.deepcopy(compiled) for name in libs}
+    models, use = base_and_new(args, cfg)
 
     with tempfile.TemporaryDirectory() as folder, torch.no_grad():
         probe = build_probe(Path(folder))
@@ -81,7 +74,7 @@ def main() -> None:
         while time.monotonic() < end:
             before, row = placement(), {}
             for name in ("base", "new") if len(samples) % 2 else ("new", "base"):
-                current["lib"] = libs[name]
+                use(name)
                 models[name](x)
                 start = time.perf_counter()
                 for _ in range(args.calls):
