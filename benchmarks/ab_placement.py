@@ -2,12 +2,10 @@
 where the hypervisor had put the two vCPUs: near (sharing an L3) or far.
 
 On this project's 2-vCPU VM the two vCPUs move between sharing an L3 and not, within seconds
-(``placement_probe.c``: a cache line's round trip of 55-80 ns against 320-390 ns). Far, every
-byte one thread reads that the other wrote crosses between L3s: the "slow phases" where a
-batch-1 forward at two threads takes one thread's time. Each sample probes the placement, runs
-``--calls`` forwards with each library (taking turns going first, one untimed call each), and
-probes again; it counts as near when both probes read under ``--near`` ns and far when both
-read over ``--far``. Prints and writes (``-o``) the medians and ratio (new / base) for each.
+(``placement.py``). Far, a batch-1 forward at two threads takes about one thread's time. Each
+sample probes the placement, runs ``--calls`` forwards with each library (taking turns going
+first, one untimed call each), and probes again. Prints and writes (``-o``) the medians and
+ratio (new / base) for each placement.
 
     python benchmarks/ab_placement.py --model resnet50 --batch 1 --seconds 300 \\
         -o benchmarks/results/kernel-ab/placement-resnet50-tile-b1.json
@@ -17,25 +15,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 from ab_kernel import base_and_new
 from cpu_paths import add_model_arguments, model_fields, save, setup
+from placement import FAR_NS, Probe, placement
 
 from gpuprune.bench.environment import environment
-from gpuprune.kernels.cpu import build
-
-
-def build_probe(folder: Path) -> Path:
-    out = folder / "placement_probe"
-    source = Path(__file__).with_name("placement_probe.c")
-    subprocess.run([build.find_compiler(), "-O2", "-pthread", str(source), "-o", str(out)],
-                   check=True)  # fmt: skip
-    return out
 
 
 def summary(samples: list[dict]) -> dict | None:
@@ -55,24 +43,18 @@ def main() -> None:
     parser.add_argument("--base", default="HEAD", help="git revision of the base kernel")
     parser.add_argument("--seconds", type=float, default=300)
     parser.add_argument("--calls", type=int, default=4, help="timed calls per library a sample")
-    parser.add_argument("--near", type=float, default=150, help="ns: a probe under it is near")
-    parser.add_argument("--far", type=float, default=250, help="ns: a probe over it is far")
+    parser.add_argument("--far", type=float, default=FAR_NS, help="ns: a probe over it is far")
     parser.add_argument("-o", "--out", type=Path)
     args = parser.parse_args()
     cfg, x = setup(args)
     models, use = base_and_new(args, cfg)
 
-    with tempfile.TemporaryDirectory() as folder, torch.no_grad():
-        probe = build_probe(Path(folder))
-
-        def placement() -> float:
-            return float(subprocess.run([probe], capture_output=True, text=True,
-                                        check=True).stdout)  # fmt: skip
-
+    probe = Probe()
+    with torch.no_grad():
         samples: list[dict] = []
         end = time.monotonic() + args.seconds
         while time.monotonic() < end:
-            before, row = placement(), {}
+            before, row = probe(), {}
             for name in ("base", "new") if len(samples) % 2 else ("new", "base"):
                 use(name)
                 models[name](x)
@@ -80,9 +62,10 @@ def main() -> None:
                 for _ in range(args.calls):
                     models[name](x)
                 row[f"{name}_ms"] = (time.perf_counter() - start) / args.calls * 1e3
-            samples.append({"probe_ns": [before, placement()], **row})
-    near = [s for s in samples if max(s["probe_ns"]) < args.near]
-    far = [s for s in samples if min(s["probe_ns"]) > args.far]
+            samples.append({"probe_ns": [before, probe()], **row})
+    where = [placement(*s["probe_ns"], args.far) for s in samples]
+    near = [s for s, w in zip(samples, where, strict=True) if w == "near"]
+    far = [s for s, w in zip(samples, where, strict=True) if w == "far"]
     result = {**model_fields(args), "base": args.base, "seconds": args.seconds,
               "near": summary(near), "far": summary(far), "all": summary(samples),
               "environment": environment(), "samples": samples}  # fmt: skip

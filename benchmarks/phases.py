@@ -1,15 +1,14 @@
-"""Our tile path and OpenVINO's dense path call after call for a while, on ResNet-50 (or VGG16):
-whether our slow phases coincide with OpenVINO's, and their ratio round by round.
+"""Our pruned path and OpenVINO's dense path call after call for a while, on ResNet-50 (or
+VGG16), each round tagged with where the two vCPUs were (``placement.py``: near, sharing an L3,
+or far): the speedup over OpenVINO in each placement.
 
-On the 2-core VMs the full benchmark's per-call times of our path are bimodal: phases of
-seconds in which the same compiled model runs about 1.6x slower, in a process with no other
-runtime too. Each round here times one call of each, after one untimed call of each, so both
-see the same phase. Prints and writes (``-o``) the medians, the count of our slow rounds (over
-1.3x our fastest), OpenVINO's median inside and outside them, and the quartiles of the
-per-round speedup.
+This VM's slow phases are the hypervisor putting the two vCPUs on different L3s. Each round
+probes, times one call of each (after one untimed call of each, so both see the same
+placement) and probes again. Prints and writes (``-o``) for near, far and all rounds: both
+medians, the ratio of the medians and the quartiles of the per-round speedup.
 
-    python benchmarks/phases.py --model resnet50 --batch 1 --seconds 60 \\
-        -o benchmarks/results/phases-resnet50-b1.json
+    python benchmarks/phases.py --model resnet50 --batch 1 --seconds 300 \\
+        -o benchmarks/results/phases-resnet50-tile-b1.json
 """
 
 from __future__ import annotations
@@ -20,11 +19,23 @@ import time
 from pathlib import Path
 
 import torch
-from cpu_paths import add_model_arguments, compiled_pruned, save, setup
+from cpu_paths import add_model_arguments, compiled_pruned, model_fields, save, setup
+from placement import Probe, placement
 
 from gpuprune.bench.dense_runtimes import openvino_runtime
 from gpuprune.bench.e2e_bench import _build_model
 from gpuprune.bench.environment import environment
+
+
+def summary(rounds: list[dict]) -> dict | None:
+    if not rounds:
+        return None
+    ours = statistics.median(r["ours_ms"] for r in rounds)
+    ov = statistics.median(r["openvino_ms"] for r in rounds)
+    speedup = [r["openvino_ms"] / r["ours_ms"] for r in rounds]
+    q = statistics.quantiles(speedup, n=4) if len(rounds) > 1 else speedup * 3
+    return {"rounds": len(rounds), "ours_median_ms": ours, "openvino_median_ms": ov,
+            "speedup_of_medians": ov / ours, "round_speedup_quartiles": q}  # fmt: skip
 
 
 def main() -> None:
@@ -36,35 +47,32 @@ def main() -> None:
     cfg, x = setup(args)
     ours = compiled_pruned(args, cfg)
     ov = openvino_runtime(_build_model(args.model, cfg, "dense", 0.0), x)
-    times: dict[str, list[float]] = {"ours": [], "openvino": []}
+    probe = Probe()
+    rounds: list[dict] = []
     end = time.perf_counter() + args.seconds
     with torch.no_grad():
         while time.perf_counter() < end:
-            for name, fn in (("ours", lambda: ours(x)), ("openvino", ov)):
+            row = {"probe_ns": [probe()]}
+            order = (("ours", lambda: ours(x)), ("openvino", ov))
+            for name, fn in order if len(rounds) % 2 else order[::-1]:
                 fn()
                 t0 = time.perf_counter()
                 fn()
-                times[name].append((time.perf_counter() - t0) * 1e3)
-    a, b = times["ours"], times["openvino"]
-    slow = {i for i, t in enumerate(a) if t > 1.3 * min(a)}
-    speedup = [o / t for t, o in zip(a, b, strict=True)]
-    result = {
-        "model": args.model, "method": args.method, "sparsity": args.sparsity, "batch": args.batch,
-        "rounds": len(a),
-        "ours_median_ms": statistics.median(a), "ours_min_ms": min(a),
-        "openvino_median_ms": statistics.median(b), "openvino_min_ms": min(b),
-        "ours_slow_rounds": len(slow),
-        "openvino_median_in_our_slow_rounds_ms":
-            statistics.median([b[i] for i in slow]) if slow else None,
-        "openvino_median_in_the_others_ms":
-            statistics.median([t for i, t in enumerate(b) if i not in slow]),
-        "speedup_over_openvino_quartiles": statistics.quantiles(speedup, n=4),
-        "environment": environment(),
-    }  # fmt: skip
-    q = result["speedup_over_openvino_quartiles"]
-    print(f"{len(a)} rounds: ours {result['ours_median_ms']:.2f} ms (min {min(a):.2f}), "
-          f"OpenVINO {result['openvino_median_ms']:.2f} ms; {len(slow)} slow rounds of ours; "
-          f"speedup quartiles {q[0]:.2f} / {q[1]:.2f} / {q[2]:.2f}")
+                row[f"{name}_ms"] = (time.perf_counter() - t0) * 1e3
+            row["probe_ns"].append(probe())
+            rounds.append(row)
+    where = [placement(*r["probe_ns"]) for r in rounds]
+    result = {**model_fields(args), "seconds": args.seconds,
+              **{p: summary([r for r, w in zip(rounds, where, strict=True) if w == p])
+                 for p in ("near", "far")},
+              "all": summary(rounds), "environment": environment(), "rounds": rounds}  # fmt: skip
+    for name in ("near", "far", "all"):
+        s = result[name]
+        if s:
+            q = s["round_speedup_quartiles"]
+            print(f"{name}: {s['rounds']} rounds, ours {s['ours_median_ms']:.2f} ms, OpenVINO "
+                  f"{s['openvino_median_ms']:.2f} ms: {s['speedup_of_medians']:.2f}x "
+                  f"(round quartiles {q[0]:.2f} / {q[1]:.2f} / {q[2]:.2f})")
     save(args.out, result)
 
 

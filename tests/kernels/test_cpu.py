@@ -233,10 +233,10 @@ def test_fused_and_two_phase_schedules_agree(cpu, side):
 @pytest.mark.parametrize("side", [3, 7, 14, 23])  # a lone partial panel, up to several + a tail
 def test_one_image_schedules_agree(cpu, side, variant, threads):
     """At batch 1 fused panels go to the threads as contiguous shares of the image (mode 1), and
-    with few panels each thread maps every panel and runs its share of the (row-block, panel)
-    tasks, weighed by kept blocks (mode 3). Row-blocks that keep nothing or much, more threads
-    than row-blocks: every task runs exactly once (the visit count), bitwise as the whole-buffer
-    schedule."""
+    with few panels each thread runs its own run of (panel, row-block) tasks, weighed by kept
+    blocks, the panel at a seam split by row-blocks (mode 3). Row-blocks that keep nothing or
+    much, a seam inside a lone panel, more threads than row-blocks: every task runs exactly once
+    (the visit count), bitwise as the whole-buffer schedule."""
     block = POCL.simd_block() if variant == "simd" else POCL.tile_block()
     weight = block_masked(70, 9 * 9, block, 0.5, seed=side)
     weight[: block[0]] = 0  # a first row-block that keeps nothing: a share of no weight

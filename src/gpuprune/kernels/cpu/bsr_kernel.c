@@ -997,43 +997,42 @@ static inline int64_t panel_rows(const gp_geom *g, const gp_cols *c, const gp_la
     return walked;
 }
 
-/* Where thread `t`'s share (of `nth`) of a call's (row-block, panel) tasks starts, in that
- * order (row-block major): the first task at or past t / nth of the work, each task weighing its
- * row-block's kept blocks (+ 1 for the store) times its panel's columns. */
+/* Where thread `t`'s share (of `nth`) of a call's (panel, row-block) tasks starts, in that
+ * order (panel major): the first task at or past t / nth of the work, each task weighing its
+ * row-block's kept blocks (+ 1 for the store) times its panel's columns. Every panel weighs the
+ * same per column, so this is a split by columns whose seam panel is split by row-blocks: each
+ * thread maps only its own panels and the seam. */
 static void task_share(const int32_t *row_ptr, int64_t gm, const gp_cols *c, int t, int nth,
-                       int64_t *i_at, int64_t *p_at) {
-    *i_at = gm, *p_at = 0;
+                       int64_t *p_at, int64_t *i_at) {
+    *p_at = c->panels, *i_at = 0;
     if (t >= nth) return;
-    const int64_t total = ((int64_t)row_ptr[gm] + gm) * c->groups;
-    const int64_t want = total * t / nth;
-    int64_t done = 0;
+    const int64_t per_column = (int64_t)row_ptr[gm] + gm;
+    const int64_t want = per_column * c->groups * t / nth;
+    /* the panel holding the seam: whole panels before it, then its row-blocks */
+    const int64_t p = want / (per_column * c->per_panel);
+    if (p >= c->panels) return;
+    const int64_t rest = c->groups - p * c->per_panel;
+    const int64_t cols = rest < c->per_panel ? rest : c->per_panel;
+    int64_t done = p * c->per_panel * per_column;
     for (int64_t i = 0; i < gm; i++) {
-        const int64_t w = row_ptr[i + 1] - row_ptr[i] + 1, row = w * c->groups;
-        if (done + row > want) {
-            const int64_t step = w * c->per_panel;
-            const int64_t p = (want - done + step - 1) / step;
-            if (p < c->panels) {
-                *i_at = i, *p_at = p;
-                return;
-            }
-        }
-        done += row;
         if (done >= want) {
-            *i_at = i + 1, *p_at = 0;
+            *p_at = p, *i_at = i;
             return;
         }
+        done += (row_ptr[i + 1] - row_ptr[i] + 1) * cols;
     }
+    *p_at = p + 1, *i_at = 0;
 }
 
 /* A groups=1 convolution, NCHW in and out, with the integer arguments `geom` (gp_geom) and
  * `tables` from gp_conv_tables for them, or NULL to build them in this call. Input offsets must
  * fit int32 (the caller splits bigger batches). mode 0 picks: with enough N-panels for every
  * thread, each thread builds one panel at a time in its own buffer and runs all row-blocks on
- * it while it is in cache (fused, mode 1); otherwise, for one image, each thread maps every
- * panel itself and runs its share of the (row-block, panel) tasks (mode 3), and for a batch the
- * whole X is built first and (panel, row-block) tasks share it (mode 2). `res` (NULL: none) is an NCHW tensor shaped like the output, added to it as
- * it is stored, after the bias and ReLU, then a ReLU when `res_relu` (a residual block's tail);
- * not with a pool. */
+ * it while it is in cache (fused, mode 1); otherwise, for one image, each thread runs its own
+ * run of (panel, row-block) tasks, mapping the panels it touches itself (mode 3), and for a
+ * batch the whole X is built first and (panel, row-block) tasks share it (mode 2). `res` (NULL:
+ * none) is an NCHW tensor shaped like the output, added to it as it is stored, after the bias
+ * and ReLU, then a ReLU when `res_relu` (a residual block's tail); not with a pool. */
 int gp_conv2d(const int64_t *geom, const float *img, const int32_t *row_ptr,
               const int32_t *col_idx, const float *wt, const float *bias, float *out,
               const uint8_t *used, const int32_t *tables, int nthreads, int mode,
@@ -1113,24 +1112,22 @@ int gp_conv2d(const int64_t *geom, const float *img, const int32_t *row_ptr,
             /* one image: each thread its own share, the same part of the picture in every
              * layer, so a layer reads what its own thread wrote (on this VM the two threads may
              * sit on different L3s). Mode 1: a contiguous run of panels, every row-block;
-             * mode 3 (few panels): every panel mapped by each thread, which runs its share of
-             * the (row-block, panel) tasks */
+             * mode 3 (few panels): a run of (panel, row-block) tasks, so the panel at the seam
+             * is split by row-blocks (and mapped by both threads) */
             const int own = g->B == 1 || mode == 3;
-            int64_t i0 = 0, q0 = 0, i1 = gm, q1 = 0;
+            /* this thread's tasks: from (q0, i0) up to (q1, i1), panel major */
+            int64_t q0 = 0, i0 = 0, q1 = panels, i1 = 0;
             if (mode == 1) {
                 q0 = (c.groups * th / nth) / c.per_panel;
                 q1 = th == nth - 1 ? panels : (c.groups * (th + 1) / nth) / c.per_panel;
             } else {
-                task_share(row_ptr, gm, &c, th, nth, &i0, &q0);
-                task_share(row_ptr, gm, &c, th + 1, nth, &i1, &q1);
+                task_share(row_ptr, gm, &c, th, nth, &q0, &i0);
+                task_share(row_ptr, gm, &c, th + 1, nth, &q1, &i1);
             }
-            for (int64_t p = 0; own && panel && xp && p < panels; p++) {
-                const int64_t lo = mode == 1 ? (p >= q0 && p < q1 ? 0 : gm) : i0 + (p < q0);
-                const int64_t hi = mode == 1 ? gm : i1 + (p < q1);
+            for (int64_t p = q0; own && panel && xp && p <= q1 && p < panels; p++)
                 walked += panel_rows(g, &c, &lay, tables, p, input, used, row_ptr, col_idx, wt,
-                                     bias, out, res, res_relu, nt, panel, xp, lo,
-                                     hi < gm ? hi : gm);
-            }
+                                     bias, out, res, res_relu, nt, panel, xp, p == q0 ? i0 : 0,
+                                     p == q1 ? i1 : gm);
 #pragma omp for schedule(dynamic, 1) nowait
             for (int64_t p = 0; p < (own ? 0 : panels); p++)
                 if (panel && xp)
