@@ -1,17 +1,19 @@
-"""Our pruned forward at one thread and at two, alternating in one process, each round tagged
-near or far (``placement.py``): whether the far placement slows the vCPUs themselves (one
-thread slower too) or only two threads sharing the work (the crossing between L3s).
+"""Our pruned forward on one thread pinned to each CPU and on all threads, alternating in one
+process, each round tagged near or far (``placement.py``): whether the far placement slows a
+vCPU itself (a one-thread run slower on it, as remote memory would) or only threads sharing the
+work (the crossing between L3s).
 
-Each round probes, runs two timed calls at each thread count (after one untimed call, taking
-turns going first) and probes again. Prints and writes (``-o``) the medians per placement.
+Each round probes, runs each variant (one untimed call, then ``--calls`` timed ones) and probes
+again. Prints and writes (``-o``) the medians per placement.
 
-    python benchmarks/placement_threads.py --model resnet50 --batch 1 --seconds 180 \\
+    python benchmarks/placement_threads.py --model resnet50 --batch 1 --seconds 240 \\
         -o benchmarks/results/placement-threads-resnet50-tile-b1.json
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from pathlib import Path
@@ -26,38 +28,43 @@ from gpuprune.bench.environment import environment
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_model_arguments(parser, "resnet50")
-    parser.add_argument("--seconds", type=float, default=180.0)
-    parser.add_argument("--calls", type=int, default=2, help="timed calls per thread count")
+    parser.add_argument("--seconds", type=float, default=240.0)
+    parser.add_argument("--calls", type=int, default=1, help="timed calls per variant a round")
     parser.add_argument("-o", "--out", type=Path)
     args = parser.parse_args()
     cfg, x = setup(args)
     ours = compiled_pruned(args, cfg)
     probe = Probe()
-    counts = (1, args.threads)
+    everywhere = os.sched_getaffinity(0)
+    # name: (threads, CPUs); the probe times CPUs 0 and 1
+    variants = {"cpu0": (1, {0}), "cpu1": (1, {1}), "all": (args.threads, everywhere)}
     rounds: list[dict] = []
     end = time.perf_counter() + args.seconds
     with torch.no_grad():
         while time.perf_counter() < end:
             row = {"probe_ns": [probe()]}
-            for n in counts if len(rounds) % 2 else counts[::-1]:
-                torch.set_num_threads(n)
+            for name, (threads, cpus) in variants.items():
+                os.sched_setaffinity(0, cpus)
+                torch.set_num_threads(threads)
                 ours(x)
                 t0 = time.perf_counter()
                 for _ in range(args.calls):
                     ours(x)
-                row[f"threads_{n}_ms"] = (time.perf_counter() - t0) / args.calls * 1e3
+                row[f"{name}_ms"] = (time.perf_counter() - t0) / args.calls * 1e3
+            os.sched_setaffinity(0, everywhere)
             row["probe_ns"].append(probe())
             rounds.append(row)
-    torch.set_num_threads(args.threads)
     where = [placement(*r["probe_ns"]) for r in rounds]
     result = {**model_fields(args), "seconds": args.seconds, "environment": environment()}
     for name in ("near", "far"):
         rs = [r for r, w in zip(rounds, where, strict=True) if w == name]
-        result[name] = {"rounds": len(rs), **{f"threads_{n}_median_ms": statistics.median(
-            r[f"threads_{n}_ms"] for r in rs) for n in counts}} if rs else None  # fmt: skip
+        result[name] = {"rounds": len(rs), **{f"{v}_median_ms": statistics.median(
+            r[f"{v}_ms"] for r in rs) for v in variants}} if rs else None  # fmt: skip
         if rs:
-            print(f"{name}: {len(rs)} rounds, " + ", ".join(
-                f"{n} thread(s) {result[name][f'threads_{n}_median_ms']:.2f} ms" for n in counts))
+            print(f"{name}: {len(rs)} rounds, one thread on CPU 0 "
+                  f"{result[name]['cpu0_median_ms']:.2f} ms, on CPU 1 "
+                  f"{result[name]['cpu1_median_ms']:.2f}, {args.threads} threads "
+                  f"{result[name]['all_median_ms']:.2f}")
     result["rounds"] = rounds
     save(args.out, result)
 
