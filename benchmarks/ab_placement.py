@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from pathlib import Path
 
 import torch
 from ab_kernel import base_and_new
-from cpu_paths import add_model_arguments, model_fields, save, setup
-from placement import FAR_NS, Probe, placement
+from cpu_paths import add_model_arguments, model_fields, round_times, save, setup
+from placement import FAR_NS, by_placement, tagged_rounds
 
 from gpuprune.bench.environment import environment
 
@@ -49,25 +48,18 @@ def main() -> None:
     cfg, x = setup(args)
     models, use = base_and_new(args, cfg)
 
-    probe = Probe()
+    paths = {name: lambda m=models[name]: m(x) for name in ("new", "base")}
+
+    def sample(i: int) -> dict:
+        times = round_times(paths, i, warm=1, calls=args.calls, enter=use)
+        return {f"{name}_ms": ms for name, ms in times.items()}
+
     with torch.no_grad():
-        samples: list[dict] = []
-        end = time.monotonic() + args.seconds
-        while time.monotonic() < end:
-            before, row = probe(), {}
-            for name in ("base", "new") if len(samples) % 2 else ("new", "base"):
-                use(name)
-                models[name](x)
-                start = time.perf_counter()
-                for _ in range(args.calls):
-                    models[name](x)
-                row[f"{name}_ms"] = (time.perf_counter() - start) / args.calls * 1e3
-            samples.append({"probe_ns": [before, probe()], **row})
-    where = [placement(*s["probe_ns"], args.far) for s in samples]
-    near = [s for s, w in zip(samples, where, strict=True) if w == "near"]
-    far = [s for s, w in zip(samples, where, strict=True) if w == "far"]
+        samples = tagged_rounds(sample, args.seconds)
+    split = by_placement(samples, args.far)
     result = {**model_fields(args), "base": args.base, "seconds": args.seconds,
-              "near": summary(near), "far": summary(far), "all": summary(samples),
+              "near": summary(split["near"]), "far": summary(split["far"]),
+              "all": summary(samples),
               "environment": environment(), "samples": samples}  # fmt: skip
     for name in ("near", "far", "all"):
         s = result[name]

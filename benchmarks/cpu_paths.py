@@ -62,6 +62,26 @@ def model_fields(args: argparse.Namespace) -> dict:
             "threads": args.threads}  # fmt: skip
 
 
+def round_times(
+    paths: dict[str, Callable[[], object]], r: int, warm: int, calls: int,
+    enter: Callable[[str], None] | None = None,
+) -> dict[str, float]:  # fmt: skip
+    """Round ``r`` of :func:`alternating_times`: per path the mean ms of ``calls`` timed calls
+    after ``warm`` untimed ones, the paths in order in even rounds and reversed in odd ones."""
+    order = list(paths.items())
+    times: dict[str, float] = {}
+    for name, fn in order if r % 2 == 0 else order[::-1]:
+        if enter is not None:
+            enter(name)
+        for _ in range(warm):
+            fn()
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        times[name] = (time.perf_counter() - t0) / calls * 1e3
+    return times
+
+
 def alternating_times(
     paths: dict[str, Callable[[], object]], rounds: int, warm: int, calls: int,
     enter: Callable[[str], None] | None = None,
@@ -71,16 +91,8 @@ def alternating_times(
     a path's calls (e.g. switching the kernel library)."""
     times: dict[str, list[float]] = {name: [] for name in paths}
     for r in range(rounds):
-        order = list(paths.items())
-        for name, fn in order if r % 2 == 0 else order[::-1]:
-            if enter is not None:
-                enter(name)
-            for _ in range(warm):
-                fn()
-            t0 = time.perf_counter()
-            for _ in range(calls):
-                fn()
-            times[name].append((time.perf_counter() - t0) / calls * 1e3)
+        for name, ms in round_times(paths, r, warm, calls, enter).items():
+            times[name].append(ms)
     return times
 
 

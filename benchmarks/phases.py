@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from pathlib import Path
 
 import torch
-from cpu_paths import add_model_arguments, compiled_pruned, model_fields, save, setup
-from placement import Probe, placement
+from cpu_paths import add_model_arguments, compiled_pruned, model_fields, round_times, save, setup
+from placement import by_placement, tagged_rounds
 
 from gpuprune.bench.dense_runtimes import openvino_runtime
 from gpuprune.bench.e2e_bench import _build_model
@@ -47,24 +46,17 @@ def main() -> None:
     cfg, x = setup(args)
     ours = compiled_pruned(args, cfg)
     ov = openvino_runtime(_build_model(args.model, cfg, "dense", 0.0), x)
-    probe = Probe()
-    rounds: list[dict] = []
-    end = time.perf_counter() + args.seconds
+    paths = {"openvino": ov, "ours": lambda: ours(x)}
+
+    def one_round(i: int) -> dict:
+        times = round_times(paths, i, warm=1, calls=1)
+        return {f"{name}_ms": ms for name, ms in times.items()}
+
     with torch.no_grad():
-        while time.perf_counter() < end:
-            row = {"probe_ns": [probe()]}
-            order = (("ours", lambda: ours(x)), ("openvino", ov))
-            for name, fn in order if len(rounds) % 2 else order[::-1]:
-                fn()
-                t0 = time.perf_counter()
-                fn()
-                row[f"{name}_ms"] = (time.perf_counter() - t0) * 1e3
-            row["probe_ns"].append(probe())
-            rounds.append(row)
-    where = [placement(*r["probe_ns"]) for r in rounds]
+        rounds = tagged_rounds(one_round, args.seconds)
+    split = by_placement(rounds)
     result = {**model_fields(args), "seconds": args.seconds,
-              **{p: summary([r for r, w in zip(rounds, where, strict=True) if w == p])
-                 for p in ("near", "far")},
+              **{p: summary(rs) for p, rs in split.items()},
               "all": summary(rounds), "environment": environment(), "rounds": rounds}  # fmt: skip
     for name in ("near", "far", "all"):
         s = result[name]

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import subprocess
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from gpuprune.kernels.cpu import build
@@ -40,3 +42,22 @@ def placement(before: float, after: float, far: float = FAR_NS) -> str:
     if max(before, after) < far:
         return "near"
     return "far" if min(before, after) > far else "switch"
+
+
+def tagged_rounds(one_round: Callable[[int], dict], seconds: float) -> list[dict]:
+    """Rounds for ``seconds``: each the probe, ``one_round(i)`` (a dict of what it measured) and
+    the probe again, as ``{"probe_ns": [before, after], **measured}``."""
+    probe = Probe()
+    rounds: list[dict] = []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        before = probe()
+        measured = one_round(len(rounds))
+        rounds.append({"probe_ns": [before, probe()], **measured})
+    return rounds
+
+
+def by_placement(rounds: list[dict], far: float = FAR_NS) -> dict[str, list[dict]]:
+    """The near rounds and the far ones (a switch is in neither)."""
+    where = [placement(*r["probe_ns"], far) for r in rounds]
+    return {p: [r for r, w in zip(rounds, where, strict=True) if w == p] for p in ("near", "far")}

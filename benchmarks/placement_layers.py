@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 from cpu_paths import add_model_arguments, compiled_pruned, model_fields, save, setup
-from placement import Probe, placement
+from placement import by_placement, tagged_rounds
 from torch import nn
 
 from gpuprune.bench.environment import environment
@@ -48,21 +48,17 @@ def main() -> None:
 
         mod.register_forward_pre_hook(pre)
         mod.register_forward_hook(post)
-    probe = Probe()
-    rounds: list[dict] = []
-    end = time.perf_counter() + args.seconds
+
+    def one_round(_: int) -> dict:
+        model(x)
+        took.clear()
+        t0 = time.perf_counter()
+        model(x)
+        return {"forward_ms": (time.perf_counter() - t0) * 1e3, "layers_ms": dict(took)}
+
     with torch.no_grad():
-        while time.perf_counter() < end:
-            before = probe()
-            model(x)
-            took.clear()
-            t0 = time.perf_counter()
-            model(x)
-            forward = (time.perf_counter() - t0) * 1e3
-            rounds.append({"probe_ns": [before, probe()], "forward_ms": forward,
-                           "layers_ms": dict(took)})  # fmt: skip
-    where = [placement(*r["probe_ns"]) for r in rounds]
-    by = {w: [r for r, p in zip(rounds, where, strict=True) if p == w] for w in ("near", "far")}
+        rounds = tagged_rounds(one_round, args.seconds)
+    by = by_placement(rounds)
     result = {**model_fields(args), "seconds": args.seconds, "environment": environment(),
               "rounds": {w: len(rs) for w, rs in by.items()}}  # fmt: skip
     if by["near"] and by["far"]:

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from pathlib import Path
 
 import torch
-from cpu_paths import add_model_arguments, compiled_pruned, model_fields, save, setup
-from placement import Probe, placement
+from cpu_paths import add_model_arguments, compiled_pruned, model_fields, round_times, save, setup
+from placement import by_placement, tagged_rounds
 
 from gpuprune.bench.environment import environment
 from gpuprune.kernels.cpu import build
@@ -35,29 +34,20 @@ def main() -> None:
     ours = compiled_pruned(args, cfg)
     lib = build.load_library()
     settings = {"default": -1, "every_output_streamed": 0}  # gp_set_stream_min_bytes
-    probe = Probe()
-    rounds: list[dict] = []
-    end = time.perf_counter() + args.seconds
+    paths = {name: lambda: ours(x) for name in reversed(settings)}
+
+    def one_round(i: int) -> dict:
+        times = round_times(paths, i, 1, args.calls, lambda n: lib.gp_set_stream_min_bytes(
+            settings[n]))  # fmt: skip
+        return {f"{name}_ms": ms for name, ms in times.items()}
+
     try:
         with torch.no_grad():
-            while time.perf_counter() < end:
-                row = {"probe_ns": [probe()]}
-                names = list(settings) if len(rounds) % 2 else list(settings)[::-1]
-                for name in names:
-                    lib.gp_set_stream_min_bytes(settings[name])
-                    ours(x)
-                    t0 = time.perf_counter()
-                    for _ in range(args.calls):
-                        ours(x)
-                    row[f"{name}_ms"] = (time.perf_counter() - t0) / args.calls * 1e3
-                row["probe_ns"].append(probe())
-                rounds.append(row)
+            rounds = tagged_rounds(one_round, args.seconds)
     finally:
         lib.gp_set_stream_min_bytes(-1)
-    where = [placement(*r["probe_ns"]) for r in rounds]
     result = {**model_fields(args), "seconds": args.seconds, "environment": environment()}
-    for w in ("near", "far"):
-        rs = [r for r, p in zip(rounds, where, strict=True) if p == w]
+    for w, rs in by_placement(rounds).items():
         if not rs:
             result[w] = None
             continue

@@ -15,12 +15,11 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import time
 from pathlib import Path
 
 import torch
-from cpu_paths import add_model_arguments, compiled_pruned, model_fields, save, setup
-from placement import Probe, placement
+from cpu_paths import add_model_arguments, compiled_pruned, model_fields, round_times, save, setup
+from placement import by_placement, tagged_rounds
 
 from gpuprune.bench.environment import environment
 
@@ -34,30 +33,24 @@ def main() -> None:
     args = parser.parse_args()
     cfg, x = setup(args)
     ours = compiled_pruned(args, cfg)
-    probe = Probe()
     everywhere = os.sched_getaffinity(0)
     # name: (threads, CPUs); the probe times CPUs 0 and 1
     variants = {"cpu0": (1, {0}), "cpu1": (1, {1}), "all": (args.threads, everywhere)}
-    rounds: list[dict] = []
-    end = time.perf_counter() + args.seconds
+
+    def enter(name: str) -> None:
+        threads, cpus = variants[name]
+        os.sched_setaffinity(0, cpus)
+        torch.set_num_threads(threads)
+
+    def one_round(_: int) -> dict:  # round 0 every time: the variants in one order
+        times = round_times({v: lambda: ours(x) for v in variants}, 0, 1, args.calls, enter)
+        os.sched_setaffinity(0, everywhere)
+        return {f"{name}_ms": ms for name, ms in times.items()}
+
     with torch.no_grad():
-        while time.perf_counter() < end:
-            row = {"probe_ns": [probe()]}
-            for name, (threads, cpus) in variants.items():
-                os.sched_setaffinity(0, cpus)
-                torch.set_num_threads(threads)
-                ours(x)
-                t0 = time.perf_counter()
-                for _ in range(args.calls):
-                    ours(x)
-                row[f"{name}_ms"] = (time.perf_counter() - t0) / args.calls * 1e3
-            os.sched_setaffinity(0, everywhere)
-            row["probe_ns"].append(probe())
-            rounds.append(row)
-    where = [placement(*r["probe_ns"]) for r in rounds]
+        rounds = tagged_rounds(one_round, args.seconds)
     result = {**model_fields(args), "seconds": args.seconds, "environment": environment()}
-    for name in ("near", "far"):
-        rs = [r for r, w in zip(rounds, where, strict=True) if w == name]
+    for name, rs in by_placement(rounds).items():
         result[name] = {"rounds": len(rs), **{f"{v}_median_ms": statistics.median(
             r[f"{v}_ms"] for r in rs) for v in variants}} if rs else None  # fmt: skip
         if rs:
